@@ -1,0 +1,50 @@
+"""`Authorization: Bearer <key>` for the /v1 API (a Django REST framework authentication class).
+
+Failures raise DRF's own NotAuthenticated / AuthenticationFailed; the API's exception handler turns them into
+OpenAI's error envelope (401, code null for a missing key, `invalid_api_key` for a wrong or revoked one).
+"""
+from dataclasses import dataclass
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
+
+from . import selectors, services
+from .models import ApiKey, Organization
+
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer "
+    "auth (i.e. Authorization: Bearer YOUR_KEY). You can create a key on your dashboard's API keys page."
+)
+
+
+@dataclass(frozen=True)
+class KeyPrincipal:
+    """Who is calling: an API key of an organization. Stands in for `request.user` on the API."""
+
+    api_key: ApiKey
+    organization: Organization
+    is_authenticated: bool = True
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    keyword = "bearer"
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, raw_key = header.partition(" ")
+        raw_key = raw_key.strip()
+        if scheme.lower() != self.keyword or not raw_key:
+            raise NotAuthenticated(MISSING_KEY_MESSAGE)
+        api_key = selectors.find_active_api_key(raw_key)
+        if api_key is None:
+            shown = f"{raw_key[:6]}****{raw_key[-4:]}" if len(raw_key) > 12 else "****"
+            raise AuthenticationFailed(
+                f"Incorrect API key provided: {shown}. The key is unknown or has been revoked. "
+                "You can find and create API keys on your dashboard's API keys page.",
+                code="invalid_api_key",
+            )
+        services.touch_api_key(api_key=api_key)
+        return KeyPrincipal(api_key=api_key, organization=api_key.organization), api_key
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'

@@ -1,0 +1,48 @@
+"""Reads for billing: prices and usage summaries."""
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from accounts.models import Organization
+
+from .models import LedgerEntry, Price
+
+
+def current_price(*, model: str, size: str, quality: str, at: datetime | None = None) -> Price | None:
+    """The price in force at `at` (now by default) for one image of model/size/quality, or None if unpriced."""
+    return (
+        Price.objects.filter(model=model, size=size, quality=quality, effective_from__lte=at or timezone.now())
+        .order_by("-effective_from")
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    requests: int
+    images: int
+    cost_micros: int
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_micros / 1_000_000
+
+
+def usage_since(*, organization: Organization, since: datetime) -> UsageSummary:
+    totals = LedgerEntry.objects.for_organization(organization).filter(created_at__gte=since).aggregate(
+        requests=Count("id"),
+        images=Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED)),
+        cost=Sum("cost_micros"),
+    )
+    return UsageSummary(requests=totals["requests"] or 0, images=totals["images"] or 0, cost_micros=totals["cost"] or 0)
+
+
+def month_to_date(*, organization: Organization) -> UsageSummary:
+    start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return usage_since(organization=organization, since=start)
+
+
+def recent_entries(*, organization: Organization, limit: int = 20):
+    return LedgerEntry.objects.for_organization(organization).select_related("api_key").order_by("-created_at")[:limit]

@@ -1,0 +1,83 @@
+"""The provider interface: the small types every upstream adapter speaks, and the errors it may raise.
+
+Adapters depend on this module only: no Django models, no settings lookups. Configuration arrives in the
+constructor, so each adapter can be read and tested alone.
+"""
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One validated request, in our terms (the adapter maps it to its upstream's wire format)."""
+
+    model: str
+    prompt: str
+    n: int
+    size: str
+    quality: str
+    style: str | None = None
+    seed: int | None = None
+    user: str | None = None
+    options: dict = field(default_factory=dict)  # model-specific extras already validated (background, ...)
+
+    @property
+    def width(self) -> int:
+        return int(self.size.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size.split("x")[1])
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    content_type: str = "image/png"
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    images: list[GeneratedImage]
+    # What the upstream charged us, when it says (micro-USD); our list price is billing's business.
+    upstream_cost_micros: int | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    async def generate(self, request: ImageRequest) -> ProviderResult: ...
+
+
+class ProviderError(Exception):
+    """Base of every adapter error. `retryable` errors may fail over to another provider."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, provider: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+
+
+class ContentRefused(ProviderError):
+    """The upstream's safety system refused the prompt or image. Never charged, never retried elsewhere."""
+
+
+class UpstreamInvalidRequest(ProviderError):
+    """The upstream rejected a parameter; the message carries its reason."""
+
+
+class UpstreamRateLimited(ProviderError):
+    retryable = True
+
+
+class UpstreamTimeout(ProviderError):
+    retryable = True
+
+
+class UpstreamUnavailable(ProviderError):
+    """5xx, connection errors, malformed replies."""
+
+    retryable = True
