@@ -1,0 +1,97 @@
+"""Shared fixtures: tenants and keys, and a live ASGI server (uvicorn, as in production) for the SDK tests."""
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from accounts import services as account_services
+from billing import price_list
+from billing.models import Price
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def prices(db):
+    """The price table as migrations seed it (transactional tests flush tables, so put it back)."""
+    price_list.sync(Price)
+
+
+@pytest.fixture
+def user(db):
+    user, _ = account_services.get_or_create_user(email="owner@example.com", password="correct horse battery")
+    return user
+
+
+@pytest.fixture
+def organization(user):
+    return account_services.create_organization(name="Acme", owner=user, slug="acme")
+
+
+@pytest.fixture
+def api_key(organization, prices):
+    """(ApiKey row, raw key) for `organization`."""
+    return account_services.create_api_key(organization=organization, name="test key")
+
+
+@pytest.fixture
+def other_tenant(db, prices):
+    """A second organization with its own owner and key, for isolation tests."""
+    other_user, _ = account_services.get_or_create_user(email="rival@example.com", password="another horse battery")
+    org = account_services.create_organization(name="Rival", owner=other_user, slug="rival")
+    key, raw = account_services.create_api_key(organization=org, name="rival key")
+    return org, key, raw
+
+
+class _ServerThread(threading.Thread):
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        config = uvicorn.Config("config.asgi:application", host="127.0.0.1", port=port, lifespan="off",
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+
+    def run(self):
+        self.server.run()
+
+
+@pytest.fixture(scope="session")
+def _asgi_server(django_db_setup, django_db_blocker):
+    port = free_port()
+    thread = _ServerThread(port)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not thread.server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    thread.server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_url(_asgi_server, transactional_db, prices):
+    """Base URL of a live uvicorn serving the project, with committed data visible to it."""
+    return _asgi_server
+
+
+@pytest.fixture
+def openai_client(live_url, api_key):
+    from openai import OpenAI
+
+    _, raw = api_key
+    return OpenAI(base_url=f"{live_url}/v1", api_key=raw, max_retries=0, timeout=30)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_cache():
+    """The suite's Redis database starts empty (rate-limit counters from an earlier run must not leak in)."""
+    from django.core.cache import cache
+
+    cache.clear()
