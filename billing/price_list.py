@@ -14,6 +14,25 @@ PRICE_LIST: list[tuple[str, str, str, int, datetime]] = [
     ("local-preview", "1024x1024", "standard", 1_000, _2025),
     ("local-preview", "1024x1792", "standard", 1_000, _2025),
     ("local-preview", "1792x1024", "standard", 1_000, _2025),
+    # OpenAI: upstream list price + 10% (REFERENCE.md §1 lists the upstream prices).
+    ("dall-e-2", "256x256", "standard", 17_600, _2025),
+    ("dall-e-2", "512x512", "standard", 19_800, _2025),
+    ("dall-e-2", "1024x1024", "standard", 22_000, _2025),
+    ("dall-e-3", "1024x1024", "standard", 44_000, _2025),
+    ("dall-e-3", "1024x1792", "standard", 88_000, _2025),
+    ("dall-e-3", "1792x1024", "standard", 88_000, _2025),
+    ("dall-e-3", "1024x1024", "hd", 88_000, _2025),
+    ("dall-e-3", "1024x1792", "hd", 132_000, _2025),
+    ("dall-e-3", "1792x1024", "hd", 132_000, _2025),
+    ("gpt-image-1", "1024x1024", "low", 12_100, _2025),
+    ("gpt-image-1", "1024x1024", "medium", 46_200, _2025),
+    ("gpt-image-1", "1024x1024", "high", 183_700, _2025),
+    ("gpt-image-1", "1024x1536", "low", 17_600, _2025),
+    ("gpt-image-1", "1024x1536", "medium", 69_300, _2025),
+    ("gpt-image-1", "1024x1536", "high", 275_000, _2025),
+    ("gpt-image-1", "1536x1024", "low", 17_600, _2025),
+    ("gpt-image-1", "1536x1024", "medium", 69_300, _2025),
+    ("gpt-image-1", "1536x1024", "high", 275_000, _2025),
 ]
 
 

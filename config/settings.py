@@ -40,6 +40,7 @@ DJANGO_APPS = [
 ]
 THIRD_PARTY_APPS = [
     "rest_framework",
+    "drf_spectacular",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -53,6 +54,7 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
 MIDDLEWARE = [
     "generation.middleware.RequestIdMiddleware",
+    "generation.ratelimit.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -201,14 +203,23 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "generation.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["generation.ratelimit.RequestRateThrottle"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
 # --- Product settings ------------------------------------------------------------------------------------------------
+# /v1 request bodies above this are refused with 413 before Django reads them (edits carry up to 16 images).
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024 * 1024)
+# Uploaded files above this are spooled to disk instead of memory while a request is parsed.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Signed image URLs live this long (OpenAI's own image URLs last 60 minutes).
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
 # `last_used_at` on API keys is written at most this often per key.
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SECONDS", default=60)
+# Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/ratelimit.py).
+RATE_LIMIT_DEFAULT_RPM = env.int("RATE_LIMIT_DEFAULT_RPM", default=300)
 
 # --- Production hardening (DJANGO_DEBUG off) ----------------------------------------------------------------------
 if not DEBUG:
@@ -230,4 +241,28 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
+}
+
+# --- OpenAPI description of /v1 (drf-spectacular; generation/openapi.py, served at /v1/openapi.json) ---------------
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Imagegate API",
+    "DESCRIPTION": (
+        "One OpenAI-compatible image-generation API over many upstream models, billed per image. Requests and "
+        "responses follow OpenAI's Images and Models APIs (use any OpenAI SDK with base URL `<server>/v1`); "
+        "Imagegate adds `usage` to image responses and a few optional request fields. Every error uses OpenAI's "
+        "envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`."
+    ),
+    "VERSION": "1.0.0",
+    "OAS_VERSION": "3.0.3",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PUBLIC": True,
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    "PREPROCESSING_HOOKS": ["generation.openapi.only_v1"],
+    "POSTPROCESSING_HOOKS": ["generation.openapi.postprocess"],
+    "TAGS": [
+        {"name": "Images", "description": "Generate, edit and vary images."},
+        {"name": "Models", "description": "The models this server serves and what each accepts."},
+    ],
 }

@@ -9,6 +9,7 @@ urlpatterns = [
     path("dashboard/", include("accounts.urls")),
     path("v1/", include("generation.urls")),
     path("images/", include("generation.file_urls")),
+    path("docs/api/", include("generation.docs_views")),
 ]
 
 handler404 = "generation.errors.handler404"

@@ -26,3 +26,59 @@ class StoredImage(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class ModerationCategory(models.Model):
+    """One category of the content policy (e.g. hate, self-harm): a switch and the terms under it.
+
+    Global, not tenant-owned: one policy for every organization. Staff edit it in the admin; the engine
+    (generation/moderation.py) compiles the enabled categories' enabled terms and refuses matching prompts."""
+
+    slug = models.SlugField(
+        max_length=50, unique=True, help_text="Recorded in the request log when a prompt is refused."
+    )
+    name = models.CharField(max_length=100)
+    description = models.TextField(
+        blank=True, help_text="What this category covers, for staff. Never shown to customers."
+    )
+    enabled = models.BooleanField(default=True, help_text="Off: none of this category's terms are checked.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "moderation category"
+        verbose_name_plural = "moderation categories"
+
+    def __str__(self):
+        return self.name
+
+
+class ModerationTerm(models.Model):
+    """A word or phrase that makes a prompt refused, matched case-insensitively as whole words (see moderation.py)."""
+
+    class Kind(models.TextChoices):
+        WORD = "word", "Whole word or phrase"
+        PREFIX = "prefix", "Word or phrase start (any ending)"
+
+    category = models.ForeignKey(ModerationCategory, on_delete=models.CASCADE, related_name="terms")
+    term = models.CharField(
+        max_length=200,
+        help_text="A word or phrase. Case, accents, punctuation and spacing do not matter: 'forbidden-test-term' "
+                  "also matches 'Forbidden  test_term'.",
+    )
+    kind = models.CharField(
+        max_length=10, choices=Kind.choices, default=Kind.WORD,
+        help_text="Whole word: 'ass' does not match 'class' or 'assassin'. Word start: 'behead' also matches "
+                  "'beheading' and 'beheaded'.",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["category__slug", "term"]
+        constraints = [models.UniqueConstraint(fields=["category", "term"], name="uniq_moderation_term_per_category")]
+
+    def __str__(self):
+        return self.term

@@ -1,9 +1,12 @@
-"""The generation service: one request from validated input to stored images, a ledger row and OpenAI's response.
+"""The image service: one request from validated input to stored images, a ledger row and OpenAI's response.
 
 Async end to end: upstream waits never hold a thread. Database work (prices, storage rows, the ledger) is short
-and runs through sync_to_async.
+and runs through sync_to_async. Order of work for every endpoint: validate → moderate → fetch the input image
+(generations' `image` URL) → price → provider call(s) → deliver → one ledger row.
 """
+import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -15,35 +18,40 @@ from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing.models import LedgerEntry
 
-from . import storage
+from . import catalog, storage
 from .errors import APIError, ContentPolicyViolation, InvalidRequest, RateLimited, ServerError, UpstreamError
 from .providers import base as pb
 from .providers import registry
-from .validation import GenerationCall, validate_generation
+from .validation import ImageCall, validate
 
 log = logging.getLogger(__name__)
 
+REFUSAL_MESSAGE = (
+    "Your request was rejected as a result of our safety system. Your prompt may contain text that is not allowed "
+    "by our content policy."
+)
+
 
 @dataclass(frozen=True)
-class GenerationOutcome:
+class Outcome:
     body: dict
     provider: str
 
 
+def is_available(spec: catalog.ModelSpec) -> bool:
+    return bool(set(registry()).intersection(spec.providers))
+
+
 def _map_provider_error(exc: pb.ProviderError) -> APIError:
     if isinstance(exc, pb.ContentRefused):
-        return ContentPolicyViolation(
-            "Your request was rejected as a result of our safety system. Your prompt may contain text that is not "
-            "allowed by the content policy.",
-            param="prompt",
-        )
+        return ContentPolicyViolation(REFUSAL_MESSAGE, param="prompt")
     if isinstance(exc, pb.UpstreamInvalidRequest):
-        return InvalidRequest(exc.message, code="invalid_parameter")
+        return InvalidRequest(f"The upstream provider rejected the request: {exc.message}", code="invalid_parameter")
     if isinstance(exc, pb.UpstreamRateLimited):
         return RateLimited("The upstream provider is rate limiting requests. Please retry shortly.",
                            headers={"retry-after": "1"})
     if isinstance(exc, pb.UpstreamTimeout):
-        return UpstreamError(f"The upstream provider did not answer in time ({exc.message}).", status=504,
+        return UpstreamError(f"The upstream provider did not answer in time: {exc.message}", status=504,
                              code="upstream_timeout")
     return UpstreamError(f"The upstream provider failed: {exc.message}", status=502)
 
@@ -51,37 +59,69 @@ def _map_provider_error(exc: pb.ProviderError) -> APIError:
 def _status_for(exc: APIError) -> str:
     if isinstance(exc, ContentPolicyViolation):
         return LedgerEntry.Status.REFUSED
-    if exc.status in (400, 404) and not isinstance(exc, UpstreamError):
+    if exc.status < 500 and exc.status != 429:
         return LedgerEntry.Status.INVALID
     return LedgerEntry.Status.FAILED
 
 
-async def generate(
-    *, organization: Organization, api_key: ApiKey | None, request_id: str, data, base_url: str
-) -> GenerationOutcome:
+def split_n(n: int, native_max: int) -> list[int]:
+    """How many images each parallel upstream call asks for: [native, native, ..., rest]."""
+    full, rest = divmod(n, native_max)
+    return [native_max] * full + ([rest] if rest else [])
+
+
+async def _call_provider(provider, req: pb.ImageRequest, native_max: int) -> pb.ProviderResult:
+    """One upstream call, or several in parallel when n is beyond what one call returns; one result either way."""
+    chunks = split_n(req.n, native_max)
+    if len(chunks) == 1:
+        return await provider.run(req)
+    offsets = [sum(chunks[:i]) for i in range(len(chunks))]
+    # With a seed, each call gets its own (seed + offset) so images stay distinct and reproducible.
+    results = await asyncio.gather(*[
+        provider.run(dataclasses.replace(req, n=count, seed=None if req.seed is None else req.seed + offset))
+        for count, offset in zip(chunks, offsets)
+    ])
+    upstream = [r.upstream_cost_micros for r in results]
+    return pb.ProviderResult(
+        images=[image for r in results for image in r.images],
+        upstream_cost_micros=None if any(c is None for c in upstream) else sum(upstream),
+    )
+
+
+async def run(
+    *,
+    endpoint: str,
+    organization: Organization,
+    api_key: ApiKey | None,
+    request_id: str,
+    data,
+    files: dict | None = None,
+    form: bool = False,
+    base_url: str,
+) -> Outcome:
     started = time.monotonic()
 
     def elapsed_ms() -> int:
         return int((time.monotonic() - started) * 1000)
 
-    call: GenerationCall | None = None
+    call: ImageCall | None = None
     provider_name = ""
-    price = None
     try:
-        call = validate_generation(data)
+        call = validate(endpoint, data, files=files, form=form, is_available=is_available)
+        await _moderate(call)
+        if call.image_url:
+            call = await _with_fetched_image(call)
         req = call.request
         price = await sync_to_async(billing_selectors.current_price)(model=req.model, size=req.size,
                                                                       quality=req.quality)
         if price is None:  # never serve an image we would record at $0 by accident
             log.error("No price for %s %s %s", req.model, req.size, req.quality)
             raise ServerError(f"Model '{req.model}' is not available at size {req.size} and quality {req.quality} "
-                              "right now (no price configured).", status=503, code="model_unavailable")
-        provider_name = call.provider or call.spec.providers[0]
-        provider = registry().get(provider_name)
-        if provider is None:
-            raise ServerError(f"Provider '{provider_name}' is not enabled.", status=503, code="provider_unavailable")
+                              "right now (no price is configured).", status=503, code="model_unavailable")
+        provider_name = call.provider or next(p for p in call.spec.providers if p in registry())
+        provider = registry()[provider_name]
         try:
-            result = await provider.generate(req)
+            result = await _call_provider(provider, req, call.spec.native_max_n)
         except pb.ProviderError as exc:
             raise _map_provider_error(exc) from exc
         if len(result.images) != req.n:
@@ -90,29 +130,60 @@ async def generate(
                                base_url=base_url)
         latency = elapsed_ms()
         entry = await sync_to_async(billing_services.record_usage)(
-            organization=organization, api_key=api_key, request_id=request_id,
+            organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
             status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name, size=req.size,
             quality=req.quality, n=req.n, price=price, latency_ms=latency,
             upstream_cost_micros=result.upstream_cost_micros,
         )
     except APIError as exc:
-        await _record_failure(exc, organization=organization, api_key=api_key, request_id=request_id, data=data,
-                              call=call, provider=provider_name, latency_ms=elapsed_ms())
+        await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
+                              request_id=request_id, data=data, call=call, provider=provider_name,
+                              latency_ms=elapsed_ms())
         raise
-    body = {
-        "created": int(time.time()),
-        "data": items,
-        "usage": {
-            "cost": round(entry.cost_micros / 1_000_000, 6),
-            "latency_ms": latency,
-            "image_size": req.size,
-            "model_used": req.model,
-        },
+    except Exception:
+        await _record_failure(ServerError("internal error"), endpoint=endpoint, organization=organization,
+                              api_key=api_key, request_id=request_id, data=data, call=call, provider=provider_name,
+                              latency_ms=elapsed_ms())
+        raise
+    body = {"created": int(time.time()), "data": items}
+    if call.spec.output_formats:  # gpt-image models echo what they produced, as OpenAI does
+        body.update({"background": req.options.get("background"), "output_format": req.options.get("output_format"),
+                     "quality": req.quality, "size": req.size})
+    body["usage"] = {
+        "cost": round(entry.cost_micros / 1_000_000, 6),
+        "latency_ms": latency,
+        "image_size": req.size,
+        "model_used": req.model,
     }
-    return GenerationOutcome(body=body, provider=provider_name)
+    return Outcome(body=body, provider=provider_name)
 
 
-async def _deliver(images: list[pb.GeneratedImage], *, call: GenerationCall, organization_id: int, request_id: str,
+async def _moderate(call: ImageCall) -> None:
+    """Refuse before any upstream call when the prompt breaks the content policy."""
+    if not call.request.prompt:
+        return
+    from . import moderation
+
+    verdict = await sync_to_async(moderation.check_text)(call.request.prompt)
+    if verdict.flagged:
+        log.info("Prompt refused by moderation (category %s)", verdict.category)
+        raise ContentPolicyViolation(REFUSAL_MESSAGE, param="prompt")
+
+
+async def _with_fetched_image(call: ImageCall) -> ImageCall:
+    """Fetch generations' `image` URL safely and check it as an input image of the model."""
+    from . import fetch, images
+
+    try:
+        fetched = await fetch.fetch_image(call.image_url, max_bytes=call.spec.input_images.max_bytes)
+    except fetch.ImageFetchError as exc:
+        raise InvalidRequest(exc.message, param="image", code="invalid_image_url") from exc
+    image = images.inspect(fetched.data, param="image", filename="image")
+    images.check_one(image, call.spec.input_images, call.spec, param="image")
+    return dataclasses.replace(call, request=dataclasses.replace(call.request, images=(image,)))
+
+
+async def _deliver(images: list[pb.GeneratedImage], *, call: ImageCall, organization_id: int, request_id: str,
                    base_url: str) -> list[dict]:
     items = []
     for index, image in enumerate(images):
@@ -125,23 +196,27 @@ async def _deliver(images: list[pb.GeneratedImage], *, call: GenerationCall, org
                 content_type=image.content_type,
             )
             item["url"] = base_url.rstrip("/") + storage.signed_path(stored)
-        item["revised_prompt"] = image.revised_prompt if image.revised_prompt is not None else call.request.prompt
+        if call.endpoint != "variations":
+            item["revised_prompt"] = image.revised_prompt if image.revised_prompt is not None else call.request.prompt
         items.append(item)
     return items
 
 
-async def _record_failure(exc: APIError, *, organization, api_key, request_id, data, call, provider, latency_ms):
+async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, provider,
+                          latency_ms):
     if call is not None:
         req = call.request
         fields = {"model": req.model, "size": req.size, "quality": req.quality, "n": req.n}
     else:  # invalid before validation finished: keep what the client sent, as text
         raw = data if isinstance(data, dict) else {}
         fields = {k: str(raw.get(k) or "") for k in ("model", "size", "quality")}
-        fields["n"] = raw.get("n") if isinstance(raw.get("n"), int) and 0 <= raw.get("n") < 1000 else 0
+        n = raw.get("n")
+        fields["n"] = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1000 else 0
     try:
         await sync_to_async(billing_services.record_usage)(
-            organization=organization, api_key=api_key, request_id=request_id, status=_status_for(exc),
-            provider=provider, latency_ms=latency_ms, error_code=exc.code or exc.type, **fields,
+            organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
+            status=_status_for(exc), provider=provider, latency_ms=latency_ms, error_code=exc.code or exc.type,
+            **fields,
         )
     except Exception:  # the client's error matters more than our audit row; log loudly, answer with the error
         log.exception("Could not record failed request %s", request_id)

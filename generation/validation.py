@@ -1,117 +1,239 @@
-"""Validation of a generation request against the model catalog, with OpenAI's error semantics.
+"""Validation of image requests against the model catalog, with OpenAI's error semantics.
 
-Every optional field may be omitted or sent as JSON null (then the model's default applies); unknown fields are
-refused with `unknown_parameter`; every message names the allowed values.
+One table says which fields each endpoint takes; the model's catalog entry says which values. Every optional field
+may be omitted or sent as JSON null (the model's default applies); multipart forms send scalars as strings, which
+are converted; unknown fields are refused with `unknown_parameter`; every message names the allowed values.
 """
+import re
 from dataclasses import dataclass
+from typing import Callable
 
-from . import catalog
+from . import catalog, images
 from .errors import InvalidRequest, ModelNotFound
-from .providers.base import ImageRequest
+from .providers.base import ImageRequest, InputImage
 
-# Fields OpenAI's Images API defines for generations, and our documented extras.
-OPENAI_FIELDS = {"prompt", "model", "n", "size", "quality", "style", "response_format", "user"}
-EXTRA_FIELDS = {"provider", "seed"}
-KNOWN_FIELDS = OPENAI_FIELDS | EXTRA_FIELDS
+# Fields per endpoint: OpenAI's own, then our documented extras (`provider`, `image` URL, `seed`).
+FIELDS = {
+    "generations": {
+        "prompt", "model", "n", "size", "quality", "style", "response_format", "user",
+        "background", "moderation", "output_format", "output_compression",
+        "provider", "image", "seed",
+    },
+    "edits": {
+        "prompt", "model", "n", "size", "quality", "response_format", "user",
+        "background", "moderation", "output_format", "output_compression",
+        "provider", "seed",
+    },
+    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed"},
+}
+FILE_FIELDS = {"generations": set(), "edits": {"image", "image[]", "mask"}, "variations": {"image"}}
+INT_FIELDS = {"n", "output_compression", "seed"}
+MODE = {"generations": "generate", "edits": "edit", "variations": "variation"}
+_INT_STRING = re.compile(r"^[+-]?\d{1,10}$")
+MAX_USER_CHARS = 256
 
 
 @dataclass(frozen=True)
-class GenerationCall:
-    """A validated generation: the request for the provider plus what only the gateway needs."""
+class ImageCall:
+    """A validated request: what the provider gets, plus what only the gateway needs."""
 
+    endpoint: str
     spec: catalog.ModelSpec
     request: ImageRequest
-    response_format: str
+    response_format: str  # "url" or "b64_json": how we deliver (gpt-image models: always b64_json)
     provider: str | None
+    image_url: str | None = None  # generations' `image`: fetched (safely) by the service
 
 
-def _require_str(data: dict, name: str, *, required: bool = False) -> str | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(
-            f"Invalid type for '{name}': expected a string, but got {type(value).__name__} instead.",
-            param=name, code="invalid_type",
-        )
-    return value
+def _type_name(value) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__)
 
 
-def _choice(data: dict, name: str, allowed: tuple[str, ...], default, model: str):
-    value = _require_str(data, name)
-    if value is None:
-        return default
-    if not allowed:
-        raise InvalidRequest(f"The '{name}' parameter is not supported by model '{model}'.", param=name,
-                             code="invalid_parameter")
-    if value not in allowed:
-        code = "invalid_size" if name == "size" else "invalid_parameter"
-        raise InvalidRequest(
-            f"Invalid '{name}': '{value}' is not supported by model '{model}'. "
-            f"The '{name}' parameter must be one of: {', '.join(allowed)}.",
-            param=name, code=code,
-        )
-    return value
+class _Reader:
+    """Reads typed fields from a JSON object or a multipart form (where every scalar arrives as a string)."""
+
+    def __init__(self, data: dict, *, form: bool):
+        self.data = data
+        self.form = form
+
+    def str(self, name: str, *, required: bool = False) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name,
+                                     code="missing_required_parameter")
+            return None
+        if not isinstance(value, str):
+            raise InvalidRequest(f"Invalid type for '{name}': expected a string, but got {_type_name(value)} instead.",
+                                 param=name, code="invalid_type")
+        return value
+
+    def int(self, name: str) -> int | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if self.form and isinstance(value, str):
+            if not _INT_STRING.match(value.strip()):
+                raise InvalidRequest(f"Invalid type for '{name}': expected an integer, but got '{value[:40]}' instead.",
+                                     param=name, code="invalid_type")
+            return int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"Invalid type for '{name}': expected an integer, but got {_type_name(value)} "
+                                 "instead.", param=name, code="invalid_type")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], default, spec: catalog.ModelSpec, *, owner_hint: str = ""):
+        value = self.str(name)
+        if value is None:
+            return default
+        if not allowed:
+            raise InvalidRequest(f"The '{name}' parameter is not supported by model '{spec.id}'.{owner_hint}",
+                                 param=name, code="invalid_parameter")
+        if value not in allowed:
+            raise InvalidRequest(
+                f"Invalid '{name}': '{value[:60]}' is not supported by model '{spec.id}'. "
+                f"The '{name}' parameter must be one of: {', '.join(allowed)}.",
+                param=name, code="invalid_size" if name == "size" else "invalid_parameter",
+            )
+        return value
 
 
-def validate_generation(data) -> GenerationCall:
+def _models_with(attr: str) -> str:
+    names = [m.id for m in catalog.MODELS.values() if getattr(m, attr)]
+    return f" It is supported by: {', '.join(names)}." if names else ""
+
+
+def validate(
+    endpoint: str,
+    data,
+    *,
+    files: dict[str, list[InputImage]] | None = None,
+    form: bool = False,
+    is_available: Callable[[catalog.ModelSpec], bool] = lambda spec: True,
+) -> ImageCall:
+    """Validate one request to /v1/images/{endpoint}. `files` maps multipart file fields to inspected images."""
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-
-    unknown = sorted(set(data) - KNOWN_FIELDS)
+    files = files or {}
+    allowed = FIELDS[endpoint]
+    unknown = sorted((set(data) - allowed) | (set(files) - FILE_FIELDS[endpoint]))
     if unknown:
         raise InvalidRequest(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
+    r = _Reader(data, form=form)
 
-    model_id = _require_str(data, "model") or catalog.DEFAULT_MODEL
+    model_id = r.str("model") or catalog.DEFAULT_MODEL
     spec = catalog.get_model(model_id)
-    if spec is None:
+    if spec is None or not is_available(spec):
         raise ModelNotFound(model_id)
+    mode = MODE[endpoint]
+    if not spec.supports(mode):
+        able = [m.id for m in catalog.MODELS.values() if m.supports(mode) and is_available(m)]
+        raise InvalidRequest(f"Model '{spec.id}' does not support image {endpoint}. Models that do: {', '.join(able)}.",
+                             param="model", code="invalid_parameter")
 
-    prompt = _require_str(data, "prompt", required=True)
-    if not prompt.strip():
-        raise InvalidRequest("Invalid 'prompt': the prompt must not be empty.", param="prompt", code="invalid_parameter")
-    if len(prompt) > spec.max_prompt_chars:
-        raise InvalidRequest(
-            f"Invalid 'prompt': string too long. Expected a string with maximum length {spec.max_prompt_chars} "
-            f"for model '{spec.id}', but got a string with length {len(prompt)} instead.",
-            param="prompt", code="string_above_max_length",
-        )
+    prompt = ""
+    if endpoint != "variations":
+        prompt = r.str("prompt", required=True)
+        if not prompt.strip():
+            raise InvalidRequest("Invalid 'prompt': the prompt must not be empty.", param="prompt",
+                                 code="invalid_parameter")
+        if len(prompt) > spec.max_prompt_chars:
+            raise InvalidRequest(
+                f"Invalid 'prompt': string too long. Expected a string with maximum length {spec.max_prompt_chars} "
+                f"for model '{spec.id}', but got a string with length {len(prompt)} instead.",
+                param="prompt", code="string_above_max_length",
+            )
 
-    n = data.get("n")
-    if n is None:
-        n = 1
-    elif isinstance(n, bool) or not isinstance(n, int):
-        raise InvalidRequest(
-            f"Invalid type for 'n': expected an integer, but got {type(n).__name__} instead.", param="n",
-            code="invalid_type",
-        )
+    n = r.int("n")
+    n = 1 if n is None else n
     if not 1 <= n <= spec.max_n:
-        raise InvalidRequest(
-            f"Invalid 'n': {n}. Model '{spec.id}' accepts n from 1 to {spec.max_n}.", param="n",
-            code="invalid_parameter",
-        )
+        raise InvalidRequest(f"Invalid 'n': {n}. Model '{spec.id}' accepts n from 1 to {spec.max_n}.", param="n",
+                             code="invalid_parameter")
 
-    size = _choice(data, "size", spec.sizes, spec.default_size, spec.id)
-    quality = _choice(data, "quality", spec.qualities, spec.default_quality, spec.id)
-    style = _choice(data, "style", spec.styles, spec.default_style, spec.id)
-    response_format = _choice(data, "response_format", spec.response_formats, spec.default_response_format, spec.id)
-    user = _require_str(data, "user")
+    size = r.choice("size", spec.sizes, spec.default_size, spec)
+    quality = r.choice("quality", spec.qualities, spec.default_quality, spec) if "quality" in allowed else spec.default_quality
+    style = r.choice("style", spec.styles, spec.default_style, spec, owner_hint=_models_with("styles")) \
+        if "style" in allowed else None
 
-    provider = _require_str(data, "provider")
+    if spec.response_formats:
+        response_format = r.choice("response_format", spec.response_formats, spec.default_response_format, spec)
+    else:  # gpt-image models always answer base64 and refuse the field, as OpenAI does
+        if data.get("response_format") is not None:
+            raise InvalidRequest("Unknown parameter: 'response_format'.", param="response_format",
+                                 code="unknown_parameter")
+        response_format = "b64_json"
+
+    options = {}
+    if spec.output_formats:
+        options["background"] = r.choice("background", spec.backgrounds, "auto", spec)
+        options["moderation"] = r.choice("moderation", spec.moderations, "auto", spec) if "moderation" in allowed else "auto"
+        options["output_format"] = r.choice("output_format", spec.output_formats, "png", spec)
+        compression = r.int("output_compression")
+        if compression is not None:
+            if not 0 <= compression <= 100:
+                raise InvalidRequest(f"Invalid 'output_compression': {compression}. It must be from 0 to 100.",
+                                     param="output_compression", code="invalid_parameter")
+            if options["output_format"] == "png" and compression < 100:
+                raise InvalidRequest("Invalid 'output_compression': compression below 100 needs output_format "
+                                     "'jpeg' or 'webp'.", param="output_compression", code="invalid_parameter")
+        options["output_compression"] = 100 if compression is None else compression
+        if options["background"] == "transparent" and options["output_format"] == "jpeg":
+            raise InvalidRequest("Invalid 'background': a transparent background needs output_format 'png' or "
+                                 "'webp'.", param="background", code="invalid_parameter")
+    else:
+        for name in ("background", "moderation", "output_format", "output_compression"):
+            if name in allowed and data.get(name) is not None:
+                raise InvalidRequest(f"The '{name}' parameter is not supported by model '{spec.id}'."
+                                     f"{_models_with('output_formats')}", param=name, code="invalid_parameter")
+
+    user = r.str("user")
+    if user is not None and len(user) > MAX_USER_CHARS:
+        raise InvalidRequest(f"Invalid 'user': at most {MAX_USER_CHARS} characters.", param="user",
+                             code="string_above_max_length")
+
+    provider = r.str("provider")
     if provider is not None and provider not in spec.providers:
         raise InvalidRequest(
-            f"Invalid 'provider': '{provider}' does not serve model '{spec.id}'. "
+            f"Invalid 'provider': '{provider[:60]}' does not serve model '{spec.id}'. "
             f"The 'provider' parameter must be one of: {', '.join(spec.providers)}.",
             param="provider", code="invalid_parameter",
         )
 
-    seed = data.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+    seed = r.int("seed")
+    if seed is not None and not 0 <= seed < 2**32:
         raise InvalidRequest("Invalid 'seed': expected an integer from 0 to 4294967295.", param="seed",
                              code="invalid_parameter")
 
+    image_url = None
+    input_images: list[InputImage] = []
+    mask = None
+    if endpoint == "generations":
+        image_url = r.str("image")
+        if image_url is not None:
+            if not spec.supports("image_input"):
+                raise InvalidRequest(f"The 'image' parameter is not supported by model '{spec.id}'. "
+                                     "Use a model that can modify an input image, such as dall-e-2 or gpt-image-1.",
+                                     param="image", code="invalid_parameter")
+            if not image_url.strip():
+                raise InvalidRequest("Invalid 'image': expected the URL of an input image.", param="image",
+                                     code="invalid_parameter")
+            mode = "edit"
+    else:
+        input_images = [*files.get("image", []), *files.get("image[]", [])]
+        param = "image[]" if files.get("image[]") and not files.get("image") else "image"
+        images.check_inputs(input_images, spec, param=param)
+        if endpoint == "variations" and len(input_images) > 1:
+            raise InvalidRequest("Invalid 'image': variations take exactly one image.", param="image",
+                                 code="invalid_parameter")
+        masks = files.get("mask", [])
+        if len(masks) > 1:
+            raise InvalidRequest("Invalid 'mask': send at most one mask.", param="mask", code="invalid_parameter")
+        if masks:
+            mask = masks[0]
+            images.check_mask(mask, input_images[0], spec)
+
     request = ImageRequest(model=spec.id, prompt=prompt, n=n, size=size, quality=quality, style=style, seed=seed,
-                           user=user)
-    return GenerationCall(spec=spec, request=request, response_format=response_format, provider=provider)
+                           user=user, mode=mode, images=tuple(input_images), mask=mask, options=options)
+    return ImageCall(endpoint=endpoint, spec=spec, request=request, response_format=response_format,
+                     provider=provider, image_url=image_url)

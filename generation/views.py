@@ -1,11 +1,15 @@
 """The /v1 API views: thin, async where they wait on upstreams. Work happens in services; errors in errors.py."""
+import asyncio
+
 from adrf.views import APIView
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from . import catalog, services, storage
-from .errors import ModelNotFound, envelope
+from . import catalog, idempotency, images, services, storage
+from .errors import APIError, InvalidRequest, ModelNotFound, ServerError, envelope, handler404
 from .providers import registry
 
 
@@ -13,17 +17,105 @@ def _base_url(request) -> str:
     return settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
 
 
-class ImageGenerationsView(APIView):
+class V1APIView(APIView):
+    """Base of every /v1 endpoint: API-key authentication, OpenAI's error envelope (settings.REST_FRAMEWORK)."""
+
+
+class _ImageEndpoint(V1APIView):
+    endpoint = ""
+    parser_classes = [JSONParser]
+
+    async def _files(self, request) -> dict:
+        return {}
+
+    def _fields(self, request):
+        return request.data
+
     async def post(self, request):
         principal = request.user
-        outcome = await services.generate(
-            organization=principal.organization,
-            api_key=principal.api_key,
-            request_id=request._request.request_id,
-            data=request.data,
-            base_url=_base_url(request),
-        )
-        return Response(outcome.body, headers={"x-provider": outcome.provider})
+        request_id = request._request.request_id
+
+        async def compute() -> idempotency.StoredResponse:
+            try:
+                files = await self._files(request)
+                outcome = await services.run(
+                    endpoint=self.endpoint,
+                    organization=principal.organization,
+                    api_key=principal.api_key,
+                    request_id=request_id,
+                    data=self._fields(request),
+                    files=files,
+                    form=self.parser_classes != [JSONParser],
+                    base_url=_base_url(request),
+                )
+                headers = {"x-provider": outcome.provider, "x-request-id": request_id}
+                return idempotency.StoredResponse(200, outcome.body, headers)
+            except APIError as exc:  # 4xx are stored and replayed under an Idempotency-Key; 5xx are not
+                return idempotency.StoredResponse(exc.status, exc.body(), {**exc.headers, "x-request-id": request_id})
+
+        # Shielded: a client that disconnects mid-generation does not cancel the work, so an image that was made is
+        # recorded once and its response stored for the retry, instead of being half-done.
+        raw_key = request.headers.get(idempotency.HEADER)
+        if raw_key is None:
+            stored, replayed = await asyncio.shield(compute()), False
+        else:
+            try:
+                key = idempotency.validate_key(raw_key)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param=None, code="invalid_idempotency_key") from exc
+            fp = await asyncio.to_thread(idempotency.fingerprint, method=request.method, path=request.path,
+                                         body=request.data)
+            try:
+                stored, replayed = await asyncio.shield(idempotency.run_once(
+                    scope=str(principal.organization.pk), key=key, fingerprint=fp, compute=compute))
+            except idempotency.IdempotencyConflict as exc:
+                raise APIError(exc.message, status=409, code=exc.code) from exc
+            except idempotency.IdempotencyInProgress as exc:
+                raise APIError(exc.message, status=409, code=exc.code, headers={"retry-after": "1"}) from exc
+            except idempotency.IdempotencyUnavailable as exc:
+                raise ServerError(exc.message, status=503, code=exc.code, headers={"retry-after": "1"}) from exc
+        headers = dict(stored.headers)
+        # A replay answers with the first request's id (the middleware writes request.request_id on the way out).
+        request._request.request_id = headers.pop("x-request-id", request_id)
+        if replayed:
+            headers[idempotency.REPLAYED_HEADER] = "true"
+        return Response(stored.body, status=stored.status, headers=headers)
+
+
+class ImageGenerationsView(_ImageEndpoint):
+    """POST /v1/images/generations (JSON)."""
+
+    endpoint = "generations"
+
+
+class _MultipartImageEndpoint(_ImageEndpoint):
+    parser_classes = [MultiPartParser, FormParser]
+
+    def _fields(self, request):
+        return {key: request.POST.get(key) for key in request.POST.keys()}
+
+    async def _files(self, request) -> dict:
+        """Every uploaded file, inspected by content (type, dimensions) off the event loop."""
+        inspected = {}
+        for field in request.FILES.keys():
+            uploads = request.FILES.getlist(field)
+            inspected[field] = [
+                await asyncio.to_thread(images.inspect, upload.read(), param=field, filename=upload.name or field)
+                for upload in uploads
+            ]
+        return inspected
+
+
+class ImageEditsView(_MultipartImageEndpoint):
+    """POST /v1/images/edits (multipart): `image` or repeated `image[]`, optional `mask`, `prompt`, ..."""
+
+    endpoint = "edits"
+
+
+class ImageVariationsView(_MultipartImageEndpoint):
+    """POST /v1/images/variations (multipart): one `image`."""
+
+    endpoint = "variations"
 
 
 def model_object(spec: catalog.ModelSpec) -> dict:
@@ -44,16 +136,16 @@ def model_object(spec: catalog.ModelSpec) -> dict:
     }
 
 
-class ModelListView(APIView):
+class ModelListView(V1APIView):
     def get(self, request):
         models = catalog.available_models(set(registry()))
         return Response({"object": "list", "data": [model_object(m) for m in models]})
 
 
-class ModelDetailView(APIView):
+class ModelDetailView(V1APIView):
     def get(self, request, model_id: str):
         spec = catalog.get_model(model_id)
-        if spec is None or spec not in catalog.available_models(set(registry())):
+        if spec is None or not services.is_available(spec):
             raise ModelNotFound(model_id)
         return Response(model_object(spec))
 
@@ -73,7 +165,6 @@ def image_file(request, token: str, ext: str):
     return response
 
 
+@csrf_exempt
 def unknown_url(request, *args, **kwargs):
-    from .errors import handler404
-
     return handler404(request)

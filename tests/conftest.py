@@ -19,8 +19,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def prices(db):
-    """The price table as migrations seed it (transactional tests flush tables, so put it back)."""
+    """Reference data as migrations seed it: the price table and the default moderation policy (transactional tests
+    flush every table, so put them back)."""
+    from generation import moderation
+
     price_list.sync(Price)
+    moderation.sync_default_policy()
+    moderation.invalidate_policy()
 
 
 @pytest.fixture

@@ -8,6 +8,17 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class InputImage:
+    """An input image as checked by the gateway: bytes, the sniffed type and its pixel size."""
+
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+    filename: str = "image.png"
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """One validated request, in our terms (the adapter maps it to its upstream's wire format)."""
 
@@ -19,7 +30,12 @@ class ImageRequest:
     style: str | None = None
     seed: int | None = None
     user: str | None = None
-    options: dict = field(default_factory=dict)  # model-specific extras already validated (background, ...)
+    # "generate", "edit" (input images, optional mask; also the `image` URL on generations) or "variation".
+    mode: str = "generate"
+    images: tuple["InputImage", ...] = ()
+    mask: "InputImage | None" = None
+    # Model-specific extras already validated: background, moderation, output_format, output_compression.
+    options: dict = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -45,9 +61,11 @@ class ProviderResult:
 
 
 class Provider(Protocol):
+    """An upstream. `run` serves every mode the provider's models support (see ImageRequest.mode)."""
+
     name: str
 
-    async def generate(self, request: ImageRequest) -> ProviderResult: ...
+    async def run(self, request: ImageRequest) -> ProviderResult: ...
 
 
 class ProviderError(Exception):

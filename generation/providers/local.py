@@ -37,7 +37,49 @@ def palette_for(prompt: str) -> list[tuple[int, int, int]]:
     return colours
 
 
+def _encode(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG", compress_level=3)
+    return out.getvalue()
+
+
+def _fit(data: bytes, width: int, height: int) -> Image.Image:
+    """An input image scaled and centre-cropped to width × height, as RGBA."""
+    with Image.open(io.BytesIO(data)) as source:
+        return ImageOps.fit(source.convert("RGBA"), (width, height), method=Image.Resampling.LANCZOS)
+
+
+def render_edit_png(prompt: str, seed: int, width: int, height: int, images: list[bytes], mask: bytes | None) -> bytes:
+    """Edit: the prompt's picture painted into the input image where the mask is transparent (alpha 0); with no
+    mask, blended over the whole image. Several input images are layered first, as references."""
+    base = _fit(images[0], width, height)
+    for extra in images[1:]:
+        base = Image.blend(base, _fit(extra, width, height), 0.3)
+    painted = _render(prompt, seed, width, height)
+    if mask is not None:
+        with Image.open(io.BytesIO(mask)) as m:
+            alpha = m.convert("RGBA").resize((width, height)).getchannel("A")
+        edit_area = ImageOps.invert(alpha)  # alpha 0 → 255: paint here
+        base.paste(painted, (0, 0), edit_area)
+        return _encode(base)
+    return _encode(Image.blend(base, painted, 0.45))
+
+
+def render_variation_png(seed: int, width: int, height: int, image: bytes) -> bytes:
+    """Variation: the input image, reframed and recoloured, with shapes derived from its own content and the seed."""
+    base = _fit(image, width, height)
+    fingerprint = hashlib.sha256(image).hexdigest()
+    rng = random.Random(_hash_int(f"{seed}\x00{fingerprint}"))
+    shifted = ImageOps.mirror(base) if rng.random() < 0.5 else base
+    overlay = _render(fingerprint[:16] + f" {seed}", seed, width, height)
+    return _encode(Image.blend(shifted, overlay, 0.25 + rng.random() * 0.15))
+
+
 def render_png(prompt: str, seed: int, width: int, height: int) -> bytes:
+    return _encode(_render(prompt, seed, width, height))
+
+
+def _render(prompt: str, seed: int, width: int, height: int) -> Image.Image:
     words = [w.lower() for w in _WORD.findall(prompt)] or ["empty"]
     palette = palette_for(prompt)
     rng = random.Random(_hash_int(f"{seed}\x00{prompt}"))
@@ -69,22 +111,29 @@ def render_png(prompt: str, seed: int, width: int, height: int) -> bytes:
         else:
             x2, y2 = rng.randrange(width), rng.randrange(height)
             draw.line((cx, cy, x2, y2), fill=fill, width=max(2, radius // 4))
-    image = Image.alpha_composite(image, overlay.filter(ImageFilter.GaussianBlur(radius=scale / 400)))
-
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG", compress_level=3)
-    return out.getvalue()
+    return Image.alpha_composite(image, overlay.filter(ImageFilter.GaussianBlur(radius=scale / 400)))
 
 
 class LocalProvider:
-    """Provider `local`: serves `local-preview` offline."""
+    """Provider `local`: serves `local-preview` offline, in every mode (generate, edit, variation)."""
 
     name = "local"
 
-    async def generate(self, request: ImageRequest) -> ProviderResult:
+    async def run(self, request: ImageRequest) -> ProviderResult:
         base_seed = request.seed or 0
+        w, h = request.width, request.height
         images = []
         for i in range(request.n):
-            data = await asyncio.to_thread(render_png, request.prompt, base_seed + i, request.width, request.height)
-            images.append(GeneratedImage(data=data, content_type="image/png", revised_prompt=request.prompt))
+            seed = base_seed + i
+            if request.mode == "variation":
+                data = await asyncio.to_thread(render_variation_png, seed, w, h, request.images[0].data)
+            elif request.mode == "edit":
+                data = await asyncio.to_thread(
+                    render_edit_png, request.prompt, seed, w, h, [img.data for img in request.images],
+                    request.mask.data if request.mask else None,
+                )
+            else:
+                data = await asyncio.to_thread(render_png, request.prompt, seed, w, h)
+            revised = request.prompt if request.mode != "variation" else None
+            images.append(GeneratedImage(data=data, content_type="image/png", revised_prompt=revised))
         return ProviderResult(images=images, upstream_cost_micros=0)

@@ -1,0 +1,89 @@
+"""Staff edit the content policy here. Every change ends by calling moderation.invalidate_policy(), so all processes
+use the new policy from their next check."""
+from django import forms
+from django.contrib import admin
+from django.db.models import Count
+
+from . import moderation
+from .models import ModerationCategory, ModerationTerm
+
+
+class ModerationTermForm(forms.ModelForm):
+    class Meta:
+        model = ModerationTerm
+        fields = ["category", "term", "kind", "enabled"]
+
+    def clean_term(self):
+        term = self.cleaned_data["term"].strip()
+        if not moderation.normalise(term).strip():
+            raise forms.ValidationError("A term needs at least one letter or digit.")
+        return term
+
+
+class InvalidatesPolicy:
+    """ModelAdmin mixin: saves, deletes and actions go through Django, then the policy is invalidated."""
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        moderation.invalidate_policy()
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)  # inline terms are saved (and deleted) here
+        moderation.invalidate_policy()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        moderation.invalidate_policy()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        moderation.invalidate_policy()
+
+    @admin.action(description="Enable selected")
+    def enable_selected(self, request, queryset):
+        changed = moderation.set_enabled(rows=queryset, enabled=True)
+        self.message_user(request, f"Enabled {changed}.")
+
+    @admin.action(description="Disable selected")
+    def disable_selected(self, request, queryset):
+        changed = moderation.set_enabled(rows=queryset, enabled=False)
+        self.message_user(request, f"Disabled {changed}.")
+
+
+class ModerationTermInline(admin.TabularInline):
+    model = ModerationTerm
+    form = ModerationTermForm
+    fields = ["term", "kind", "enabled"]
+    extra = 3
+
+
+@admin.register(ModerationCategory)
+class ModerationCategoryAdmin(InvalidatesPolicy, admin.ModelAdmin):
+    list_display = ["name", "slug", "enabled", "term_count", "updated_at"]
+    list_editable = ["enabled"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "slug", "description", "terms__term"]
+    prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["created_at", "updated_at"]
+    fields = ["name", "slug", "enabled", "description", "created_at", "updated_at"]
+    inlines = [ModerationTermInline]
+    actions = ["enable_selected", "disable_selected"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(term_count=Count("terms"))
+
+    @admin.display(description="terms", ordering="term_count")
+    def term_count(self, obj):
+        return obj.term_count
+
+
+@admin.register(ModerationTerm)
+class ModerationTermAdmin(InvalidatesPolicy, admin.ModelAdmin):
+    form = ModerationTermForm
+    list_display = ["term", "category", "kind", "enabled", "updated_at"]
+    list_editable = ["kind", "enabled"]
+    list_filter = ["enabled", "kind", "category"]
+    list_select_related = ["category"]
+    search_fields = ["term", "category__name", "category__slug"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["enable_selected", "disable_selected"]

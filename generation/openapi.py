@@ -1,0 +1,674 @@
+"""The OpenAPI 3 description of /v1, served at /v1/openapi.json and rendered for humans at /docs/api/.
+
+Documentation only: the serializers below are never used to parse a request (validation.py does that, with
+OpenAI's error semantics). They describe what the views accept and answer, and are attached to the view classes
+by `annotate()` at import (generation/urls.py imports this module), so views.py carries no schema code.
+
+What keeps the description true as the code changes:
+  * request fields are built from `validation.FIELDS` / `validation.FILE_FIELDS` (a field added there appears
+    here; tests/test_openapi.py fails if it has no documentation entry in `_FIELD_DOCS`);
+  * every allowed value (models, sizes, qualities, styles, formats, limits) is read from `catalog.MODELS` when the
+    schema is generated, restricted to the models that can serve the endpoint;
+  * tests/test_openapi.py runs Schemathesis against the live server: no 5xx, and every response (status code,
+    content type, headers, body) matches this description.
+
+The views are annotated with class-level `extend_schema` (one HTTP method per view), not `extend_schema_view`: the
+latter wraps inherited handlers in a sync function, which would turn adrf's async `post` into a sync handler.
+"""
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
+from rest_framework import serializers
+
+from . import catalog, validation, views
+
+SECURITY_SCHEME = "bearerAuth"
+EXAMPLE_BASE_URL = "http://127.0.0.1:8000"  # the reference page swaps in the server it is served from
+
+MODES = validation.MODE  # endpoint -> capability ("generations" -> "generate", ...)
+
+# Every error the API answers with: (HTTP status, error.type, error.code, when). The Error schema carries it as
+# `x-error-codes`, and the reference page renders it from there.
+ERROR_CODES = [
+    (400, "invalid_request_error", "invalid_json", "The body is not a JSON object (or not valid JSON)."),
+    (400, "invalid_request_error", "missing_required_parameter", "A required field (prompt, image) is missing."),
+    (400, "invalid_request_error", "unknown_parameter", "A field the endpoint (or the model) does not take."),
+    (400, "invalid_request_error", "invalid_type", "A field has the wrong type (e.g. a string for n)."),
+    (400, "invalid_request_error", "invalid_size", "The model does not offer this size; the message lists those it does."),
+    (400, "invalid_request_error", "invalid_parameter",
+     "Any other value the model does not accept; the message names the allowed values."),
+    (400, "invalid_request_error", "string_above_max_length", "prompt or user is longer than allowed."),
+    (400, "invalid_request_error", "invalid_image_format", "An uploaded image is not PNG/JPEG/WebP, or not a type the "
+                                                           "model accepts (checked by content, not by name)."),
+    (400, "invalid_request_error", "invalid_image", "An uploaded image could not be decoded."),
+    (400, "invalid_request_error", "invalid_image_dimensions",
+     "The model needs a square image, or the mask is not the image's size."),
+    (400, "invalid_request_error", "image_too_large", "An input image is over the model's byte or pixel limit."),
+    (400, "invalid_request_error", "invalid_mask", "The mask has no alpha channel."),
+    (400, "invalid_request_error", "invalid_image_url", "The `image` URL could not be fetched as an image."),
+    (400, "invalid_request_error", "content_policy_violation", "The prompt was refused by the safety system."),
+    (401, "invalid_request_error", None, "No API key: send `Authorization: Bearer <key>`."),
+    (401, "invalid_request_error", "invalid_api_key", "The API key is unknown or revoked."),
+    (403, "invalid_request_error", "permission_denied", "The key may not perform this request."),
+    (404, "invalid_request_error", "model_not_found", "The model does not exist or is not enabled here."),
+    (404, "invalid_request_error", "unknown_url", "No such URL under /v1."),
+    (405, "invalid_request_error", "method_not_allowed", "The URL exists but not with this HTTP method."),
+    (409, "invalid_request_error", "idempotency_key_reused",
+     "The Idempotency-Key was already used with a different request."),
+    (409, "invalid_request_error", "idempotency_request_in_progress",
+     "A request with this Idempotency-Key is still running; retry later to get its response."),
+    (413, "invalid_request_error", "request_too_large", "The request body is over the size limit."),
+    (415, "invalid_request_error", "unsupported_media_type",
+     "Wrong Content-Type: JSON for generations, multipart/form-data for edits and variations."),
+    (429, "requests", "rate_limit_exceeded",
+     "Over the key's or the organization's requests per minute (or the upstream is limiting); honour retry-after."),
+    (500, "server_error", None, "Our error; retry, and quote the x-request-id if it persists."),
+    (502, "server_error", "upstream_error", "The upstream provider failed; nothing was charged. Retry."),
+    (503, "server_error", "model_unavailable", "The model cannot be served at this size and quality right now."),
+    (503, "server_error", "idempotency_unavailable", "Idempotent requests are briefly unavailable; retry."),
+    (504, "server_error", "upstream_timeout", "The upstream provider did not answer in time; nothing was charged."),
+]
+
+
+# --- Catalog-derived values ---------------------------------------------------------------------------------------
+
+def models_for(endpoint: str) -> list[catalog.ModelSpec]:
+    """The catalog's models that can serve /v1/images/{endpoint}, in catalog order."""
+    return [m for m in catalog.MODELS.values() if m.supports(MODES[endpoint])]
+
+
+def _union(models, attr: str) -> list:
+    values: dict = {}
+    for model in models:
+        for value in getattr(model, attr):
+            values.setdefault(value, None)
+    return list(values)
+
+
+def _names(models) -> str:
+    return ", ".join(m.id for m in models)
+
+
+def _per_model(models, render) -> str:
+    return "; ".join(f"{m.id}: {render(m)}" for m in models if render(m))
+
+
+# --- Request bodies -------------------------------------------------------------------------------------------------
+
+def _choice(values, help_text: str, *, nullable: bool, default=serializers.empty):
+    kwargs = {} if default is serializers.empty else {"default": default}
+    return serializers.ChoiceField(choices=list(values), required=False, allow_null=nullable, help_text=help_text,
+                                   **kwargs)
+
+
+def _int(lo: int, hi: int, help_text: str, *, nullable: bool, default=serializers.empty):
+    kwargs = {} if default is serializers.empty else {"default": default}
+    return serializers.IntegerField(min_value=lo, max_value=hi, required=False, allow_null=nullable,
+                                    help_text=help_text, **kwargs)
+
+
+def _f_prompt(endpoint, models, nullable):
+    longest = max(m.max_prompt_chars for m in models)
+    return serializers.CharField(
+        required=True, min_length=1, max_length=longest, trim_whitespace=False,
+        help_text="What to draw (or, for edits, what to change). It must contain more than white space. "
+                  f"Maximum length per model: {_per_model(models, lambda m: m.max_prompt_chars)}.",
+    )
+
+
+def _f_model(endpoint, models, nullable):
+    default = catalog.DEFAULT_MODEL if catalog.DEFAULT_MODEL in [m.id for m in models] else serializers.empty
+    return _choice([m.id for m in models],
+                   f"The model. Default: {catalog.DEFAULT_MODEL}. GET /v1/models lists the models enabled on this "
+                   "server; a model of the catalog that is not enabled answers 404 model_not_found.",
+                   nullable=nullable, default=default)
+
+
+def _f_n(endpoint, models, nullable):
+    return _int(1, max(m.max_n for m in models),
+                f"How many images. Default 1. Maximum per model: {_per_model(models, lambda m: m.max_n)}.",
+                nullable=nullable, default=1)
+
+
+def _f_size(endpoint, models, nullable):
+    return _choice(_union(models, "sizes"),
+                   "Width x height in pixels. Allowed per model: "
+                   f"{_per_model(models, lambda m: ', '.join(m.sizes) + f' (default {m.default_size})')}. "
+                   "A size the model does not offer answers 400 invalid_size.", nullable=nullable)
+
+
+def _f_quality(endpoint, models, nullable):
+    return _choice(_union(models, "qualities"),
+                   "Rendering quality. Allowed per model: "
+                   f"{_per_model(models, lambda m: ', '.join(m.qualities) + f' (default {m.default_quality})')}.",
+                   nullable=nullable)
+
+
+def _f_style(endpoint, models, nullable):
+    styled = [m for m in models if m.styles]
+    return _choice(_union(models, "styles"),
+                   f"Image style, for {_names(styled) or 'no model'} only: "
+                   f"{_per_model(styled, lambda m: ', '.join(m.styles) + f' (default {m.default_style})')}.",
+                   nullable=nullable)
+
+
+def _f_response_format(endpoint, models, nullable):
+    base64_only = [m for m in models if not m.response_formats]
+    verb = "answers" if len(base64_only) == 1 else "answer"
+    note = (f" {_names(base64_only)} always {verb} b64_json and refuse{'s' if len(base64_only) == 1 else ''} this "
+            "field (400 unknown_parameter)." if base64_only else "")
+    return _choice(_union(models, "response_formats") or list(catalog.RESPONSE_FORMATS),
+                   "`url` (a signed link to the PNG, valid for 60 minutes) or `b64_json` (the image inline). "
+                   f"Default: url.{note}", nullable=nullable)
+
+
+def _gpt_image_choice(attr: str, what: str):
+    def factory(endpoint, models, nullable):
+        owners = [m for m in models if getattr(m, attr)]
+        return _choice(_union(models, attr), f"{what} For {_names(owners) or 'no model'} only (default auto"
+                                             f"{', png' if attr == 'output_formats' else ''}).",
+                       nullable=nullable)
+    return factory
+
+
+def _f_output_format(endpoint, models, nullable):
+    owners = [m for m in models if m.output_formats]
+    return _choice(_union(models, "output_formats"),
+                   f"File format of the images, for {_names(owners) or 'no model'} only. Default png.",
+                   nullable=nullable)
+
+
+def _f_output_compression(endpoint, models, nullable):
+    owners = [m for m in models if m.output_compression]
+    return _int(0, 100, f"Compression level 0-100 for jpeg and webp output, for {_names(owners) or 'no model'} only. "
+                        "Default 100; below 100 needs output_format jpeg or webp.", nullable=nullable)
+
+
+def _f_user(endpoint, models, nullable):
+    return serializers.CharField(required=False, allow_null=nullable, allow_blank=True,
+                                 max_length=validation.MAX_USER_CHARS, trim_whitespace=False,
+                                 help_text="Your identifier for the end user, for abuse monitoring.")
+
+
+def _f_provider(endpoint, models, nullable):
+    return _choice(_union(models, "providers"),
+                   "Imagegate extension: pin the upstream provider instead of letting the gateway route. Providers "
+                   f"per model: {_per_model(models, lambda m: ', '.join(m.providers))}.", nullable=nullable)
+
+
+def _f_seed(endpoint, models, nullable):
+    return _int(0, 2**32 - 1, "Imagegate extension: a seed for reproducible images where the provider supports "
+                              "it (local-preview does).", nullable=nullable)
+
+
+def _f_image_url(endpoint, models, nullable):
+    owners = [m for m in models if m.supports("image_input")]
+    return serializers.URLField(
+        required=False, allow_null=nullable,
+        help_text=f"Imagegate extension: the http(s) URL of an input image to modify, for {_names(owners)}. "
+                  "Only public addresses on ports 80 and 443 are fetched; a URL that does not yield an image "
+                  "the model accepts answers 400 invalid_image_url (or another image error).",
+    )
+
+
+def _input_rules(models, *, several: bool) -> str:
+    return _per_model(models, lambda m: (
+        f"{m.input_images.describe_types()}, up to {m.input_images.max_bytes // 1_048_576} MB"
+        + (", square" if m.input_images.square else "")
+        + (f", up to {m.input_images.max_images} images" if several and m.input_images.max_images > 1 else "")))
+
+
+def _f_image_file(endpoint, models, nullable):
+    if endpoint == "edits":
+        text = ("The image to edit. Send one `image` part, or several `image[]` parts (at least one of the two). "
+                f"Accepted per model: {_input_rules(models, several=True)}.")
+    else:
+        text = f"The image to vary (exactly one). Accepted per model: {_input_rules(models, several=False)}."
+    return serializers.FileField(required=endpoint == "variations", help_text=text)
+
+
+def _f_image_array(endpoint, models, nullable):
+    return serializers.ListField(
+        child=serializers.FileField(), required=False, min_length=1,
+        max_length=max(m.input_images.max_images for m in models),
+        help_text="Several input images, as repeated `image[]` parts (OpenAI's SDKs send a list this way). "
+                  f"At most per model: {_per_model(models, lambda m: m.input_images.max_images)}.",
+    )
+
+
+def _f_mask(endpoint, models, nullable):
+    return serializers.FileField(
+        required=False,
+        help_text="A PNG with an alpha channel, the same size as the (first) image: fully transparent pixels mark "
+                  "the area to edit.",
+    )
+
+
+_FIELD_DOCS = {
+    "prompt": _f_prompt,
+    "model": _f_model,
+    "n": _f_n,
+    "size": _f_size,
+    "quality": _f_quality,
+    "style": _f_style,
+    "response_format": _f_response_format,
+    "user": _f_user,
+    "background": _gpt_image_choice("backgrounds", "Background of the image: transparent needs output_format png "
+                                                   "or webp."),
+    "moderation": _gpt_image_choice("moderations", "Strictness of the upstream's own moderation."),
+    "output_format": _f_output_format,
+    "output_compression": _f_output_compression,
+    "provider": _f_provider,
+    "seed": _f_seed,
+}
+_FILE_FIELD_DOCS = {"image": _f_image_file, "image[]": _f_image_array, "mask": _f_mask}
+# A field named in validation.FIELDS must be documented: the generations `image` is a URL, elsewhere a file.
+_URL_FIELD_DOCS = {"image": _f_image_url}
+
+
+def undocumented_fields(endpoint: str) -> set[str]:
+    """Fields the endpoint accepts that this module cannot describe (tests assert there are none)."""
+    scalar = set(validation.FIELDS[endpoint]) - set(validation.FILE_FIELDS[endpoint])
+    known = set(_FIELD_DOCS) | (set(_URL_FIELD_DOCS) if endpoint == "generations" else set())
+    return (scalar - known) | (set(validation.FILE_FIELDS[endpoint]) - set(_FILE_FIELD_DOCS))
+
+
+# Field order in the schema: OpenAI's order, then anything else alphabetically.
+_ORDER = ["prompt", "image", "image[]", "mask", "model", "n", "size", "quality", "style", "response_format",
+          "background", "moderation", "output_format", "output_compression", "user", "provider", "seed"]
+
+
+def request_fields(endpoint: str) -> dict[str, serializers.Field]:
+    """The documented fields of a request to /v1/images/{endpoint}, built from validation and the catalog now."""
+    models = models_for(endpoint)
+    form = endpoint != "generations"
+    files = set(validation.FILE_FIELDS[endpoint])
+    names = set(validation.FIELDS[endpoint]) | files
+    ordered = sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    fields = {}
+    for name in ordered:
+        if name in files:
+            factory = _FILE_FIELD_DOCS.get(name)
+        elif endpoint == "generations" and name in _URL_FIELD_DOCS:
+            factory = _URL_FIELD_DOCS[name]
+        else:
+            factory = _FIELD_DOCS.get(name)
+        if factory is None:  # accepted but not yet documented: say so rather than omit it
+            fields[name] = serializers.CharField(required=False, help_text="(undocumented)")
+            continue
+        # JSON takes null for "the default"; a multipart form has no null, only absent fields.
+        fields[name] = factory(endpoint, models, not form)
+    return fields
+
+
+class _RequestSerializer(serializers.Serializer):
+    endpoint = ""
+
+    def get_fields(self):
+        return request_fields(self.endpoint)
+
+
+class ImageGenerationSerializer(_RequestSerializer):
+    """Create images from a prompt (JSON). Optional fields may be omitted or null: the model's default applies."""
+
+    endpoint = "generations"
+
+
+class ImageEditSerializer(_RequestSerializer):
+    """Edit or extend images given a prompt (multipart/form-data)."""
+
+    endpoint = "edits"
+
+
+class ImageVariationSerializer(_RequestSerializer):
+    """Variations of one image (multipart/form-data)."""
+
+    endpoint = "variations"
+
+
+# --- Responses ----------------------------------------------------------------------------------------------------
+
+class ImageSerializer(serializers.Serializer):
+    """One generated image: `url` or `b64_json`, as asked by response_format."""
+
+    url = serializers.URLField(required=False, help_text="Signed URL of the PNG; valid for 60 minutes, then 410.")
+    b64_json = serializers.CharField(required=False, help_text="The image file, base64-encoded.")
+    revised_prompt = serializers.CharField(required=False, allow_blank=True,
+                                           help_text="The prompt the model drew (generations and edits).")
+
+
+class ImageUsageSerializer(serializers.Serializer):
+    """Imagegate extension: what the request cost and how long it took."""
+
+    cost = serializers.FloatField(min_value=0, help_text="Charged, in USD (n x the model's price per image).")
+    latency_ms = serializers.IntegerField(min_value=0, help_text="Time spent serving the request, in ms.")
+    image_size = serializers.CharField(help_text="The size of the images produced.")
+    model_used = serializers.CharField(help_text="The model that produced them.")
+
+
+class ImagesResponseSerializer(serializers.Serializer):
+    """OpenAI's images response, plus `usage`; gpt-image models also echo background, output_format, quality, size."""
+
+    created = serializers.IntegerField(help_text="Unix time (seconds) of the response.")
+    data = ImageSerializer(many=True)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        gpt = [m for m in catalog.MODELS.values() if m.output_formats]
+        owners = _names(gpt) or "no model"
+        fields["background"] = serializers.ChoiceField(choices=_union(gpt, "backgrounds"), required=False,
+                                                       help_text=f"{owners} only: the background used.")
+        fields["output_format"] = serializers.ChoiceField(choices=_union(gpt, "output_formats"), required=False,
+                                                          help_text=f"{owners} only: the file format produced.")
+        fields["quality"] = serializers.ChoiceField(choices=_union(gpt, "qualities"), required=False,
+                                                    help_text=f"{owners} only: the quality used.")
+        fields["size"] = serializers.ChoiceField(choices=_union(gpt, "sizes"), required=False,
+                                                 help_text=f"{owners} only: the size asked for.")
+        fields["usage"] = ImageUsageSerializer()
+        return fields
+
+
+class ModelSerializer(serializers.Serializer):
+    """OpenAI's model object, plus what the catalog knows about the model (SDKs keep the extra keys)."""
+
+    id = serializers.CharField(help_text="The model id (it may contain '/').")
+    object = serializers.ChoiceField(choices=["model"])
+    created = serializers.IntegerField(help_text="Unix time (seconds).")
+    owned_by = serializers.CharField()
+    providers = serializers.ListField(child=serializers.CharField(),
+                                      help_text="The enabled providers serving it, in routing order.")
+    sizes = serializers.ListField(child=serializers.CharField())
+    qualities = serializers.ListField(child=serializers.CharField())
+    styles = serializers.ListField(child=serializers.CharField())
+    max_n = serializers.IntegerField(min_value=1)
+    max_prompt_chars = serializers.IntegerField(min_value=1)
+    description = serializers.CharField(allow_blank=True)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        capabilities = sorted({c for m in catalog.MODELS.values() for c in m.capabilities})
+        fields["capabilities"] = serializers.ListField(
+            child=serializers.ChoiceField(choices=capabilities),
+            help_text="generate, edit, variation; image_input = takes an `image` URL on generations.")
+        return fields
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = ModelSerializer(many=True)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField(allow_blank=True, help_text="What went wrong, for humans; names allowed values.")
+    type = serializers.CharField(help_text="invalid_request_error, requests (rate limits) or server_error.")
+    param = serializers.CharField(allow_null=True, help_text="The request field at fault, or null.")
+    code = serializers.CharField(allow_null=True, help_text="A stable machine-readable code, or null.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """OpenAI's error envelope: every non-2xx answer of /v1, with all four keys always present."""
+
+    error = ErrorDetailSerializer()
+
+
+# --- Headers --------------------------------------------------------------------------------------------------------
+
+_IMAGE_STATUSES = [200, 400, 401, 403, 404, 409, 413, 415, 429, 500, 502, 503, 504]
+_MODEL_LIST_STATUSES = [200, 401, 403, 429, 500]
+_MODEL_DETAIL_STATUSES = [200, 401, 403, 404, 429, 500]
+_AUTHENTICATED = [s for s in _IMAGE_STATUSES if s not in (401, 413)]  # responses that passed authentication
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request: bad JSON, a missing, unknown or badly typed field, a value the model does not accept, an "
+         "unusable input image, or a prompt refused by the safety system.",
+    401: "No API key, or an unknown or revoked one.",
+    403: "The API key may not perform this request.",
+    404: "Unknown or disabled model (model_not_found).",
+    409: "Idempotency-Key conflict: reused with another request, or that request is still running.",
+    413: "The request body is over the size limit (request_too_large).",
+    415: "Unsupported Content-Type.",
+    429: "Rate limit reached (rate_limit_exceeded); wait for retry-after.",
+    500: "Internal error; retry, quoting x-request-id if it persists.",
+    502: "The upstream provider failed (upstream_error); nothing was charged.",
+    503: "Temporarily unavailable: no price configured for this model/size/quality (model_unavailable) or the "
+         "idempotency store is down (idempotency_unavailable).",
+    504: "The upstream provider timed out (upstream_timeout); nothing was charged.",
+}
+
+
+def _headers(statuses: list[int], *, images: bool) -> list[OpenApiParameter]:
+    authenticated = [s for s in statuses if s not in (401, 413)]
+    headers = [
+        OpenApiParameter("x-request-id", {"type": "string", "pattern": "^req_"}, OpenApiParameter.HEADER,
+                         required=True, response=statuses,
+                         description="Identifies the request in our logs and your usage; quote it to support."),
+        OpenApiParameter("x-ratelimit-limit-requests", {"type": "integer", "minimum": 0}, OpenApiParameter.HEADER,
+                         response=authenticated,
+                         description="Requests per minute allowed by the binding limit (the key's or the "
+                                     "organization's, whichever has fewer left)."),
+        OpenApiParameter("x-ratelimit-remaining-requests", {"type": "integer", "minimum": 0}, OpenApiParameter.HEADER,
+                         response=authenticated, description="Requests that could be made right now."),
+        OpenApiParameter("x-ratelimit-reset-requests", {"type": "string", "pattern": r"^(\d+h)?(\d+m)?[\d.]+m?s$"},
+                         OpenApiParameter.HEADER, response=authenticated,
+                         description="Time until the limit is fully restored, e.g. 1s, 6m0s, 12ms."),
+        OpenApiParameter("retry-after", {"type": "integer", "minimum": 1}, OpenApiParameter.HEADER,
+                         response=[s for s in statuses if s in (409, 429, 503)],
+                         description="Seconds to wait before retrying."),
+        OpenApiParameter("retry-after-ms", {"type": "integer", "minimum": 1}, OpenApiParameter.HEADER,
+                         response=[s for s in statuses if s == 429],
+                         description="Milliseconds to wait before retrying (OpenAI's SDKs honour it)."),
+        OpenApiParameter("www-authenticate", {"type": "string"}, OpenApiParameter.HEADER,
+                         response=[s for s in statuses if s == 401], description='Bearer realm="api".'),
+    ]
+    if images:
+        headers += [
+            OpenApiParameter("x-provider", {"type": "string"}, OpenApiParameter.HEADER, response=[200],
+                             description="The upstream provider that produced the images."),
+            OpenApiParameter("idempotent-replayed", {"type": "string", "enum": ["true"]}, OpenApiParameter.HEADER,
+                             response=[s for s in authenticated if s < 500 and s not in (409, 429)],
+                             description="Present when this is the stored response of an earlier request with "
+                                         "the same Idempotency-Key."),
+            OpenApiParameter(
+                "Idempotency-Key",
+                {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"},
+                OpenApiParameter.HEADER, required=False,
+                description="Send the same key (1-255 printable ASCII characters, e.g. a UUID) when retrying: the "
+                            "first response is stored for 24 hours and replayed, so a retry never generates or "
+                            "charges twice. The same key with a different request answers 409.",
+            ),
+        ]
+    return headers
+
+
+def _responses(ok, statuses: list[int], ok_description: str) -> dict:
+    responses = {200: OpenApiResponse(ok, description=ok_description)}
+    for status in statuses:
+        if status != 200:
+            responses[status] = OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[status])
+    return responses
+
+
+# --- Code samples (rendered by /docs/api/, also useful in any OpenAPI viewer) -------------------------------------
+
+def _samples(endpoint: str) -> list[dict]:
+    base = EXAMPLE_BASE_URL
+    if endpoint == "generations":
+        curl = (f"curl {base}/v1/images/generations \\\n"
+                '  -H "Authorization: Bearer $IMAGEGATE_API_KEY" \\\n'
+                '  -H "Content-Type: application/json" \\\n'
+                f"  -d '{{\"model\": \"{catalog.DEFAULT_MODEL}\", \"prompt\": \"A lighthouse in a storm\", "
+                '"size": "1024x1024", "n": 1}\'')
+        python = ("import base64, os\nfrom openai import OpenAI\n\n"
+                  f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["IMAGEGATE_API_KEY"])\n'
+                  f'result = client.images.generate(model="{catalog.DEFAULT_MODEL}", prompt="A lighthouse in a storm",\n'
+                  '                                size="1024x1024", response_format="b64_json")\n'
+                  'open("lighthouse.png", "wb").write(base64.b64decode(result.data[0].b64_json))\n'
+                  'print(result.model_extra["usage"])  # cost, latency_ms, image_size, model_used')
+    elif endpoint == "edits":
+        curl = (f"curl {base}/v1/images/edits \\\n"
+                '  -H "Authorization: Bearer $IMAGEGATE_API_KEY" \\\n'
+                '  -F image=@photo.png -F mask=@mask.png \\\n'
+                f'  -F model={catalog.DEFAULT_MODEL} -F prompt="Add a red balloon in the sky" -F size=512x512')
+        python = ("import os\nfrom openai import OpenAI\n\n"
+                  f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["IMAGEGATE_API_KEY"])\n'
+                  f'result = client.images.edit(model="{catalog.DEFAULT_MODEL}", image=open("photo.png", "rb"),\n'
+                  '                            mask=open("mask.png", "rb"), prompt="Add a red balloon in the sky",\n'
+                  '                            size="512x512")\n'
+                  "print(result.data[0].url)  # signed, valid for 60 minutes")
+    else:
+        curl = (f"curl {base}/v1/images/variations \\\n"
+                '  -H "Authorization: Bearer $IMAGEGATE_API_KEY" \\\n'
+                f'  -F image=@photo.png -F model={catalog.DEFAULT_MODEL} -F n=2 -F size=256x256')
+        python = ("import os\nfrom openai import OpenAI\n\n"
+                  f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["IMAGEGATE_API_KEY"])\n'
+                  f'result = client.images.create_variation(model="{catalog.DEFAULT_MODEL}", image=open("photo.png", "rb"),\n'
+                  '                                         n=2, size="256x256")\n'
+                  "for image in result.data:\n    print(image.url)")
+    return [{"lang": "Shell", "label": "curl", "source": curl},
+            {"lang": "Python", "label": "Python (OpenAI SDK)", "source": python}]
+
+
+def _model_samples(detail: bool) -> list[dict]:
+    base = EXAMPLE_BASE_URL
+    path = f"/v1/models/{catalog.DEFAULT_MODEL}" if detail else "/v1/models"
+    call = f'client.models.retrieve("{catalog.DEFAULT_MODEL}")' if detail else "[m.id for m in client.models.list()]"
+    return [
+        {"lang": "Shell", "label": "curl",
+         "source": f'curl {base}{path} \\\n  -H "Authorization: Bearer $IMAGEGATE_API_KEY"'},
+        {"lang": "Python", "label": "Python (OpenAI SDK)",
+         "source": "import os\nfrom openai import OpenAI\n\n"
+                   f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["IMAGEGATE_API_KEY"])\n'
+                   f"print({call})"},
+    ]
+
+
+# --- Authentication, hooks, annotation ----------------------------------------------------------------------------
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.ApiKeyAuthentication"
+    name = SECURITY_SCHEME
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "ig_<8 characters>_<43 characters>",
+            "description": "An API key from the dashboard's API keys page: `Authorization: Bearer ig_...`.",
+        }
+
+
+OPERATION_IDS = {
+    ("/v1/images/generations", "post"): "createImage",
+    ("/v1/images/edits", "post"): "createImageEdit",
+    ("/v1/images/variations", "post"): "createImageVariation",
+    ("/v1/models", "get"): "listModels",
+    ("/v1/models/{model_id}", "get"): "retrieveModel",
+}
+
+
+def only_v1(endpoints):
+    """PREPROCESSING_HOOKS: document /v1 only (never the dashboard, admin, accounts or image files)."""
+    return [
+        (path, path_regex, method, callback) for path, path_regex, method, callback in endpoints
+        if path.startswith("/v1/") and not path.startswith("/v1/openapi")
+    ]
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        node.pop("x-spec-enum-id", None)
+        for value in node.values():
+            _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value)
+
+
+def postprocess(result, generator, request, public):
+    """POSTPROCESSING_HOOKS: what serializers cannot say.
+
+    * OpenAI's operation ids (set here: extend_schema on a view class warns about operation_id);
+    * enums stay inline (each endpoint has its own allowed values) without drf-spectacular's bookkeeping key;
+    * request bodies refuse unknown fields (validation answers 400 unknown_parameter);
+    * an edit needs `image` or `image[]`;
+    * the Error schema carries the table of error codes (`x-error-codes`).
+    """
+    _walk(result)
+    for path, item in result.get("paths", {}).items():
+        for method, operation in item.items():
+            if (path, method) in OPERATION_IDS:
+                operation["operationId"] = OPERATION_IDS[path, method]
+    schemas = result.get("components", {}).get("schemas", {})
+    for name in ("ImageGenerationRequest", "ImageEditRequest", "ImageVariationRequest"):
+        if name in schemas:
+            schemas[name]["additionalProperties"] = False
+    if "ImageEditRequest" in schemas:
+        schemas["ImageEditRequest"]["anyOf"] = [{"required": ["image"]}, {"required": ["image[]"]}]
+    if "Error" in schemas:
+        schemas["Error"]["x-error-codes"] = [
+            {"status": status, "type": type_, "code": code, "description": text}
+            for status, type_, code, text in ERROR_CODES
+        ]
+    return result
+
+
+_FILE_ENCODING = {"contentType": "image/png, image/jpeg, image/webp"}
+
+
+def annotate() -> None:
+    """Attach the schema to the /v1 view classes (once; urls import this module)."""
+    if getattr(views.ImageGenerationsView, "_openapi_annotated", False):
+        return
+    extend_schema(
+        tags=["Images"], summary="Create images",
+        description="Generate images from a text prompt with any model of the catalog that can generate. "
+                    "Same request and response as OpenAI's `POST /v1/images/generations`, plus `usage`.",
+        request={"application/json": ImageGenerationSerializer},
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The images."),
+        parameters=_headers(_IMAGE_STATUSES, images=True),
+        extensions={"x-codeSamples": _samples("generations")},
+    )(views.ImageGenerationsView)
+    extend_schema(
+        tags=["Images"], summary="Edit images",
+        description="Edit or extend one or more input images as the prompt says; an optional mask limits the edit "
+                    "to its transparent area. multipart/form-data, as OpenAI's `POST /v1/images/edits`.",
+        request={"multipart/form-data": OpenApiRequest(
+            ImageEditSerializer, encoding={"image": _FILE_ENCODING, "image[]": _FILE_ENCODING,
+                                           "mask": {"contentType": "image/png"}})},
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The edited images."),
+        parameters=_headers(_IMAGE_STATUSES, images=True),
+        extensions={"x-codeSamples": _samples("edits")},
+    )(views.ImageEditsView)
+    extend_schema(
+        tags=["Images"], summary="Create image variations",
+        description="Variations of one input image. multipart/form-data, as OpenAI's `POST /v1/images/variations`. "
+                    "Variations carry no revised_prompt.",
+        request={"multipart/form-data": OpenApiRequest(ImageVariationSerializer, encoding={"image": _FILE_ENCODING})},
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The variations."),
+        parameters=_headers(_IMAGE_STATUSES, images=True),
+        extensions={"x-codeSamples": _samples("variations")},
+    )(views.ImageVariationsView)
+    extend_schema(
+        tags=["Models"], summary="List models",
+        description="The models enabled on this server (those at least one configured provider serves), with "
+                    "what each accepts.",
+        responses=_responses(ModelListSerializer, _MODEL_LIST_STATUSES, "The models."),
+        parameters=_headers(_MODEL_LIST_STATUSES, images=False),
+        extensions={"x-codeSamples": _model_samples(detail=False)},
+    )(views.ModelListView)
+    extend_schema(
+        tags=["Models"], summary="Retrieve a model",
+        description="One model object. Model ids may contain '/' (e.g. `vendor/model`); send them as they are.",
+        responses=_responses(ModelSerializer, _MODEL_DETAIL_STATUSES, "The model."),
+        parameters=[
+            OpenApiParameter("model_id", {"type": "string", "minLength": 1}, OpenApiParameter.PATH,
+                             required=True, description="The model id, e.g. local-preview. It may contain '/'."),
+            *_headers(_MODEL_DETAIL_STATUSES, images=False),
+        ],
+        extensions={"x-codeSamples": _model_samples(detail=True)},
+    )(views.ModelDetailView)
+    views.ImageGenerationsView._openapi_annotated = True
+
+
+annotate()
