@@ -36,6 +36,59 @@ PRICE_LIST: list[tuple[str, str, str, int, datetime]] = [
 ]
 
 
+
+def _flat(model: str, sizes: tuple[str, ...], micros: int, quality: str = "standard"):
+    return [(model, size, quality, micros, _2025) for size in sizes]
+
+
+def _pixels(size: str) -> int:
+    w, h = size.split("x")
+    return int(w) * int(h)
+
+
+# Upstream models: upstream list price + 10% (REFERENCE.md), the same at every size unless the upstream's differs.
+# Sizes here mirror generation/catalog.py; tests check that every catalog model, size and quality has a price.
+_SDXL_SIZES = ("1024x1024", "1152x896", "896x1152", "1216x832", "1344x768", "768x1344", "1536x640", "640x1536")
+_STABLE_IMAGE_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1280x1024", "1024x1280",
+                       "1568x672", "672x1568")
+_FLUX_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768", "768x1024", "1280x1024",
+               "1024x1280", "512x512", "1440x1440")
+_FLUX_ULTRA_SIZES = ("2048x2048", "2752x1536", "1536x2752", "2496x1664", "1664x2496")
+_KONTEXT_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768", "768x1024")
+_ASPECT_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1280x1024", "1024x1280", "1568x672",
+                 "672x1568", "1024x768", "768x1024")
+_TITAN_SIZES = ("1024x1024", "768x768", "512x512", "1152x768", "768x1152", "1280x768", "768x1280", "1152x896",
+                "896x1152", "1408x768", "768x1408")
+
+PRICE_LIST += [
+    *_flat("sdxl-1.0", _SDXL_SIZES, 11_000),
+    *_flat("sd-1.6", ("512x512", "768x768", "1024x1024", "512x768", "768x512"), 11_000),
+    *_flat("stable-image-core", _STABLE_IMAGE_SIZES, 33_000),
+    *_flat("stable-image-ultra", _STABLE_IMAGE_SIZES, 88_000),
+    *_flat("sd3.5-large", _STABLE_IMAGE_SIZES, 71_500),
+    *_flat("sd3.5-large-turbo", _STABLE_IMAGE_SIZES, 44_000),
+    *_flat("sd3.5-medium", _STABLE_IMAGE_SIZES, 38_500),
+    *_flat("flux-pro-1.1", _FLUX_SIZES, 44_000),
+    *_flat("flux-pro-1.1-ultra", _FLUX_ULTRA_SIZES, 66_000),
+    *_flat("flux-dev", _FLUX_SIZES, 27_500),
+    *_flat("flux-kontext-pro", _KONTEXT_SIZES, 44_000),
+    *_flat("flux-kontext-max", _KONTEXT_SIZES, 88_000),
+    *_flat("flux-schnell", _ASPECT_SIZES, 3_300),
+    *_flat("stable-diffusion-2.1", ("512x512", "768x768", "1024x1024", "768x512", "512x768"), 4_000),
+    # Titan: $0.008 / $0.010 standard and $0.010 / $0.012 premium, at up to 512x512 / above.
+    *[(m, size, quality, micros, _2025)
+      for m in ("titan-image-generator-v1", "titan-image-generator-v2")
+      for size in _TITAN_SIZES
+      for quality, micros in (("standard", 8_800 if _pixels(size) <= 512 * 512 else 11_000),
+                              ("premium", 11_000 if _pixels(size) <= 512 * 512 else 13_200))],
+    # Nova Canvas: $0.04 / $0.06 standard and $0.06 / $0.08 premium, at up to 1024x1024 / above.
+    *[("nova-canvas", size, quality, micros, _2025)
+      for size in _TITAN_SIZES
+      for quality, micros in (("standard", 44_000 if _pixels(size) <= 1024 * 1024 else 66_000),
+                              ("premium", 66_000 if _pixels(size) <= 1024 * 1024 else 88_000))],
+]
+
+
 def sync(price_model) -> int:
     """Insert the rows of PRICE_LIST that `price_model` lacks; returns how many were added."""
     added = 0

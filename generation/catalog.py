@@ -3,6 +3,7 @@
 Validation, /v1/models, routing and pricing all read this one table. Upstream issues add their entries here (and
 their prices in billing's price list). Facts for the OpenAI models are OpenAI's published limits.
 """
+import dataclasses
 from dataclasses import dataclass, field
 
 RESPONSE_FORMATS = ("url", "b64_json")
@@ -102,7 +103,137 @@ LOCAL_PREVIEW = ModelSpec(
                 "Supports edits, variations and an input image, all offline.",
 )
 
-MODELS: dict[str, ModelSpec] = {spec.id: spec for spec in [LOCAL_PREVIEW, DALL_E_2, DALL_E_3, GPT_IMAGE_1]}
+# --- Stability AI (v1 engines; v2beta Stable Image) -----------------------------------------------------------------
+# OpenAI's `style` values map to Stability style presets; the presets themselves are accepted too.
+STABILITY_STYLE_PRESETS = (
+    "3d-model", "analog-film", "anime", "cinematic", "comic-book", "digital-art", "enhance", "fantasy-art",
+    "isometric", "line-art", "low-poly", "modeling-compound", "neon-punk", "origami", "photographic", "pixel-art",
+    "tile-texture",
+)
+STABILITY_STYLES = ("vivid", "natural") + STABILITY_STYLE_PRESETS
+SDXL_SIZES = ("1024x1024", "1152x896", "896x1152", "1216x832", "1344x768", "768x1344", "1536x640", "640x1536")
+# v2beta models take an aspect ratio, not pixels: each size names the ratio it stands for (see ASPECT_RATIOS).
+ASPECT_RATIOS = {
+    "1024x1024": "1:1", "1344x768": "16:9", "768x1344": "9:16", "1216x832": "3:2", "832x1216": "2:3",
+    "1280x1024": "5:4", "1024x1280": "4:5", "1568x672": "21:9", "672x1568": "9:21", "1024x768": "4:3",
+    "768x1024": "3:4",
+}
+STABLE_IMAGE_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1280x1024", "1024x1280",
+                      "1568x672", "672x1568")
+_V2_INPUT = InputImageRules(max_images=1, max_bytes=10 * 1024 * 1024, content_types=(PNG, JPEG, WEBP), square=False)
+
+
+def _stability_v2(model_id: str, description: str, providers=("stability",)) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="stability-ai", created=1729036800, providers=providers,
+        sizes=STABLE_IMAGE_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+        styles=STABILITY_STYLES, max_n=10, native_max_n=1, max_prompt_chars=10000,
+        capabilities=frozenset({"generate", "image_input"}), input_images=_V2_INPUT, description=description,
+    )
+
+
+SDXL = ModelSpec(
+    id="sdxl-1.0", owned_by="stability-ai", created=1690848000, providers=("stability", "replicate"),
+    sizes=SDXL_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+    styles=STABILITY_STYLES, max_n=10, native_max_n=4, max_prompt_chars=2000,
+    capabilities=frozenset({"generate"}),
+    description="Stable Diffusion XL 1.0 (Stability AI v1 engine, or Replicate's stability-ai/sdxl).",
+)
+SD_1_6 = ModelSpec(
+    id="sd-1.6", owned_by="stability-ai", created=1701388800, providers=("stability",),
+    sizes=("512x512", "768x768", "1024x1024", "512x768", "768x512"), default_size="512x512",
+    qualities=("standard",), default_quality="standard", styles=STABILITY_STYLES, max_n=10, native_max_n=10,
+    max_prompt_chars=2000, capabilities=frozenset({"generate"}),
+    description="Stable Diffusion 1.6 (Stability AI v1 engine stable-diffusion-v1-6).",
+)
+STABLE_IMAGE_CORE = _stability_v2("stable-image-core", "Stability AI Stable Image Core (v2beta).")
+STABLE_IMAGE_ULTRA = _stability_v2("stable-image-ultra", "Stability AI Stable Image Ultra (v2beta).")
+SD3_5_LARGE = _stability_v2("sd3.5-large", "Stable Diffusion 3.5 Large (Stability AI v2beta sd3).")
+SD3_5_LARGE_TURBO = _stability_v2("sd3.5-large-turbo", "Stable Diffusion 3.5 Large Turbo (Stability AI v2beta sd3).")
+SD3_5_MEDIUM = _stability_v2("sd3.5-medium", "Stable Diffusion 3.5 Medium (Stability AI v2beta sd3).")
+
+# --- Black Forest Labs (Flux) and Replicate ----------------------------------------------------------------------
+# BFL takes width/height in steps of 32 from 256 to 1440; ultra and kontext take an aspect ratio.
+FLUX_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768", "768x1024", "1280x1024",
+              "1024x1280", "512x512", "1440x1440")
+FLUX_ULTRA_SIZES = ("2048x2048", "2752x1536", "1536x2752", "2496x1664", "1664x2496")
+FLUX_ULTRA_ASPECT_RATIOS = {"2048x2048": "1:1", "2752x1536": "16:9", "1536x2752": "9:16", "2496x1664": "3:2",
+                            "1664x2496": "2:3"}
+KONTEXT_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768", "768x1024")
+_FLUX_INPUT = InputImageRules(max_images=1, max_bytes=20 * 1024 * 1024, content_types=(PNG, JPEG, WEBP), square=False)
+
+FLUX_PRO_1_1 = ModelSpec(
+    id="flux-pro-1.1", owned_by="black-forest-labs", created=1727740800, providers=("bfl",),
+    sizes=FLUX_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+    max_n=10, native_max_n=1, max_prompt_chars=10000, capabilities=frozenset({"generate"}),
+    description="FLUX1.1 [pro] from Black Forest Labs.",
+)
+FLUX_PRO_1_1_ULTRA = ModelSpec(
+    id="flux-pro-1.1-ultra", owned_by="black-forest-labs", created=1731369600, providers=("bfl",),
+    sizes=FLUX_ULTRA_SIZES, default_size="2048x2048", qualities=("standard",), default_quality="standard",
+    max_n=10, native_max_n=1, max_prompt_chars=10000, capabilities=frozenset({"generate"}),
+    description="FLUX1.1 [pro] ultra: about 4 megapixels, aspect ratios 1:1, 16:9, 9:16, 3:2, 2:3.",
+)
+FLUX_DEV = ModelSpec(
+    id="flux-dev", owned_by="black-forest-labs", created=1722470400, providers=("bfl", "replicate"),
+    sizes=FLUX_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+    max_n=10, native_max_n=1, max_prompt_chars=10000, capabilities=frozenset({"generate"}),
+    description="FLUX.1 [dev] (Black Forest Labs, or Replicate's black-forest-labs/flux-dev).",
+)
+FLUX_KONTEXT_PRO = ModelSpec(
+    id="flux-kontext-pro", owned_by="black-forest-labs", created=1748736000, providers=("bfl",),
+    sizes=KONTEXT_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+    max_n=10, native_max_n=1, max_prompt_chars=10000,
+    capabilities=frozenset({"generate", "edit", "image_input"}), input_images=_FLUX_INPUT,
+    description="FLUX.1 Kontext [pro]: generation and in-context image editing.",
+)
+FLUX_KONTEXT_MAX = dataclasses.replace(FLUX_KONTEXT_PRO, id="flux-kontext-max",
+                                       description="FLUX.1 Kontext [max]: the strongest Kontext model.")
+FLUX_SCHNELL = ModelSpec(
+    id="flux-schnell", owned_by="black-forest-labs", created=1722470400, providers=("replicate",),
+    sizes=tuple(ASPECT_RATIOS), default_size="1024x1024", qualities=("standard",), default_quality="standard",
+    max_n=10, native_max_n=4, max_prompt_chars=10000, capabilities=frozenset({"generate"}),
+    description="FLUX.1 [schnell] on Replicate: fast, four steps.",
+)
+SD_2_1 = ModelSpec(
+    id="stable-diffusion-2.1", owned_by="stability-ai", created=1670198400, providers=("replicate",),
+    sizes=("512x512", "768x768", "1024x1024", "768x512", "512x768"), default_size="768x768",
+    qualities=("standard",), default_quality="standard", max_n=10, native_max_n=4, max_prompt_chars=2000,
+    capabilities=frozenset({"generate"}),
+    description="Stable Diffusion 2.1 on Replicate (stability-ai/stable-diffusion).",
+)
+
+# --- Amazon Bedrock -------------------------------------------------------------------------------------------------
+TITAN_SIZES = ("1024x1024", "768x768", "512x512", "1152x768", "768x1152", "1280x768", "768x1280", "1152x896",
+               "896x1152", "1408x768", "768x1408")
+_TITAN_INPUT = InputImageRules(max_images=1, max_bytes=5 * 1024 * 1024, content_types=(PNG, JPEG), square=False)
+
+
+def _bedrock(model_id: str, description: str, *, max_prompt_chars: int, created: int) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="amazon", created=created, providers=("bedrock",),
+        sizes=TITAN_SIZES, default_size="1024x1024", qualities=("standard", "premium"), default_quality="standard",
+        max_n=10, native_max_n=5, max_prompt_chars=max_prompt_chars,
+        capabilities=frozenset({"generate", "edit", "variation", "image_input"}), input_images=_TITAN_INPUT,
+        description=description,
+    )
+
+
+TITAN_V1 = _bedrock("titan-image-generator-v1", "Amazon Titan Image Generator G1 on Bedrock.",
+                    max_prompt_chars=512, created=1701302400)
+TITAN_V2 = _bedrock("titan-image-generator-v2", "Amazon Titan Image Generator G1 v2 on Bedrock (end of life "
+                    "mid-2026; Nova Canvas is its successor).", max_prompt_chars=512, created=1723075200)
+NOVA_CANVAS = _bedrock("nova-canvas", "Amazon Nova Canvas on Bedrock.", max_prompt_chars=1024, created=1733270400)
+
+MODELS: dict[str, ModelSpec] = {
+    spec.id: spec
+    for spec in [
+        LOCAL_PREVIEW, DALL_E_2, DALL_E_3, GPT_IMAGE_1,
+        SDXL, SD_1_6, STABLE_IMAGE_CORE, STABLE_IMAGE_ULTRA, SD3_5_LARGE, SD3_5_LARGE_TURBO, SD3_5_MEDIUM,
+        FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX, FLUX_SCHNELL, SD_2_1,
+        TITAN_V1, TITAN_V2, NOVA_CANVAS,
+    ]
+}
 
 DEFAULT_MODEL = "local-preview"
 

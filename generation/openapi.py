@@ -18,7 +18,7 @@ latter wraps inherited handlers in a sync function, which would turn adrf's asyn
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
 from . import catalog, validation, views
@@ -481,12 +481,66 @@ def _headers(statuses: list[int], *, images: bool) -> list[OpenApiParameter]:
     return headers
 
 
-def _responses(ok, statuses: list[int], ok_description: str) -> dict:
-    responses = {200: OpenApiResponse(ok, description=ok_description)}
+def _responses(ok, statuses: list[int], ok_description: str, ok_examples=(), error_examples=None) -> dict:
+    responses = {200: OpenApiResponse(ok, description=ok_description, examples=list(ok_examples))}
     for status in statuses:
         if status != 200:
-            responses[status] = OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[status])
+            responses[status] = OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[status],
+                                                examples=(error_examples or {}).get(status, []))
     return responses
+
+
+# --- Examples (true to the code: the default model, its sizes and price) --------------------------------------------
+
+def _example_price_usd(model: str, size: str, quality: str) -> float:
+    from billing.price_list import PRICE_LIST
+
+    rows = [row for row in PRICE_LIST if row[:3] == (model, size, quality)]
+    return round(max(rows, key=lambda row: row[4])[3] / 1_000_000, 6) if rows else 0.0
+
+
+def _example_request() -> dict:
+    spec = catalog.MODELS[catalog.DEFAULT_MODEL]
+    return {"model": spec.id, "prompt": "A lighthouse in a storm", "size": spec.sizes[0],
+            "response_format": "b64_json"}
+
+
+def _example_images(endpoint: str) -> OpenApiExample:
+    spec = catalog.MODELS[catalog.DEFAULT_MODEL]
+    size = spec.sizes[0]
+    item = {"url": f"{EXAMPLE_BASE_URL}/images/eyJuIjoiaW1hZ2VzL2FjbWUvcmVxXzEyMyJ9:1uYm0c:Q2xhc3NpYw.png"}
+    if endpoint != "variations":
+        item["revised_prompt"] = "A lighthouse in a storm"
+    return OpenApiExample("url", response_only=True, status_codes=[200], value={
+        "created": 1764028800, "data": [item],
+        "usage": {"cost": _example_price_usd(spec.id, size, spec.default_quality), "latency_ms": 41,
+                  "image_size": size, "model_used": spec.id},
+    })
+
+
+def _example_error(name: str, status: int, message: str, *, type_: str = "invalid_request_error", param=None,
+                   code=None) -> OpenApiExample:
+    return OpenApiExample(name, response_only=True, status_codes=[status],
+                          value={"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def _image_error_examples() -> dict:
+    spec = catalog.MODELS[catalog.DEFAULT_MODEL]
+    return {
+        400: [_example_error(
+            "invalid_size", 400,
+            f"Invalid 'size': '640x480' is not supported by model '{spec.id}'. The 'size' parameter must be one of: "
+            f"{', '.join(spec.sizes)}.", param="size", code="invalid_size")],
+        401: [_example_error("invalid_api_key", 401, "Incorrect API key provided: ig_Abc****wxyz. The key is unknown "
+                                                     "or has been revoked. You can find and create API keys on your "
+                                                     "dashboard's API keys page.", code="invalid_api_key")],
+        404: [_example_error("model_not_found", 404, "The model 'dall-e-9' does not exist or you do not have access "
+                                                     "to it. GET /v1/models lists the models you can use.",
+                             param="model", code="model_not_found")],
+        429: [_example_error("rate_limit_exceeded", 429, "Rate limit reached for requests on API key ig_Abc12345…: "
+                                                         "limit 300 / min, used 300. Please try again in 200ms.",
+                             type_="requests", code="rate_limit_exceeded")],
+    }
 
 
 # --- Code samples (rendered by /docs/api/, also useful in any OpenAPI viewer) -------------------------------------
@@ -625,7 +679,9 @@ def annotate() -> None:
         description="Generate images from a text prompt with any model of the catalog that can generate. "
                     "Same request and response as OpenAI's `POST /v1/images/generations`, plus `usage`.",
         request={"application/json": ImageGenerationSerializer},
-        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The images."),
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The images.",
+                             [_example_images("generations")], _image_error_examples()),
+        examples=[OpenApiExample(f"{catalog.DEFAULT_MODEL}, base64", value=_example_request(), request_only=True)],
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("generations")},
     )(views.ImageGenerationsView)
@@ -636,7 +692,8 @@ def annotate() -> None:
         request={"multipart/form-data": OpenApiRequest(
             ImageEditSerializer, encoding={"image": _FILE_ENCODING, "image[]": _FILE_ENCODING,
                                            "mask": {"contentType": "image/png"}})},
-        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The edited images."),
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The edited images.",
+                             [_example_images("edits")], _image_error_examples()),
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("edits")},
     )(views.ImageEditsView)
@@ -645,7 +702,8 @@ def annotate() -> None:
         description="Variations of one input image. multipart/form-data, as OpenAI's `POST /v1/images/variations`. "
                     "Variations carry no revised_prompt.",
         request={"multipart/form-data": OpenApiRequest(ImageVariationSerializer, encoding={"image": _FILE_ENCODING})},
-        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The variations."),
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The variations.",
+                             [_example_images("variations")], _image_error_examples()),
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("variations")},
     )(views.ImageVariationsView)
@@ -663,7 +721,8 @@ def annotate() -> None:
         responses=_responses(ModelSerializer, _MODEL_DETAIL_STATUSES, "The model."),
         parameters=[
             OpenApiParameter("model_id", {"type": "string", "minLength": 1}, OpenApiParameter.PATH,
-                             required=True, description="The model id, e.g. local-preview. It may contain '/'."),
+                             required=True, description="The model id, e.g. local-preview. It may contain '/'.",
+                             examples=[OpenApiExample(catalog.DEFAULT_MODEL, value=catalog.DEFAULT_MODEL)]),
             *_headers(_MODEL_DETAIL_STATUSES, images=False),
         ],
         extensions={"x-codeSamples": _model_samples(detail=True)},

@@ -157,3 +157,16 @@ def test_form_scalars_are_strings():
                     form=True)
     assert (call.request.n, call.request.seed) == (3, 42)
     assert err("edits", {"prompt": "x", "n": "3.5"}, files=files, form=True).code == "invalid_type"
+
+
+def test_every_catalog_model_size_and_quality_has_a_nonzero_price():
+    """Never $0 by accident: the price list covers the whole catalog (gpt-image `auto` resolves before pricing)."""
+    from billing.price_list import PRICE_LIST
+
+    priced = {(m, s, q) for m, s, q, micros, _ in PRICE_LIST if micros > 0}
+    missing = [(spec.id, size, quality)
+               for spec in catalog.MODELS.values()
+               for size in spec.sizes if size != "auto"
+               for quality in spec.qualities if quality != "auto"
+               if (spec.id, size, quality) not in priced]
+    assert missing == []

@@ -65,6 +65,14 @@ class Provider(Protocol):
 
     name: str
 
+    def serves(self) -> set[str]:
+        """Our catalog model ids this provider instance can serve."""
+        ...
+
+    def upstream_cost_micros(self, request: ImageRequest) -> int:
+        """What the upstream charges us for `request` (all n images), in micro-USD, from its published prices."""
+        ...
+
     async def run(self, request: ImageRequest) -> ProviderResult: ...
 
 

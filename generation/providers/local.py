@@ -119,6 +119,12 @@ class LocalProvider:
 
     name = "local"
 
+    def serves(self) -> set[str]:
+        return {"local-preview"}
+
+    def upstream_cost_micros(self, request: ImageRequest) -> int:
+        return 0
+
     async def run(self, request: ImageRequest) -> ProviderResult:
         base_seed = request.seed or 0
         w, h = request.width, request.height
