@@ -90,12 +90,12 @@ PRICE_LIST += [
 
 
 def sync(price_model) -> int:
-    """Insert the rows of PRICE_LIST that `price_model` lacks; returns how many were added."""
-    added = 0
-    for model, size, quality, micros, effective_from in PRICE_LIST:
-        _, created = price_model.objects.get_or_create(
-            model=model, size=size, quality=quality, effective_from=effective_from,
-            defaults={"unit_price_micros": micros},
-        )
-        added += created
-    return added
+    """Insert the rows of PRICE_LIST that `price_model` lacks (one read, one bulk insert); returns how many."""
+    existing = set(price_model.objects.values_list("model", "size", "quality", "effective_from"))
+    missing = [
+        price_model(model=model, size=size, quality=quality, unit_price_micros=micros, effective_from=effective_from)
+        for model, size, quality, micros, effective_from in PRICE_LIST
+        if (model, size, quality, effective_from) not in existing
+    ]
+    price_model.objects.bulk_create(missing, ignore_conflicts=True)
+    return len(missing)

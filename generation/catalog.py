@@ -245,3 +245,7 @@ def get_model(model_id: str) -> ModelSpec | None:
 def available_models(enabled_providers: set[str]) -> list[ModelSpec]:
     """The models at least one enabled provider serves, in catalog order."""
     return [m for m in MODELS.values() if enabled_providers.intersection(m.providers)]
+
+# gpt-image "auto": when the upstream does not say what it produced, price it as its most common result.
+AUTO_SIZE = "1024x1024"
+AUTO_QUALITY = "medium"

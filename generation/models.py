@@ -82,3 +82,29 @@ class ModerationTerm(models.Model):
 
     def __str__(self):
         return self.term
+
+
+class ProviderAttempt(models.Model):
+    """One upstream call made for a request: who was tried, how long it took, how it ended. The audit trail of
+    routing and failover (the request's ledger row says what was charged)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=64, db_index=True)
+    attempt = models.PositiveSmallIntegerField()
+    provider = models.CharField(max_length=50)
+    model = models.CharField(max_length=100)
+    status = models.CharField(max_length=16)
+    error_type = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["request_id", "attempt"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "attempt"], name="uniq_attempt_per_request")]
+
+    def __str__(self):
+        return f"{self.request_id}#{self.attempt} {self.provider} {self.status}"

@@ -18,7 +18,9 @@ from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing.models import LedgerEntry
 
-from . import catalog, storage
+from . import catalog, router, storage
+from .health import HealthBook
+from .models import ProviderAttempt
 from .errors import APIError, ContentPolicyViolation, InvalidRequest, RateLimited, ServerError, UpstreamError
 from .providers import base as pb
 from .providers import registry
@@ -38,8 +40,19 @@ class Outcome:
     provider: str
 
 
+_health: HealthBook | None = None
+
+
+def health_book() -> HealthBook:
+    global _health
+    if _health is None:
+        _health = HealthBook()
+    return _health
+
+
 def is_available(spec: catalog.ModelSpec) -> bool:
-    return bool(set(registry()).intersection(spec.providers))
+    """Some enabled provider serves the model."""
+    return bool(router.candidates(spec, registry()))
 
 
 def _map_provider_error(exc: pb.ProviderError) -> APIError:
@@ -50,6 +63,8 @@ def _map_provider_error(exc: pb.ProviderError) -> APIError:
     if isinstance(exc, pb.UpstreamRateLimited):
         return RateLimited("The upstream provider is rate limiting requests. Please retry shortly.",
                            headers={"retry-after": "1"})
+    if isinstance(exc, router.NoHealthyProvider):
+        return UpstreamError(exc.message, status=503, code="provider_unavailable", headers={"retry-after": "5"})
     if isinstance(exc, pb.UpstreamTimeout):
         return UpstreamError(f"The upstream provider did not answer in time: {exc.message}", status=504,
                              code="upstream_timeout")
@@ -106,26 +121,31 @@ async def run(
 
     call: ImageCall | None = None
     provider_name = ""
+    attempts: list[router.Attempt] = []
     try:
         call = validate(endpoint, data, files=files, form=form, is_available=is_available)
         await _moderate(call)
         if call.image_url:
             call = await _with_fetched_image(call)
         req = call.request
-        price = await sync_to_async(billing_selectors.current_price)(model=req.model, size=req.size,
-                                                                      quality=req.quality)
-        if price is None:  # never serve an image we would record at $0 by accident
-            log.error("No price for %s %s %s", req.model, req.size, req.quality)
-            raise ServerError(f"Model '{req.model}' is not available at size {req.size} and quality {req.quality} "
-                              "right now (no price is configured).", status=503, code="model_unavailable")
-        provider_name = call.provider or next(p for p in call.spec.providers if p in registry())
-        provider = registry()[provider_name]
+        price = None
+        if "auto" not in (req.size, req.quality):  # refuse before any upstream call what we could not price
+            price = await _price(req.model, req.size, req.quality)
         try:
-            result = await _call_provider(provider, req, call.spec.native_max_n)
+            result, provider_name = await router.route(
+                spec=call.spec, request=req, providers=registry(), health=health_book(), explicit=call.provider,
+                call=lambda provider, r: _call_provider(provider, r, call.spec.native_max_n), attempts=attempts,
+            )
         except pb.ProviderError as exc:
             raise _map_provider_error(exc) from exc
         if len(result.images) != req.n:
             raise UpstreamError(f"The upstream provider returned {len(result.images)} images instead of {req.n}.")
+        if price is None:  # "auto" size or quality: price what the upstream actually produced
+            size = result.resolved_size or (catalog.AUTO_SIZE if req.size == "auto" else req.size)
+            quality = result.resolved_quality or (catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
+            req = dataclasses.replace(req, size=size, quality=quality)
+            call = dataclasses.replace(call, request=req)
+            price = await _price(req.model, req.size, req.quality)
         items = await _deliver(result.images, call=call, organization_id=organization.pk, request_id=request_id,
                                base_url=base_url)
         latency = elapsed_ms()
@@ -136,15 +156,19 @@ async def run(
             upstream_cost_micros=result.upstream_cost_micros,
         )
     except APIError as exc:
+        await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
-                              request_id=request_id, data=data, call=call, provider=provider_name,
+                              request_id=request_id, data=data, call=call,
+                              provider=provider_name or (attempts[-1].provider if attempts else ""),
                               latency_ms=elapsed_ms())
         raise
     except Exception:
+        await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(ServerError("internal error"), endpoint=endpoint, organization=organization,
                               api_key=api_key, request_id=request_id, data=data, call=call, provider=provider_name,
                               latency_ms=elapsed_ms())
         raise
+    await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
     body = {"created": int(time.time()), "data": items}
     if call.spec.output_formats:  # gpt-image models echo what they produced, as OpenAI does
         body.update({"background": req.options.get("background"), "output_format": req.options.get("output_format"),
@@ -156,6 +180,29 @@ async def run(
         "model_used": req.model,
     }
     return Outcome(body=body, provider=provider_name)
+
+
+async def _price(model: str, size: str, quality: str):
+    price = await sync_to_async(billing_selectors.current_price)(model=model, size=size, quality=quality)
+    if price is None:  # never serve an image we would record at $0 by accident
+        log.error("No price for %s %s %s", model, size, quality)
+        raise ServerError(f"Model '{model}' is not available at size {size} and quality {quality} right now "
+                          "(no price is configured).", status=503, code="model_unavailable")
+    return price
+
+
+async def _record_attempts(attempts: list, *, organization, request_id: str, call) -> None:
+    """The audit trail of every upstream call made for the request (never fails the request)."""
+    if not attempts:
+        return
+    rows = [ProviderAttempt(organization=organization, request_id=request_id, attempt=i, provider=a.provider,
+                            model=call.request.model if call else "", status=a.status, error_type=a.error_type,
+                            error=a.error, latency_ms=a.latency_ms, started_at=a.started_at)
+            for i, a in enumerate(attempts)]
+    try:
+        await sync_to_async(ProviderAttempt.unscoped.bulk_create)(rows)
+    except Exception:
+        log.exception("Could not record the attempts of request %s", request_id)
 
 
 async def _moderate(call: ImageCall) -> None:

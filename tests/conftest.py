@@ -100,3 +100,14 @@ def _fresh_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_provider_health():
+    """Provider health (circuit breakers, EWMAs) starts clean for every test."""
+    import asyncio
+
+    from generation import services
+
+    asyncio.run(services.health_book().reset())
+    yield

@@ -15,10 +15,19 @@ from tests.images_util import png
 class ScriptedProvider:
     """A provider that fails as told, or renders with the local model while counting calls."""
 
-    def __init__(self, name: str, fail: Exception | None = None):
+    def __init__(self, name: str, fail: Exception | None = None, cost: int = 1000):
         self.name = name
         self.fail = fail
+        self.cost = cost
         self.calls: list[int] = []
+
+    def serves(self) -> set[str]:
+        from generation import catalog
+
+        return {spec.id for spec in catalog.MODELS.values() if self.name in spec.providers}
+
+    def upstream_cost_micros(self, request) -> int:
+        return self.cost * request.n
 
     async def run(self, request):
         self.calls.append(request.n)

@@ -58,6 +58,9 @@ class ProviderResult:
     images: list[GeneratedImage]
     # What the upstream charged us, when it says (micro-USD); our list price is billing's business.
     upstream_cost_micros: int | None = None
+    # When the request asked for "auto" size or quality, what the upstream actually produced (for pricing).
+    resolved_size: str | None = None
+    resolved_quality: str | None = None
 
 
 class Provider(Protocol):
