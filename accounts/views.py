@@ -1,18 +1,16 @@
-"""Dashboard pages for customers: overview and API keys. Thin: forms in, services and selectors do the work."""
+"""Dashboard pages for customers: API keys. Thin: forms in, services and selectors do the work."""
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from billing import selectors as billing_selectors
-
 from . import selectors, services
 from .forms import ApiKeyCreateForm
 from .models import ApiKey
 
 
-def _membership_or_404(request):
+def membership_or_404(request):
     membership = selectors.current_membership(request.user, request.session.get("organization_id"))
     if membership is None:
         raise Http404("You are not a member of any organization.")
@@ -21,20 +19,8 @@ def _membership_or_404(request):
 
 
 @login_required
-def dashboard(request):
-    membership = _membership_or_404(request)
-    organization = membership.organization
-    return render(request, "dashboard/overview.html", {
-        "usage": billing_selectors.month_to_date(organization=organization),
-        "recent": billing_selectors.recent_entries(organization=organization, limit=10),
-        "key_count": selectors.api_keys_for_organization(organization).filter(revoked_at__isnull=True).count(),
-        "api_base": request.build_absolute_uri("/v1"),
-    })
-
-
-@login_required
 def api_keys(request):
-    membership = _membership_or_404(request)
+    membership = membership_or_404(request)
     organization = membership.organization
     new_key = None
     form = ApiKeyCreateForm()
@@ -60,7 +46,7 @@ def api_keys(request):
 @login_required
 @require_POST
 def revoke_api_key(request, key_id: int):
-    membership = _membership_or_404(request)
+    membership = membership_or_404(request)
     if not membership.can_manage:
         return HttpResponseForbidden("Only owners and admins can revoke API keys.")
     try:

@@ -1,5 +1,6 @@
 """Prices and the usage ledger. Money is integer micro-USD (1 USD = 1,000,000) everywhere; never floats."""
 from django.db import models
+from django.utils import timezone
 
 from accounts.models import ApiKey, Organization
 from accounts.tenancy import TenantManager
@@ -57,7 +58,12 @@ class LedgerEntry(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices)
     error_code = models.CharField(max_length=64, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The per-organization hash chain: sequence 1, 2, 3, ... each row's hash covers its content and the previous
+    # row's hash, so an edited or deleted row breaks the chain (`manage.py verify_ledger`).
+    sequence = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    entry_hash = models.CharField(max_length=64)
 
     unscoped = models.Manager()
     objects = TenantManager()
@@ -68,6 +74,7 @@ class LedgerEntry(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["organization", "-created_at"], name="ledger_org_time")]
         constraints = [
+            models.UniqueConstraint(fields=["organization", "sequence"], name="ledger_chain_sequence"),
             models.CheckConstraint(condition=models.Q(cost_micros__gte=0), name="ledger_cost_nonnegative"),
             models.CheckConstraint(
                 condition=models.Q(status="succeeded") | models.Q(cost_micros=0), name="ledger_failures_free"
@@ -80,3 +87,193 @@ class LedgerEntry(models.Model):
     @property
     def cost_usd(self) -> float:
         return self.cost_micros / MICROS_PER_USD
+
+
+class LedgerHead(models.Model):
+    """The head of an organization's ledger chain; locked (SELECT ... FOR UPDATE) to append the next row."""
+
+    organization = models.OneToOneField(Organization, primary_key=True, on_delete=models.PROTECT, related_name="+")
+    sequence = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self):
+        return f"{self.organization_id}@{self.sequence}"
+
+
+class UsageEvent(models.Model):
+    """The billing outbox: one row per charged ledger row, written in the same transaction. The reporter groups
+    unreported rows into meter reports; the ledger row itself is never touched again."""
+
+    ledger_entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="usage_event")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    value_micros = models.BigIntegerField()
+    occurred_at = models.DateTimeField()
+    report = models.ForeignKey("MeterReport", null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        indexes = [models.Index(fields=["report", "organization", "occurred_at"], name="usage_unreported")]
+
+
+class MeterReport(models.Model):
+    """One Stripe meter event: the sum of an organization's usage events in one window, under an identifier that
+    is fixed before the first send, so a resend can never bill twice."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        EXPIRED = "expired", "Too old for Stripe (alerted)"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    identifier = models.CharField(max_length=100, unique=True)
+    stripe_customer_id = models.CharField(max_length=255)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    value_micros = models.BigIntegerField()
+    event_timestamp = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["window_start", "id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="meter_report_due")]
+
+    def __str__(self):
+        return f"{self.identifier} {self.value_micros} ({self.status})"
+
+
+class BillingAccount(models.Model):
+    """An organization's billing state: its Stripe customer and subscription (mirrored from webhooks), its
+    monthly spend limit."""
+
+    organization = models.OneToOneField(Organization, primary_key=True, on_delete=models.CASCADE,
+                                        related_name="billing_account")
+    stripe_customer_id = models.CharField(max_length=255, blank=True, db_index=True)
+    stripe_subscription_id = models.CharField(max_length=255, blank=True)
+    subscription_status = models.CharField(max_length=32, blank=True)
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    past_due_since = models.DateTimeField(null=True, blank=True)
+    monthly_spend_limit_micros = models.BigIntegerField(null=True, blank=True)
+    # subscription id -> unix time of the newest webhook event applied (events can arrive out of order)
+    subscription_state = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"billing of {self.organization_id}"
+
+
+class KeySpendLimit(models.Model):
+    """A monthly spend limit on one API key (billing owns money; accounts knows nothing of it)."""
+
+    api_key = models.OneToOneField(ApiKey, primary_key=True, on_delete=models.CASCADE, related_name="spend_limit")
+    monthly_limit_micros = models.BigIntegerField()
+
+
+class SpendCounter(models.Model):
+    """Month-to-date spend of an organization (api_key null) or of one key: settled spend plus reservations of
+    requests in flight. A conditional UPDATE reserves atomically, so concurrent requests cannot overshoot."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    month = models.DateField()
+    spent_micros = models.BigIntegerField(default=0)
+    reserved_micros = models.BigIntegerField(default=0)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "api_key", "month"], name="uniq_spend_counter",
+                                    nulls_distinct=False),
+        ]
+
+
+class StripeEvent(models.Model):
+    """Every webhook event received, once (deduplicated by Stripe's event id)."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self):
+        return f"{self.event_id} {self.type}"
+
+
+class Invoice(models.Model):
+    """A mirror of the organization's Stripe invoices, for the billing history page."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    stripe_invoice_id = models.CharField(max_length=255, unique=True)
+    number = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=32)
+    currency = models.CharField(max_length=10, default="usd")
+    amount_due = models.BigIntegerField(default=0)  # in the currency's minor unit (cents), as Stripe sends it
+    amount_paid = models.BigIntegerField(default=0)
+    hosted_invoice_url = models.URLField(max_length=500, blank=True)
+    period_start = models.DateTimeField(null=True, blank=True)
+    period_end = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField()
+    event_at = models.DateTimeField(null=True, blank=True)  # the newest webhook event applied
+    updated_at = models.DateTimeField(auto_now=True)
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created"]
+
+
+class StripeSetup(models.Model):
+    """What `manage.py stripe_setup` created in Stripe (one row per Stripe account, by API base and key hash)."""
+
+    account_key = models.CharField(max_length=64, unique=True)
+    meter_id = models.CharField(max_length=255)
+    meter_event_name = models.CharField(max_length=100)
+    product_id = models.CharField(max_length=255)
+    price_id = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class Discrepancy(models.Model):
+    """A difference between the ledger and Stripe's meter summaries for one customer and window."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    ledger_micros = models.BigIntegerField()
+    reported_micros = models.BigIntegerField()
+    stripe_micros = models.BigIntegerField()
+    detected_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+
+
+class BillingAlert(models.Model):
+    """Something staff must act on (usage older than Stripe accepts, reconciliation gaps, ...)."""
+
+    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=50)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]

@@ -99,3 +99,23 @@ def sync(price_model) -> int:
     ]
     price_model.objects.bulk_create(missing, ignore_conflicts=True)
     return len(missing)
+
+
+_SELF_HOSTED_SIZES = ("256x256", "512x512", "1024x1024", "1024x1792", "1792x1024")
+
+
+def sync_self_hosted(price_model, *, models: list[str], micros: int, now) -> int:
+    """Price rows for operator-configured self-hosted models (OPENAI_COMPATIBLE_MODELS) at `micros` per image:
+    a new row, effective now, wherever the price in force differs (or none exists)."""
+    if micros <= 0:
+        raise ValueError("OPENAI_COMPATIBLE_PRICE_MICROS must be positive: a model is never served at $0.")
+    added = 0
+    for model in models:
+        for size in _SELF_HOSTED_SIZES:
+            current = (price_model.objects.filter(model=model, size=size, quality="standard", effective_from__lte=now)
+                       .order_by("-effective_from").first())
+            if current is None or current.unit_price_micros != micros:
+                price_model.objects.create(model=model, size=size, quality="standard", unit_price_micros=micros,
+                                           effective_from=now)
+                added += 1
+    return added

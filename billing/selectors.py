@@ -46,3 +46,15 @@ def month_to_date(*, organization: Organization) -> UsageSummary:
 
 def recent_entries(*, organization: Organization, limit: int = 20):
     return LedgerEntry.objects.for_organization(organization).select_related("api_key").order_by("-created_at")[:limit]
+
+
+def billing_account(*, organization: Organization):
+    from .models import BillingAccount
+
+    return BillingAccount.objects.filter(organization=organization).first()
+
+
+def invoices(*, organization: Organization, limit: int = 24):
+    from .models import Invoice
+
+    return Invoice.objects.for_organization(organization).order_by("-created")[:limit]

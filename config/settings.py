@@ -121,6 +121,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "expire-images": {"task": "generation.tasks.expire_images", "schedule": 300.0},
+    "report-usage": {"task": "billing.tasks.report_usage", "schedule": 60.0},
+    "reconcile-billing": {"task": "billing.tasks.reconcile_billing", "schedule": 3600.0},
 }
 
 # --- Auth and accounts (django-allauth) ----------------------------------------------------------------------------
@@ -221,6 +223,41 @@ API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SEC
 # Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/ratelimit.py).
 RATE_LIMIT_DEFAULT_RPM = env.int("RATE_LIMIT_DEFAULT_RPM", default=300)
 
+# --- Upstream providers: each is on when its key is set (the built-in `local` always is) -----------------------------
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=120.0)
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+STABILITY_API_KEY = env.str("STABILITY_API_KEY", default="")
+STABILITY_BASE_URL = env.str("STABILITY_BASE_URL", default="https://api.stability.ai")
+BFL_API_KEY = env.str("BFL_API_KEY", default="")
+BFL_BASE_URL = env.str("BFL_BASE_URL", default="https://api.bfl.ai")
+REPLICATE_API_TOKEN = env.str("REPLICATE_API_TOKEN", default="")
+REPLICATE_BASE_URL = env.str("REPLICATE_BASE_URL", default="https://api.replicate.com")
+# Bedrock is on with AWS credentials and a region (BEDROCK_ENABLED=off keeps it off, e.g. when AWS keys are for S3).
+AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
+AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")
+AWS_SESSION_TOKEN = env.str("AWS_SESSION_TOKEN", default="")
+AWS_REGION = env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default=""))
+BEDROCK_ENDPOINT_URL = env.str("BEDROCK_ENDPOINT_URL", default="")
+BEDROCK_ENABLED = env.bool("BEDROCK_ENABLED", default=bool(AWS_ACCESS_KEY_ID and AWS_REGION))
+# Any OpenAI-compatible server (self-hosted models): its base URL, key, the model ids it serves, our upstream cost.
+OPENAI_COMPATIBLE_BASE_URL = env.str("OPENAI_COMPATIBLE_BASE_URL", default="")
+OPENAI_COMPATIBLE_API_KEY = env.str("OPENAI_COMPATIBLE_API_KEY", default="")
+OPENAI_COMPATIBLE_MODELS = env.list("OPENAI_COMPATIBLE_MODELS", default=[])
+OPENAI_COMPATIBLE_UPSTREAM_COST_MICROS = env.int("OPENAI_COMPATIBLE_UPSTREAM_COST_MICROS", default=0)
+# Our list price per image for self-hosted models (`manage.py sync_prices` writes it to the price table).
+OPENAI_COMPATIBLE_PRICE_MICROS = env.int("OPENAI_COMPATIBLE_PRICE_MICROS", default=2_000)
+
+# --- Billing: Stripe Billing Meters (off when STRIPE_API_KEY is empty: usage is recorded, reporting waits) ---------
+STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # emulators and proxies; empty = Stripe itself
+STRIPE_METER_EVENT_NAME = env.str("STRIPE_METER_EVENT_NAME", default="imagegate_usage_micros")
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=20.0)
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+FREE_TIER_MONTHLY_MICROS = env.int("FREE_TIER_MONTHLY_MICROS", default=1_000_000)
+
 # --- Production hardening (DJANGO_DEBUG off) ----------------------------------------------------------------------
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -257,6 +294,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PUBLIC": True,
     "SCHEMA_PATH_PREFIX": r"/v1",
+    "SORT_OPERATIONS": False,  # keep the URLconf's order: generations, edits, variations, models
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
     "PREPROCESSING_HOOKS": ["generation.openapi.only_v1"],

@@ -146,7 +146,9 @@ SD_1_6 = ModelSpec(
     max_prompt_chars=2000, capabilities=frozenset({"generate"}),
     description="Stable Diffusion 1.6 (Stability AI v1 engine stable-diffusion-v1-6).",
 )
-STABLE_IMAGE_CORE = _stability_v2("stable-image-core", "Stability AI Stable Image Core (v2beta).")
+STABLE_IMAGE_CORE = dataclasses.replace(  # core has no image-to-image mode
+    _stability_v2("stable-image-core", "Stability AI Stable Image Core (v2beta)."),
+    capabilities=frozenset({"generate"}))
 STABLE_IMAGE_ULTRA = _stability_v2("stable-image-ultra", "Stability AI Stable Image Ultra (v2beta).")
 SD3_5_LARGE = _stability_v2("sd3.5-large", "Stable Diffusion 3.5 Large (Stability AI v2beta sd3).")
 SD3_5_LARGE_TURBO = _stability_v2("sd3.5-large-turbo", "Stable Diffusion 3.5 Large Turbo (Stability AI v2beta sd3).")
@@ -249,3 +251,19 @@ def available_models(enabled_providers: set[str]) -> list[ModelSpec]:
 # gpt-image "auto": when the upstream does not say what it produced, price it as its most common result.
 AUTO_SIZE = "1024x1024"
 AUTO_QUALITY = "medium"
+
+SELF_HOSTED_SIZES = ("256x256", "512x512", "1024x1024", "1024x1792", "1792x1024")
+
+
+def register_self_hosted(model_id: str) -> ModelSpec:
+    """A model served by an OpenAI-compatible server of the operator's (OPENAI_COMPATIBLE_MODELS)."""
+    spec = MODELS.get(model_id)
+    if spec is None:
+        spec = ModelSpec(
+            id=model_id, owned_by="self-hosted", created=1764028800, providers=("openai_compatible",),
+            sizes=SELF_HOSTED_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+            max_n=10, native_max_n=10, max_prompt_chars=4000, capabilities=frozenset({"generate"}),
+            description="Self-hosted model behind an OpenAI-compatible server.",
+        )
+        MODELS[model_id] = spec
+    return spec

@@ -65,6 +65,17 @@ class RateLimited(APIError):
     code = "rate_limit_exceeded"
 
 
+class InsufficientQuota(APIError):
+    """A spend limit or the organization's billing state refuses the request: retrying will not help."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
 class ServerError(APIError):
     status = 500
     type = "server_error"

@@ -21,7 +21,8 @@ from billing.models import LedgerEntry
 from . import catalog, router, storage
 from .health import HealthBook
 from .models import ProviderAttempt
-from .errors import APIError, ContentPolicyViolation, InvalidRequest, RateLimited, ServerError, UpstreamError
+from .errors import (APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError,
+                     UpstreamError)
 from .providers import base as pb
 from .providers import registry
 from .validation import ImageCall, validate
@@ -122,6 +123,7 @@ async def run(
     call: ImageCall | None = None
     provider_name = ""
     attempts: list[router.Attempt] = []
+    reservation = billing_services.NO_RESERVATION
     try:
         call = validate(endpoint, data, files=files, form=form, is_available=is_available)
         await _moderate(call)
@@ -131,6 +133,13 @@ async def run(
         price = None
         if "auto" not in (req.size, req.quality):  # refuse before any upstream call what we could not price
             price = await _price(req.model, req.size, req.quality)
+        estimate = price or await _price(req.model, catalog.AUTO_SIZE if req.size == "auto" else req.size,
+                                         catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
+        try:
+            reservation = await sync_to_async(billing_services.reserve_spend)(
+                organization=organization, api_key=api_key, amount_micros=estimate.unit_price_micros * req.n)
+        except billing_services.SpendLimitExceeded as exc:
+            raise InsufficientQuota(exc.message) from exc
         try:
             result, provider_name = await router.route(
                 spec=call.spec, request=req, providers=registry(), health=health_book(), explicit=call.provider,
@@ -153,20 +162,20 @@ async def run(
             organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
             status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name, size=req.size,
             quality=req.quality, n=req.n, price=price, latency_ms=latency,
-            upstream_cost_micros=result.upstream_cost_micros,
+            upstream_cost_micros=result.upstream_cost_micros, reservation=reservation,
         )
     except APIError as exc:
         await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
                               request_id=request_id, data=data, call=call,
                               provider=provider_name or (attempts[-1].provider if attempts else ""),
-                              latency_ms=elapsed_ms())
+                              latency_ms=elapsed_ms(), reservation=reservation)
         raise
     except Exception:
         await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(ServerError("internal error"), endpoint=endpoint, organization=organization,
                               api_key=api_key, request_id=request_id, data=data, call=call, provider=provider_name,
-                              latency_ms=elapsed_ms())
+                              latency_ms=elapsed_ms(), reservation=reservation)
         raise
     await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
     body = {"created": int(time.time()), "data": items}
@@ -250,7 +259,7 @@ async def _deliver(images: list[pb.GeneratedImage], *, call: ImageCall, organiza
 
 
 async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, provider,
-                          latency_ms):
+                          latency_ms, reservation=billing_services.NO_RESERVATION):
     if call is not None:
         req = call.request
         fields = {"model": req.model, "size": req.size, "quality": req.quality, "n": req.n}
@@ -263,7 +272,8 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
         await sync_to_async(billing_services.record_usage)(
             organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
             status=_status_for(exc), provider=provider, latency_ms=latency_ms, error_code=exc.code or exc.type,
-            **fields,
+            reservation=reservation, **fields,
         )
     except Exception:  # the client's error matters more than our audit row; log loudly, answer with the error
         log.exception("Could not record failed request %s", request_id)
+        await sync_to_async(billing_services.release_spend)(reservation)

@@ -1,0 +1,130 @@
+"""Stripe webhooks: verified, processed once, tolerant of duplicates and of events arriving out of order.
+
+Each event is stored by its id before it is handled; a second delivery of the same id changes nothing. Subscription
+state is taken from the subscription object in the event, and an event older than the last one applied to that
+subscription (Stripe does not guarantee order) is recorded but not applied. Invoices are mirrored the same way.
+"""
+import logging
+from datetime import datetime, timezone as dt_timezone
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import BillingAccount, Invoice, StripeEvent
+
+log = logging.getLogger(__name__)
+
+HANDLED = {
+    "checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
+    "customer.subscription.deleted", "invoice.finalized", "invoice.paid", "invoice.payment_failed",
+}
+
+
+class BadSignature(Exception):
+    pass
+
+
+def _ts(value) -> datetime | None:
+    return datetime.fromtimestamp(int(value), tz=dt_timezone.utc) if value else None
+
+
+def verify(payload: bytes, signature: str) -> dict:
+    """The event, if the signature is Stripe's and fresh (5 minutes); BadSignature otherwise."""
+    try:
+        event = stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET, tolerance=300)
+    except (ValueError, stripe.SignatureVerificationError) as exc:
+        raise BadSignature(str(exc)) from exc
+    return event.to_dict() if hasattr(event, "to_dict") else dict(event)
+
+
+def _account_for_customer(customer_id: str | None) -> BillingAccount | None:
+    if not customer_id:
+        return None
+    return BillingAccount.objects.filter(stripe_customer_id=customer_id).first()
+
+
+def _apply_subscription(sub: dict, event_created: datetime) -> None:
+    account = _account_for_customer(sub.get("customer"))
+    if account is None:
+        log.warning("Subscription %s for unknown customer %s", sub.get("id"), sub.get("customer"))
+        return
+    state = account.subscription_state or {}
+    last = state.get(sub["id"])
+    if last is not None and last > event_created.timestamp():
+        return  # an older event arriving late: the newer state stays
+    state[sub["id"]] = event_created.timestamp()
+    status = sub.get("status", "")
+    item = ((sub.get("items") or {}).get("data") or [{}])[0]
+    period_start = sub.get("current_period_start") or item.get("current_period_start")
+    period_end = sub.get("current_period_end") or item.get("current_period_end")
+    past_due_since = account.past_due_since
+    if status == "past_due":
+        past_due_since = past_due_since or event_created
+    else:
+        past_due_since = None
+    BillingAccount.objects.filter(pk=account.pk).update(
+        stripe_subscription_id=sub["id"], subscription_status=status, current_period_start=_ts(period_start),
+        current_period_end=_ts(period_end), past_due_since=past_due_since, subscription_state=state,
+        updated_at=timezone.now(),
+    )
+
+
+def _apply_invoice(inv: dict, event_created: datetime) -> None:
+    account = _account_for_customer(inv.get("customer"))
+    if account is None:
+        log.warning("Invoice %s for unknown customer %s", inv.get("id"), inv.get("customer"))
+        return
+    existing = Invoice.unscoped.filter(stripe_invoice_id=inv["id"]).first()
+    if existing is not None and existing.event_at and existing.event_at > event_created:
+        return
+    Invoice.unscoped.update_or_create(stripe_invoice_id=inv["id"], defaults={
+        "organization_id": account.organization_id, "number": inv.get("number") or "",
+        "status": inv.get("status") or "", "currency": inv.get("currency") or "usd",
+        "amount_due": inv.get("amount_due") or 0, "amount_paid": inv.get("amount_paid") or 0,
+        "hosted_invoice_url": inv.get("hosted_invoice_url") or "", "period_start": _ts(inv.get("period_start")),
+        "period_end": _ts(inv.get("period_end")), "created": _ts(inv.get("created")) or event_created,
+        "event_at": event_created,
+    })
+
+
+def _apply(event: dict) -> None:
+    kind, obj = event["type"], event["data"]["object"]
+    created = _ts(event.get("created")) or timezone.now()
+    if kind == "checkout.session.completed":
+        account = _account_for_customer(obj.get("customer"))
+        if account is None and obj.get("client_reference_id"):
+            account, _ = BillingAccount.objects.get_or_create(organization_id=int(obj["client_reference_id"]))
+            if not account.stripe_customer_id and obj.get("customer"):
+                BillingAccount.objects.filter(pk=account.pk).update(stripe_customer_id=obj["customer"])
+        if account is not None and obj.get("subscription") and not account.stripe_subscription_id:
+            BillingAccount.objects.filter(pk=account.pk).update(stripe_subscription_id=obj["subscription"],
+                                                                subscription_status="active")
+    elif kind.startswith("customer.subscription."):
+        _apply_subscription(obj, created)
+    elif kind.startswith("invoice."):
+        _apply_invoice(obj, created)
+        if kind == "invoice.payment_failed":
+            account = _account_for_customer(obj.get("customer"))
+            if account is not None and account.past_due_since is None:
+                BillingAccount.objects.filter(pk=account.pk).update(past_due_since=created)
+
+
+def receive(event: dict) -> bool:
+    """Store and apply one verified event; False if it was a duplicate delivery."""
+    try:
+        with transaction.atomic():
+            row = StripeEvent.objects.create(event_id=event["id"], type=event["type"], payload=event)
+    except IntegrityError:
+        return False
+    if event["type"] in HANDLED:
+        try:
+            with transaction.atomic():
+                _apply(event)
+        except Exception as exc:  # keep the event for staff; answer 200 so Stripe does not hammer us
+            log.exception("Webhook %s failed", event["id"])
+            StripeEvent.objects.filter(pk=row.pk).update(error=repr(exc)[:2000])
+            return True
+    StripeEvent.objects.filter(pk=row.pk).update(processed_at=timezone.now())
+    return True
