@@ -111,3 +111,13 @@ def _fresh_provider_health():
 
     asyncio.run(services.health_book().reset())
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _celery_in_process():
+    """Tasks run in-process in the suite (the worker test starts a real worker and switches this off)."""
+    from config.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
