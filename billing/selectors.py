@@ -1,7 +1,9 @@
 """Reads for billing: prices and usage summaries."""
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -10,13 +12,37 @@ from accounts.models import Organization
 from .models import LedgerEntry, Price
 
 
+_price_cache: dict[tuple[str, str, str], tuple[float, Price | None, datetime | None]] = {}
+
+
+def clear_price_cache() -> None:
+    _price_cache.clear()
+
+
 def current_price(*, model: str, size: str, quality: str, at: datetime | None = None) -> Price | None:
-    """The price in force at `at` (now by default) for one image of model/size/quality, or None if unpriced."""
-    return (
-        Price.objects.filter(model=model, size=size, quality=quality, effective_from__lte=at or timezone.now())
-        .order_by("-effective_from")
-        .first()
-    )
+    """The price in force at `at` (now by default) for one image of model/size/quality, or None if unpriced.
+
+    Lookups for "now" are cached in-process for PRICE_CACHE_SECONDS (prices change rarely and are looked up on every
+    request); a cached price is never used past the moment a newer price row takes effect."""
+    if at is not None:
+        return _lookup_price(model, size, quality, at)
+    now = timezone.now()
+    key = (model, size, quality)
+    hit = _price_cache.get(key)
+    if hit is not None:
+        expires, price, superseded_at = hit
+        if time.monotonic() < expires and (superseded_at is None or now < superseded_at):
+            return price
+    price = _lookup_price(model, size, quality, now)
+    upcoming = (Price.objects.filter(model=model, size=size, quality=quality, effective_from__gt=now)
+                .order_by("effective_from").values_list("effective_from", flat=True).first())
+    _price_cache[key] = (time.monotonic() + settings.PRICE_CACHE_SECONDS, price, upcoming)
+    return price
+
+
+def _lookup_price(model: str, size: str, quality: str, at: datetime) -> Price | None:
+    return (Price.objects.filter(model=model, size=size, quality=quality, effective_from__lte=at)
+            .order_by("-effective_from").first())
 
 
 @dataclass(frozen=True)

@@ -42,20 +42,28 @@ def _month(now=None) -> date:
     return (now or timezone.now()).date().replace(day=1)
 
 
-def _limits(organization: Organization, api_key: ApiKey | None) -> list[tuple[ApiKey | None, int]]:
-    """(key or None for the organization, monthly limit) for every limit that applies."""
-    out = []
+def _billing_state(organization: Organization, api_key: ApiKey | None) -> tuple[BillingAccount | None, int | None]:
+    """The organization's billing account and the key's own limit, in one query."""
     account = BillingAccount.objects.filter(organization=organization).first()
+    key_limit = None
+    if api_key is not None:
+        key_limit = KeySpendLimit.objects.filter(api_key=api_key).values_list("monthly_limit_micros", flat=True).first()
+    return account, key_limit
+
+
+def _limits(organization: Organization, api_key: ApiKey | None,
+            state: tuple[BillingAccount | None, int | None] | None = None) -> list[tuple[ApiKey | None, int]]:
+    """(key or None for the organization, monthly limit) for every limit that applies."""
+    account, key_limit = state if state is not None else _billing_state(organization, api_key)
+    out = []
     org_limit = account.monthly_spend_limit_micros if account else None
     free_tier = policy.free_tier_limit(account)
     if free_tier is not None:
         org_limit = free_tier if org_limit is None else min(org_limit, free_tier)
     if org_limit is not None:
         out.append((None, org_limit))
-    if api_key is not None:
-        key_limit = KeySpendLimit.objects.filter(api_key=api_key).values_list("monthly_limit_micros", flat=True).first()
-        if key_limit is not None:
-            out.append((api_key, key_limit))
+    if api_key is not None and key_limit is not None:
+        out.append((api_key, key_limit))
     return out
 
 
@@ -79,10 +87,11 @@ def _counter(organization: Organization, api_key: ApiKey | None, month: date) ->
 def reserve_spend(*, organization: Organization, api_key: ApiKey | None, amount_micros: int) -> Reservation:
     """Hold `amount_micros` against every monthly limit that applies, or raise SpendLimitExceeded. Each hold is one
     conditional UPDATE (spent + reserved + amount <= limit), so concurrent requests cannot pass a limit together."""
-    refusal = policy.access_refusal(BillingAccount.objects.filter(organization=organization).first())
+    state = _billing_state(organization, api_key)
+    refusal = policy.access_refusal(state[0])
     if refusal:
         raise SpendLimitExceeded(refusal)
-    limits = _limits(organization, api_key)
+    limits = _limits(organization, api_key, state)
     if not limits or amount_micros <= 0:
         return NO_RESERVATION
     month = _month()
@@ -155,8 +164,10 @@ def set_spend_limit(*, organization: Organization, api_key: ApiKey | None = None
 def _append(**fields) -> LedgerEntry:
     """Append one row to its organization's hash chain (the head row is locked while it is written)."""
     organization_id = fields["organization"].pk
-    LedgerHead.objects.get_or_create(organization_id=organization_id)
-    head = LedgerHead.objects.select_for_update().get(organization_id=organization_id)
+    head = LedgerHead.objects.select_for_update().filter(organization_id=organization_id).first()
+    if head is None:  # the organization's first row: create the head (a concurrent creator may win; then lock it)
+        LedgerHead.objects.bulk_create([LedgerHead(organization_id=organization_id)], ignore_conflicts=True)
+        head = LedgerHead.objects.select_for_update().get(organization_id=organization_id)
     entry = LedgerEntry(sequence=head.sequence + 1, prev_hash=head.last_hash, created_at=timezone.now(), **fields)
     entry.entry_hash = ledger.digest(ledger.row_values(entry), entry.prev_hash)
     entry.save(force_insert=True)

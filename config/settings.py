@@ -66,6 +66,13 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
 ]
 
+# The API (/v1, image URLs) is served through this lean list instead (config/asgi.py): no sessions, CSRF or auth
+# middleware, which the API does not use and which cost a thread hop each under ASGI.
+API_MIDDLEWARE = [
+    "generation.middleware.RequestIdMiddleware",
+    "generation.ratelimit.RateLimitHeadersMiddleware",
+]
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
@@ -90,8 +97,15 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A psycopg connection pool bounds PostgreSQL connections however many requests are in flight: request code
+    # borrows a connection for each short burst of queries and gives it back (generation/db.py), never holding one
+    # across an upstream wait. (Django requires CONN_MAX_AGE = 0 with a pool.)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DB_POOL_TIMEOUT", default=30.0),
+    }
 else:
     # SQLite serves the embedded default; WAL and a busy timeout let the web server and tasks share it.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -203,7 +217,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["generation.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "generation.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["generation.ratelimit.RequestRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -218,6 +232,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Signed image URLs live this long (OpenAI's own image URLs last 60 minutes).
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
+# How long a process may reuse a price it looked up (a price row taking effect later is never missed).
+PRICE_CACHE_SECONDS = env.int("PRICE_CACHE_SECONDS", default=30)
+# Threads that run the request path's database work (generation/db.py).
+DB_THREADS = env.int("DB_THREADS", default=16)
 # `last_used_at` on API keys is written at most this often per key.
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SECONDS", default=60)
 # Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/ratelimit.py).

@@ -5,6 +5,7 @@ sees HTML or a stack trace.
 """
 import logging
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions as drf
@@ -106,11 +107,14 @@ def _from_drf(exc: drf.APIException) -> tuple[int, dict]:
     if isinstance(exc, drf.AuthenticationFailed):
         return 401, envelope(message, type="invalid_request_error", code=code or "invalid_api_key")
     if isinstance(exc, drf.ParseError):
-        return 400, envelope(
-            "We could not parse the JSON body of your request. The body must be a JSON object sent with "
-            "Content-Type: application/json.",
-            type="invalid_request_error", code="invalid_json",
-        )
+        if message.startswith("JSON parse error"):
+            return 400, envelope(
+                f"We could not parse the JSON body of your request ({message[len('JSON parse error - '):]}). The "
+                "body must be a JSON object sent with Content-Type: application/json.",
+                type="invalid_request_error", code="invalid_json",
+            )
+        return 400, envelope(f"We could not parse the body of your request: {message}", type="invalid_request_error",
+                             code="invalid_request_body")
     if isinstance(exc, drf.UnsupportedMediaType):
         return 415, envelope(
             f"{message} Send JSON with Content-Type: application/json.", type="invalid_request_error",
@@ -136,6 +140,11 @@ def api_exception_handler(exc, context):
         status, body = _from_drf(exc)
         if getattr(exc, "wait", None):
             headers["retry-after"] = str(int(exc.wait))
+    elif isinstance(exc, RequestDataTooBig):
+        status, body = 413, envelope("Request body too large.", type="invalid_request_error", code="request_too_large")
+    elif isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        status, body = 400, envelope(f"The form has too many fields or files ({exc}).", type="invalid_request_error",
+                                     code="invalid_request_body")
     elif isinstance(exc, Http404):
         status, body = 404, envelope("Not found.", type="invalid_request_error", code="not_found")
     else:

@@ -21,6 +21,7 @@ FAILURE_THRESHOLD = 5
 COOLDOWN = 30.0
 TRIAL_LOCK = 10.0
 DEGRADED_ERROR_RATE = 0.2
+READ_CACHE_SECONDS = 1.0
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 
@@ -163,14 +164,28 @@ class HealthBook:
         url = getattr(settings, "REDIS_URL", "")
         prefix = settings.CACHES["default"].get("KEY_PREFIX", "ig") or "ig"
         self.store = _RedisStore(url, prefix) if url else _LocalStore()
+        self._read_cache: dict[tuple[str, ...], tuple[float, dict[str, Health]]] = {}
 
     async def read(self, names: list[str]) -> dict[str, Health]:
+        """Health of `names`, at most READ_CACHE_SECONDS old (every request routes; a second-old view is enough and
+        saves a Redis round trip per request; this process's own outcomes refresh it at once)."""
+        key = tuple(names)
+        hit = self._read_cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < READ_CACHE_SECONDS:
+            return hit[1]
         try:
-            return await self.store.read(names)
+            states = await self.store.read(names)
         except Exception:  # Redis down: treat everyone as healthy rather than refuse traffic
             return {n: Health(provider=n) for n in names}
+        self._read_cache[key] = (time.monotonic(), states)
+        return states
 
     async def record(self, name: str, *, ok: bool, latency_ms: float) -> None:
+        stale = not ok or any(  # a failure, or a recovery, must show in this process's next routing at once
+            states[name].consecutive_failures or states[name].open_until
+            for _, states in self._read_cache.values() if name in states)
+        if stale:
+            self._read_cache.clear()
         try:
             await self.store.record(name, ok=ok, latency_ms=latency_ms, now=time.time())
         except Exception:
@@ -183,4 +198,5 @@ class HealthBook:
             return True
 
     async def reset(self) -> None:
+        self._read_cache.clear()
         await self.store.reset()

@@ -22,6 +22,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiReque
 from rest_framework import serializers
 
 from . import catalog, validation, views
+from .providers import registry
 
 SECURITY_SCHEME = "bearerAuth"
 EXAMPLE_BASE_URL = "http://127.0.0.1:8000"  # the reference page swaps in the server it is served from
@@ -48,6 +49,8 @@ ERROR_CODES = [
     (400, "invalid_request_error", "invalid_mask", "The mask has no alpha channel."),
     (400, "invalid_request_error", "invalid_image_url", "The `image` URL could not be fetched as an image."),
     (400, "invalid_request_error", "content_policy_violation", "The prompt was refused by the safety system."),
+    (400, "invalid_request_error", "invalid_idempotency_key",
+     "The Idempotency-Key header is empty, over 255 characters or not printable ASCII."),
     (401, "invalid_request_error", None, "No API key: send `Authorization: Bearer <key>`."),
     (401, "invalid_request_error", "invalid_api_key", "The API key is unknown or revoked."),
     (403, "invalid_request_error", "permission_denied", "The key may not perform this request."),
@@ -73,9 +76,15 @@ ERROR_CODES = [
 
 # --- Catalog-derived values ---------------------------------------------------------------------------------------
 
+def all_models() -> list[catalog.ModelSpec]:
+    """The catalog, complete: building the provider registry first registers runtime models (self-hosted ones)."""
+    registry()
+    return list(catalog.MODELS.values())
+
+
 def models_for(endpoint: str) -> list[catalog.ModelSpec]:
     """The catalog's models that can serve /v1/images/{endpoint}, in catalog order."""
-    return [m for m in catalog.MODELS.values() if m.supports(MODES[endpoint])]
+    return [m for m in all_models() if m.supports(MODES[endpoint])]
 
 
 def _union(models, attr: str) -> list:
@@ -86,12 +95,42 @@ def _union(models, attr: str) -> list:
     return list(values)
 
 
-def _names(models) -> str:
-    return ", ".join(m.id for m in models)
+def _names(models, limit: int = 4) -> str:
+    """The models' ids, or "N models" when there are more than `limit` (the Models table lists them)."""
+    if len(models) > limit:
+        return f"{len(models)} models (see the models table)"
+    return ", ".join(m.id for m in models) or "no model"
+
+
+_PER_MODEL = (" Each model's values and defaults are in this document's `x-imagegate-models` table (the values also "
+              "in its model object, GET /v1/models).")
 
 
 def _per_model(models, render) -> str:
-    return "; ".join(f"{m.id}: {render(m)}" for m in models if render(m))
+    """Per-model facts, models with the same value grouped: "4000: local-preview, dall-e-3; 1000: dall-e-2"."""
+    groups: dict[str, list[str]] = {}
+    for model in models:
+        groups.setdefault(str(render(model)), []).append(model.id)
+    if len(groups) == 1:
+        return f"{next(iter(groups))} for every model"
+    return "; ".join(f"{value}: {', '.join(ids)}" for value, ids in groups.items())
+
+
+def model_table() -> list[dict]:
+    """The catalog as data (the document's `x-imagegate-models`): which values each model takes."""
+    return [{
+        "id": m.id, "owned_by": m.owned_by, "providers": list(m.providers), "capabilities": sorted(m.capabilities),
+        "sizes": list(m.sizes), "default_size": m.default_size,
+        "qualities": list(m.qualities), "default_quality": m.default_quality,
+        "styles": list(m.styles), "default_style": m.default_style,
+        "response_formats": list(m.response_formats), "max_n": m.max_n, "max_prompt_chars": m.max_prompt_chars,
+        "backgrounds": list(m.backgrounds), "moderations": list(m.moderations),
+        "output_formats": list(m.output_formats), "output_compression": m.output_compression,
+        "input_images": {"max_images": m.input_images.max_images, "max_bytes": m.input_images.max_bytes,
+                         "content_types": list(m.input_images.content_types), "square": m.input_images.square}
+        if m.capabilities & {"edit", "variation", "image_input"} else None,
+        "description": m.description,
+    } for m in all_models()]
 
 
 # --- Request bodies -------------------------------------------------------------------------------------------------
@@ -112,62 +151,56 @@ def _f_prompt(endpoint, models, nullable):
     longest = max(m.max_prompt_chars for m in models)
     return serializers.CharField(
         required=True, min_length=1, max_length=longest, trim_whitespace=False,
-        help_text="What to draw (or, for edits, what to change). It must contain more than white space. "
-                  f"Maximum length per model: {_per_model(models, lambda m: m.max_prompt_chars)}.",
+        help_text="What to draw (or, for edits, what to change). It must contain more than white space. Maximum "
+                  f"length (characters): {_per_model(models, lambda m: m.max_prompt_chars)}.",
     )
 
 
 def _f_model(endpoint, models, nullable):
     default = catalog.DEFAULT_MODEL if catalog.DEFAULT_MODEL in [m.id for m in models] else serializers.empty
     return _choice([m.id for m in models],
-                   f"The model. Default: {catalog.DEFAULT_MODEL}. GET /v1/models lists the models enabled on this "
-                   "server; a model of the catalog that is not enabled answers 404 model_not_found.",
-                   nullable=nullable, default=default)
+                   f"The model. Default: {catalog.DEFAULT_MODEL}. The enum is the catalog's models that can serve "
+                   "this endpoint; GET /v1/models lists those enabled on this server, and a model that is not "
+                   "enabled answers 404 model_not_found.", nullable=nullable, default=default)
 
 
 def _f_n(endpoint, models, nullable):
     return _int(1, max(m.max_n for m in models),
-                f"How many images. Default 1. Maximum per model: {_per_model(models, lambda m: m.max_n)}.",
+                f"How many images. Default 1. Maximum: {_per_model(models, lambda m: m.max_n)}.",
                 nullable=nullable, default=1)
 
 
 def _f_size(endpoint, models, nullable):
     return _choice(_union(models, "sizes"),
-                   "Width x height in pixels. Allowed per model: "
-                   f"{_per_model(models, lambda m: ', '.join(m.sizes) + f' (default {m.default_size})')}. "
-                   "A size the model does not offer answers 400 invalid_size.", nullable=nullable)
+                   "Width x height in pixels; default: the model's default_size. A size the model does not offer "
+                   f"answers 400 invalid_size.{_PER_MODEL}", nullable=nullable)
 
 
 def _f_quality(endpoint, models, nullable):
     return _choice(_union(models, "qualities"),
-                   "Rendering quality. Allowed per model: "
-                   f"{_per_model(models, lambda m: ', '.join(m.qualities) + f' (default {m.default_quality})')}.",
-                   nullable=nullable)
+                   f"Rendering quality; default: the model's default_quality.{_PER_MODEL}", nullable=nullable)
 
 
 def _f_style(endpoint, models, nullable):
     styled = [m for m in models if m.styles]
     return _choice(_union(models, "styles"),
-                   f"Image style, for {_names(styled) or 'no model'} only: "
-                   f"{_per_model(styled, lambda m: ', '.join(m.styles) + f' (default {m.default_style})')}.",
+                   f"Image style, for {_names(styled)} only; default: the model's default_style.{_PER_MODEL}",
                    nullable=nullable)
 
 
 def _f_response_format(endpoint, models, nullable):
     base64_only = [m for m in models if not m.response_formats]
-    verb = "answers" if len(base64_only) == 1 else "answer"
-    note = (f" {_names(base64_only)} always {verb} b64_json and refuse{'s' if len(base64_only) == 1 else ''} this "
-            "field (400 unknown_parameter)." if base64_only else "")
+    note = (f" Models that always answer b64_json refuse this field (400 unknown_parameter): {_names(base64_only)}."
+            if base64_only else "")
     return _choice(_union(models, "response_formats") or list(catalog.RESPONSE_FORMATS),
-                   "`url` (a signed link to the PNG, valid for 60 minutes) or `b64_json` (the image inline). "
+                   "`url` (a signed link to the image, valid for 60 minutes) or `b64_json` (the image inline). "
                    f"Default: url.{note}", nullable=nullable)
 
 
 def _gpt_image_choice(attr: str, what: str):
     def factory(endpoint, models, nullable):
         owners = [m for m in models if getattr(m, attr)]
-        return _choice(_union(models, attr), f"{what} For {_names(owners) or 'no model'} only (default auto"
-                                             f"{', png' if attr == 'output_formats' else ''}).",
+        return _choice(_union(models, attr), f"{what} For {_names(owners)} only (default auto).",
                        nullable=nullable)
     return factory
 
@@ -175,14 +208,13 @@ def _gpt_image_choice(attr: str, what: str):
 def _f_output_format(endpoint, models, nullable):
     owners = [m for m in models if m.output_formats]
     return _choice(_union(models, "output_formats"),
-                   f"File format of the images, for {_names(owners) or 'no model'} only. Default png.",
-                   nullable=nullable)
+                   f"File format of the images, for {_names(owners)} only. Default png.", nullable=nullable)
 
 
 def _f_output_compression(endpoint, models, nullable):
     owners = [m for m in models if m.output_compression]
-    return _int(0, 100, f"Compression level 0-100 for jpeg and webp output, for {_names(owners) or 'no model'} only. "
-                        "Default 100; below 100 needs output_format jpeg or webp.", nullable=nullable)
+    return _int(0, 100, f"Compression level 0-100 for jpeg and webp output, for {_names(owners)} only. Default 100; "
+                        "below 100 needs output_format jpeg or webp.", nullable=nullable)
 
 
 def _f_user(endpoint, models, nullable):
@@ -193,8 +225,8 @@ def _f_user(endpoint, models, nullable):
 
 def _f_provider(endpoint, models, nullable):
     return _choice(_union(models, "providers"),
-                   "Imagegate extension: pin the upstream provider instead of letting the gateway route. Providers "
-                   f"per model: {_per_model(models, lambda m: ', '.join(m.providers))}.", nullable=nullable)
+                   "Imagegate extension: pin the upstream provider instead of letting the gateway route; it must "
+                   f"be one of the model's providers.{_PER_MODEL}", nullable=nullable)
 
 
 def _f_seed(endpoint, models, nullable):
@@ -206,25 +238,25 @@ def _f_image_url(endpoint, models, nullable):
     owners = [m for m in models if m.supports("image_input")]
     return serializers.URLField(
         required=False, allow_null=nullable,
-        help_text=f"Imagegate extension: the http(s) URL of an input image to modify, for {_names(owners)}. "
-                  "Only public addresses on ports 80 and 443 are fetched; a URL that does not yield an image "
-                  "the model accepts answers 400 invalid_image_url (or another image error).",
+        help_text=f"Imagegate extension: the http(s) URL of an input image to modify, for {_names(owners)} "
+                  "(capability image_input). Only public addresses on ports 80 and 443 are fetched; a URL that does "
+                  "not yield an image the model accepts answers 400 invalid_image_url (or another image error).",
     )
 
 
-def _input_rules(models, *, several: bool) -> str:
-    return _per_model(models, lambda m: (
-        f"{m.input_images.describe_types()}, up to {m.input_images.max_bytes // 1_048_576} MB"
-        + (", square" if m.input_images.square else "")
-        + (f", up to {m.input_images.max_images} images" if several and m.input_images.max_images > 1 else "")))
+def _input_rules(model: catalog.ModelSpec, *, several: bool) -> str:
+    rules = model.input_images
+    return (f"{rules.describe_types()} up to {rules.max_bytes // 1_048_576} MB"
+            + (", square" if rules.square else "")
+            + (f", up to {rules.max_images} images" if several and rules.max_images > 1 else ""))
 
 
 def _f_image_file(endpoint, models, nullable):
     if endpoint == "edits":
         text = ("The image to edit. Send one `image` part, or several `image[]` parts (at least one of the two). "
-                f"Accepted per model: {_input_rules(models, several=True)}.")
+                f"Accepted: {_per_model(models, lambda m: _input_rules(m, several=True))}.")
     else:
-        text = f"The image to vary (exactly one). Accepted per model: {_input_rules(models, several=False)}."
+        text = f"The image to vary (exactly one). Accepted: {_per_model(models, lambda m: _input_rules(m, several=False))}."
     return serializers.FileField(required=endpoint == "variations", help_text=text)
 
 
@@ -233,7 +265,7 @@ def _f_image_array(endpoint, models, nullable):
         child=serializers.FileField(), required=False, min_length=1,
         max_length=max(m.input_images.max_images for m in models),
         help_text="Several input images, as repeated `image[]` parts (OpenAI's SDKs send a list this way). "
-                  f"At most per model: {_per_model(models, lambda m: m.input_images.max_images)}.",
+                  f"At most: {_per_model(models, lambda m: m.input_images.max_images)}.",
     )
 
 
@@ -355,7 +387,7 @@ class ImagesResponseSerializer(serializers.Serializer):
 
     def get_fields(self):
         fields = super().get_fields()
-        gpt = [m for m in catalog.MODELS.values() if m.output_formats]
+        gpt = [m for m in all_models() if m.output_formats]
         owners = _names(gpt) or "no model"
         fields["background"] = serializers.ChoiceField(choices=_union(gpt, "backgrounds"), required=False,
                                                        help_text=f"{owners} only: the background used.")
@@ -387,7 +419,7 @@ class ModelSerializer(serializers.Serializer):
 
     def get_fields(self):
         fields = super().get_fields()
-        capabilities = sorted({c for m in catalog.MODELS.values() for c in m.capabilities})
+        capabilities = sorted({c for m in all_models() for c in m.capabilities})
         fields["capabilities"] = serializers.ListField(
             child=serializers.ChoiceField(choices=capabilities),
             help_text="generate, edit, variation; image_input = takes an `image` URL on generations.")
@@ -646,9 +678,11 @@ def postprocess(result, generator, request, public):
     * enums stay inline (each endpoint has its own allowed values) without drf-spectacular's bookkeeping key;
     * request bodies refuse unknown fields (validation answers 400 unknown_parameter);
     * an edit needs `image` or `image[]`;
-    * the Error schema carries the table of error codes (`x-error-codes`).
+    * the Error schema carries the table of error codes (`x-error-codes`);
+    * the document carries the catalog (`x-imagegate-models`): which sizes, qualities, ... each model takes.
     """
     _walk(result)
+    result["x-imagegate-models"] = model_table()
     for path, item in result.get("paths", {}).items():
         for method, operation in item.items():
             if (path, method) in OPERATION_IDS:
@@ -681,7 +715,8 @@ def annotate() -> None:
         request={"application/json": ImageGenerationSerializer},
         responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The images.",
                              [_example_images("generations")], _image_error_examples()),
-        examples=[OpenApiExample(f"{catalog.DEFAULT_MODEL}, base64", value=_example_request(), request_only=True)],
+        examples=[OpenApiExample("base64", summary=f"{catalog.DEFAULT_MODEL}, base64", value=_example_request(),
+                                 request_only=True)],
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("generations")},
     )(views.ImageGenerationsView)

@@ -1,7 +1,7 @@
 """The image service: one request from validated input to stored images, a ledger row and OpenAI's response.
 
 Async end to end: upstream waits never hold a thread. Database work (prices, storage rows, the ledger) is short
-and runs through sync_to_async. Order of work for every endpoint: validate → moderate → fetch the input image
+and runs on the database threads of db.py. Order of work for every endpoint: validate → moderate → fetch the input image
 (generations' `image` URL) → price → provider call(s) → deliver → one ledger row.
 """
 import asyncio
@@ -11,14 +11,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 
 from accounts.models import ApiKey, Organization
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing.models import LedgerEntry
 
-from . import catalog, router, storage
+from . import catalog, db, router, storage
 from .health import HealthBook
 from .models import ProviderAttempt
 from .errors import (APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError,
@@ -125,21 +124,14 @@ async def run(
     attempts: list[router.Attempt] = []
     reservation = billing_services.NO_RESERVATION
     try:
+        registry()  # built on first use; it also registers configured self-hosted models in the catalog
         call = validate(endpoint, data, files=files, form=form, is_available=is_available)
-        await _moderate(call)
         if call.image_url:
+            await db.run(_moderate, call)  # refuse before fetching anything for a refused prompt
             call = await _with_fetched_image(call)
         req = call.request
-        price = None
-        if "auto" not in (req.size, req.quality):  # refuse before any upstream call what we could not price
-            price = await _price(req.model, req.size, req.quality)
-        estimate = price or await _price(req.model, catalog.AUTO_SIZE if req.size == "auto" else req.size,
-                                         catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
-        try:
-            reservation = await sync_to_async(billing_services.reserve_spend)(
-                organization=organization, api_key=api_key, amount_micros=estimate.unit_price_micros * req.n)
-        except billing_services.SpendLimitExceeded as exc:
-            raise InsufficientQuota(exc.message) from exc
+        # One database burst before the upstream call: moderation, price, spend reservation.
+        price, reservation = await db.run(_prepare, call, organization, api_key)
         try:
             result, provider_name = await router.route(
                 spec=call.spec, request=req, providers=registry(), health=health_book(), explicit=call.provider,
@@ -154,16 +146,17 @@ async def run(
             quality = result.resolved_quality or (catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
             req = dataclasses.replace(req, size=size, quality=quality)
             call = dataclasses.replace(call, request=req)
-            price = await _price(req.model, req.size, req.quality)
+            price = await db.run(_price, req.model, req.size, req.quality)
         items = await _deliver(result.images, call=call, organization_id=organization.pk, request_id=request_id,
                                base_url=base_url)
         latency = elapsed_ms()
-        entry = await sync_to_async(billing_services.record_usage)(
+        entry = await db.run(_finish, attempts=attempts, call=call, ledger_fields=dict(
             organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
             status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name, size=req.size,
             quality=req.quality, n=req.n, price=price, latency_ms=latency,
             upstream_cost_micros=result.upstream_cost_micros, reservation=reservation,
-        )
+        ))
+        attempts = []  # written with the ledger row
     except APIError as exc:
         await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
@@ -191,8 +184,34 @@ async def run(
     return Outcome(body=body, provider=provider_name)
 
 
-async def _price(model: str, size: str, quality: str):
-    price = await sync_to_async(billing_selectors.current_price)(model=model, size=size, quality=quality)
+def _prepare(call: ImageCall, organization, api_key):
+    """Before any upstream call: moderate the prompt, price the request (refusing what we could not price) and hold
+    its cost against the spend limits. Returns (price or None for "auto" sizes/qualities, reservation)."""
+    _moderate(call)
+    req = call.request
+    price = None
+    if "auto" not in (req.size, req.quality):
+        price = _price(req.model, req.size, req.quality)
+    estimate = price or _price(req.model, catalog.AUTO_SIZE if req.size == "auto" else req.size,
+                               catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
+    try:
+        reservation = billing_services.reserve_spend(organization=organization, api_key=api_key,
+                                                     amount_micros=estimate.unit_price_micros * req.n)
+    except billing_services.SpendLimitExceeded as exc:
+        raise InsufficientQuota(exc.message) from exc
+    return price, reservation
+
+
+def _finish(*, attempts, call, ledger_fields: dict):
+    """After the upstream call: the ledger row (with outbox and spend) and the attempts, in one database burst."""
+    entry = billing_services.record_usage(**ledger_fields)
+    _write_attempts(attempts, organization=ledger_fields["organization"], request_id=ledger_fields["request_id"],
+                    call=call)
+    return entry
+
+
+def _price(model: str, size: str, quality: str):
+    price = billing_selectors.current_price(model=model, size=size, quality=quality)
     if price is None:  # never serve an image we would record at $0 by accident
         log.error("No price for %s %s %s", model, size, quality)
         raise ServerError(f"Model '{model}' is not available at size {size} and quality {quality} right now "
@@ -200,7 +219,7 @@ async def _price(model: str, size: str, quality: str):
     return price
 
 
-async def _record_attempts(attempts: list, *, organization, request_id: str, call) -> None:
+def _write_attempts(attempts: list, *, organization, request_id: str, call) -> None:
     """The audit trail of every upstream call made for the request (never fails the request)."""
     if not attempts:
         return
@@ -209,18 +228,23 @@ async def _record_attempts(attempts: list, *, organization, request_id: str, cal
                             error=a.error, latency_ms=a.latency_ms, started_at=a.started_at)
             for i, a in enumerate(attempts)]
     try:
-        await sync_to_async(ProviderAttempt.unscoped.bulk_create)(rows)
+        ProviderAttempt.unscoped.bulk_create(rows)
     except Exception:
         log.exception("Could not record the attempts of request %s", request_id)
 
 
-async def _moderate(call: ImageCall) -> None:
+async def _record_attempts(attempts: list, *, organization, request_id: str, call) -> None:
+    if attempts:
+        await db.run(_write_attempts, attempts, organization=organization, request_id=request_id, call=call)
+
+
+def _moderate(call: ImageCall) -> None:
     """Refuse before any upstream call when the prompt breaks the content policy."""
     if not call.request.prompt:
         return
     from . import moderation
 
-    verdict = await sync_to_async(moderation.check_text)(call.request.prompt)
+    verdict = moderation.check_text(call.request.prompt)
     if verdict.flagged:
         log.info("Prompt refused by moderation (category %s)", verdict.category)
         raise ContentPolicyViolation(REFUSAL_MESSAGE, param="prompt")
@@ -247,7 +271,7 @@ async def _deliver(images: list[pb.GeneratedImage], *, call: ImageCall, organiza
         if call.response_format == "b64_json":
             item["b64_json"] = base64.b64encode(image.data).decode("ascii")
         else:
-            stored = await sync_to_async(storage.store_image)(
+            stored = await db.run(storage.store_image,
                 organization_id=organization_id, request_id=request_id, index=index, data=image.data,
                 content_type=image.content_type,
             )
@@ -258,6 +282,12 @@ async def _deliver(images: list[pb.GeneratedImage], *, call: ImageCall, organiza
     return items
 
 
+def _printable(value) -> str:
+    """What a client sent, made storable: text without NUL, valid UTF-8."""
+    text = str(value or "").replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, provider,
                           latency_ms, reservation=billing_services.NO_RESERVATION):
     if call is not None:
@@ -265,15 +295,15 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
         fields = {"model": req.model, "size": req.size, "quality": req.quality, "n": req.n}
     else:  # invalid before validation finished: keep what the client sent, as text
         raw = data if isinstance(data, dict) else {}
-        fields = {k: str(raw.get(k) or "") for k in ("model", "size", "quality")}
+        fields = {k: _printable(raw.get(k)) for k in ("model", "size", "quality")}
         n = raw.get("n")
         fields["n"] = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1000 else 0
     try:
-        await sync_to_async(billing_services.record_usage)(
+        await db.run(billing_services.record_usage,
             organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
             status=_status_for(exc), provider=provider, latency_ms=latency_ms, error_code=exc.code or exc.type,
             reservation=reservation, **fields,
         )
     except Exception:  # the client's error matters more than our audit row; log loudly, answer with the error
         log.exception("Could not record failed request %s", request_id)
-        await sync_to_async(billing_services.release_spend)(reservation)
+        await db.run(billing_services.release_spend, reservation)

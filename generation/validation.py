@@ -67,6 +67,9 @@ class _Reader:
         if not isinstance(value, str):
             raise InvalidRequest(f"Invalid type for '{name}': expected a string, but got {_type_name(value)} instead.",
                                  param=name, code="invalid_type")
+        if "\x00" in value:
+            raise InvalidRequest(f"Invalid '{name}': NUL characters are not allowed.", param=name,
+                                 code="invalid_parameter")
         return value
 
     def int(self, name: str) -> int | None:

@@ -23,7 +23,10 @@ def prices(db):
     flush every table, so put them back)."""
     from generation import moderation
 
+    from billing.selectors import clear_price_cache
+
     price_list.sync(Price)
+    clear_price_cache()
     moderation.sync_default_policy()
     moderation.invalidate_policy()
 

@@ -110,7 +110,7 @@ def test_405_method_not_allowed(live_url, api_key):
 def test_413_body_too_large(live_url, api_key, monkeypatch):
     from config import asgi
 
-    monkeypatch.setattr(asgi.application, "max_bytes", 1024)
+    monkeypatch.setattr(asgi.api_application, "max_bytes", 1024)
     response = httpx.post(f"{live_url}/v1/images/generations", headers={"Authorization": f"Bearer {api_key[1]}"},
                           json={"prompt": "x" * 4000})
     assert response.status_code == 413
@@ -145,7 +145,10 @@ def test_401_and_404_envelopes(live_url, api_key):
 def test_503_when_no_price_is_configured(openai_client, api_key):
     from billing.models import Price
 
+    from billing.selectors import clear_price_cache
+
     Price.objects.filter(model="local-preview", size="512x512").delete()
+    clear_price_cache()
     with pytest.raises(openai.InternalServerError) as info:
         openai_client.images.generate(model="local-preview", prompt="x", size="512x512")
     assert info.value.status_code == 503 and info.value.code == "model_unavailable"

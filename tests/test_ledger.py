@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts import services as account_services
 from billing import services as billing_services
 from billing.models import LedgerEntry, LedgerHead, Price, UsageEvent
-from billing.selectors import current_price
+from billing.selectors import clear_price_cache, current_price
 
 
 def _record(org, key, request_id, n=1, status="succeeded"):
@@ -96,6 +96,7 @@ def test_each_row_keeps_the_price_version_it_was_charged_at(api_key):
     first = _record(org, api_key[0], "req_old")
     Price.objects.create(model="local-preview", size="256x256", quality="standard", unit_price_micros=2_500,
                          effective_from=timezone.now() - timedelta(seconds=1))
+    clear_price_cache()  # a process picks up a new price within PRICE_CACHE_SECONDS; this test does not wait
     second = _record(org, api_key[0], "req_new")
     assert (first.unit_price_micros, second.unit_price_micros) == (1_000, 2_500)
     assert first.price_id != second.price_id and second.price.effective_from > first.price.effective_from

@@ -21,6 +21,7 @@ import os
 
 import httpx
 
+from .http import LoopClients, shard_scope, sharded_client
 from .base import (
     ContentRefused,
     GeneratedImage,
@@ -153,7 +154,8 @@ class StabilityProvider:
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._clients = LoopClients(lambda: sharded_client(
+            timeout=self.timeout, headers={"Authorization": f"Bearer {self.api_key}"}))
 
     # --- interface --------------------------------------------------------------------------------------------------
     def serves(self) -> set[str]:
@@ -170,15 +172,8 @@ class StabilityProvider:
         if request.n < 1:
             raise UpstreamInvalidRequest("n must be at least 1.", provider=self.name)
         try:
-            async with asyncio.timeout(self.timeout):
-                if request.model in V1_ENGINES:
-                    images = await self._run_v1(request)
-                else:
-                    # v2beta returns one image per call; more than one is served by parallel calls.
-                    images = list(await asyncio.gather(*[
-                        self._run_v2(request, None if request.seed is None else request.seed + i)
-                        for i in range(request.n)
-                    ]))
+            with shard_scope():
+                images = await asyncio.wait_for(self._generate(request), self.timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"Stability did not answer within {self.timeout:g} s.", provider=self.name) from None
         if len(images) != request.n:
@@ -186,28 +181,22 @@ class StabilityProvider:
                 f"Stability returned {len(images)} image(s) where {request.n} were asked for.", provider=self.name)
         return ProviderResult(images=images, upstream_cost_micros=self.upstream_cost_micros(request))
 
+    async def _generate(self, request: ImageRequest) -> list[GeneratedImage]:
+        if request.model in V1_ENGINES:
+            return await self._run_v1(request)
+        # v2beta returns one image per call; more than one is served by parallel calls.
+        return list(await asyncio.gather(*[
+            self._run_v2(request, None if request.seed is None else request.seed + i) for i in range(request.n)
+        ]))
+
     # --- HTTP -------------------------------------------------------------------------------------------------------
     def _client(self) -> httpx.AsyncClient:
-        """One AsyncClient per running event loop (clients cannot cross loops); dead loops' clients are dropped."""
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            for old in [lp for lp in self._clients if lp.is_closed()]:
-                del self._clients[old]
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-                headers={"User-Agent": USER_AGENT, "Authorization": f"Bearer {self.api_key}"},
-            )
-            self._clients[loop] = client
-        return client
+        """One AsyncClient per running event loop, its connections split over pool shards (providers/http.py)."""
+        return self._clients.get()
 
     async def aclose(self) -> None:
         """Close the current loop's client (optional; tests and shutdown hooks)."""
-        loop = asyncio.get_running_loop()
-        client = self._clients.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+        await self._clients.aclose()
 
     async def _post(self, path: str, **kwargs) -> tuple[httpx.Response, bytes]:
         """POST and read the body (capped at 50 MB); transport failures become provider errors."""

@@ -1,0 +1,175 @@
+"""Every upstream through the whole gateway: the official SDK → /v1 → router → adapter → emulator on 127.0.0.1.
+
+Providers are switched on by configuration (their keys and base URLs), exactly as in production."""
+import base64
+
+import openai
+import pytest
+
+from billing.models import LedgerEntry
+from billing.selectors import current_price
+from generation import catalog, providers
+from generation.models import ProviderAttempt
+from tests.emulators import bedrock, bfl, openai as openai_emu, replicate, stability
+from tests.emulators.base import Fault
+from tests.images_util import png
+
+UPSTREAM_MODELS = [m for m in catalog.MODELS.values() if m.id != "local-preview"
+                   and m.owned_by != "self-hosted"]
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    with openai_emu.emulator(extra_models={"sdxl-turbo-selfhosted": None}) as oa, stability.emulator() as st, \
+            bfl.emulator() as bf, replicate.emulator() as rp, bedrock.emulator() as br, \
+            openai_emu.emulator(api_key="selfhosted-key", extra_models={"sdxl-turbo-selfhosted": None}) as sh:
+        yield {"openai": oa, "stability": st, "bfl": bf, "replicate": rp, "bedrock": br, "selfhosted": sh}
+
+
+@pytest.fixture
+def configured(upstreams, settings, live_url):
+    for emu in upstreams.values():
+        emu.reset()
+    upstreams["stability"].state["rate_limit"] = None
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = openai_emu.API_KEY, upstreams["openai"].url + "/v1"
+    settings.STABILITY_API_KEY, settings.STABILITY_BASE_URL = stability.API_KEY, upstreams["stability"].url
+    settings.BFL_API_KEY, settings.BFL_BASE_URL = bfl.API_KEY, upstreams["bfl"].url
+    settings.REPLICATE_API_TOKEN, settings.REPLICATE_BASE_URL = replicate.API_TOKEN, upstreams["replicate"].url
+    settings.BEDROCK_ENABLED, settings.AWS_REGION = True, "us-east-1"
+    settings.AWS_ACCESS_KEY_ID, settings.AWS_SECRET_ACCESS_KEY = bedrock.ACCESS_KEY, bedrock.SECRET_KEY
+    settings.BEDROCK_ENDPOINT_URL = upstreams["bedrock"].url
+    settings.OPENAI_COMPATIBLE_BASE_URL = upstreams["selfhosted"].url + "/v1"
+    settings.OPENAI_COMPATIBLE_API_KEY = "selfhosted-key"
+    settings.OPENAI_COMPATIBLE_MODELS = ["sdxl-turbo-selfhosted"]
+    settings.PROVIDER_TIMEOUT_SECONDS = 10.0
+    providers.reset_registry()
+    from django.core.management import call_command
+
+    call_command("sync_prices", verbosity=0)
+    yield upstreams
+    providers.reset_registry()
+    catalog.MODELS.pop("sdxl-turbo-selfhosted", None)
+
+
+def _rows(api_key):
+    return list(LedgerEntry.objects.for_organization(api_key[0].organization).order_by("id"))
+
+
+def test_models_lists_exactly_what_enabled_providers_serve(configured, openai_client):
+    ids = {m.id for m in openai_client.models.list().data}
+    assert ids == {m.id for m in UPSTREAM_MODELS} | {"local-preview", "sdxl-turbo-selfhosted"}
+    sdxl = openai_client.models.retrieve("sdxl-1.0")
+    assert sdxl.model_extra["providers"] == ["stability", "replicate"]
+
+
+def test_without_keys_only_local_preview_is_listed(openai_client):
+    providers.reset_registry()
+    assert [m.id for m in openai_client.models.list().data] == ["local-preview"]
+    with pytest.raises(openai.NotFoundError):
+        openai_client.images.generate(model="dall-e-3", prompt="x")
+
+
+@pytest.mark.parametrize("spec", UPSTREAM_MODELS, ids=lambda s: s.id)
+def test_every_model_generates_through_its_upstream_at_a_correct_nonzero_price(configured, openai_client, api_key,
+                                                                               spec):
+    kwargs = {"response_format": "b64_json"} if spec.response_formats else {}  # gpt-image: always base64
+    raw = openai_client.images.with_raw_response.generate(model=spec.id, prompt="a lighthouse at dusk", n=1,
+                                                          **kwargs)
+    body = raw.http_response.json()
+    image = base64.b64decode(body["data"][0]["b64_json"])
+    assert image[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"RIFF") or image[:3] == b"\xff\xd8\xff"
+    assert raw.headers["x-provider"] in spec.providers
+    (row,) = _rows(api_key)
+    size = spec.default_size if spec.default_size != "auto" else catalog.AUTO_SIZE
+    quality = spec.default_quality if spec.default_quality != "auto" else catalog.AUTO_QUALITY
+    price = current_price(model=spec.id, size=size, quality=quality)
+    assert row.cost_micros == price.unit_price_micros > 0
+    assert body["usage"]["cost"] == pytest.approx(price.unit_price_micros / 1e6)
+    assert body["usage"]["model_used"] == spec.id
+    assert row.upstream_cost_micros and 0 < row.upstream_cost_micros < row.cost_micros  # our margin
+
+
+def test_self_hosted_openai_compatible_server(configured, openai_client, api_key):
+    result = openai_client.images.generate(model="sdxl-turbo-selfhosted", prompt="x", response_format="b64_json")
+    assert base64.b64decode(result.data[0].b64_json)[:4] == b"\x89PNG"
+    assert _rows(api_key)[0].provider == "openai_compatible" and _rows(api_key)[0].cost_micros == 2_000
+
+
+@pytest.mark.parametrize("model", ["dall-e-3", "sdxl-1.0", "stable-image-core", "flux-pro-1.1", "flux-schnell",
+                                   "nova-canvas"])
+def test_upstream_refusals_are_content_policy_violations_and_free(configured, openai_client, api_key, model):
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.images.generate(model=model, prompt="a forbidden-upstream scene")
+    assert info.value.code == "content_policy_violation"
+    (row,) = _rows(api_key)
+    assert (row.status, row.cost_micros) == ("refused", 0)
+    assert [a.status for a in ProviderAttempt.objects.for_organization(api_key[0].organization)] == ["refused"]
+
+
+def test_failover_between_real_upstreams(configured, openai_client, api_key):
+    # sdxl-1.0: replicate is cheaper upstream, so it goes first; make it fail with 503s.
+    configured["replicate"].faults.set("create", Fault(status=503))
+    raw = openai_client.images.with_raw_response.generate(model="sdxl-1.0", prompt="failover", n=2,
+                                                          response_format="b64_json")
+    assert raw.headers["x-provider"] == "stability"
+    assert len(raw.parse().data) == 2
+    attempts = list(ProviderAttempt.objects.for_organization(api_key[0].organization).order_by("attempt"))
+    assert [(a.provider, a.status) for a in attempts] == [("replicate", "failed"), ("stability", "succeeded")]
+    assert _rows(api_key)[0].cost_micros == 2 * current_price(model="sdxl-1.0", size="1024x1024",
+                                                               quality="standard").unit_price_micros
+
+
+def test_explicit_provider_is_honoured(configured, openai_client):
+    raw = openai_client.images.with_raw_response.generate(model="sdxl-1.0", prompt="x", response_format="b64_json",
+                                                          extra_body={"provider": "stability"})
+    assert raw.headers["x-provider"] == "stability"
+
+
+def test_upstream_rate_limits_everywhere_become_our_429(configured, openai_client):
+    configured["openai"].faults.set("generate", Fault(status=429))
+    with pytest.raises(openai.RateLimitError) as info:
+        openai_client.images.generate(model="dall-e-3", prompt="x")
+    assert info.value.code == "rate_limit_exceeded"
+
+
+def test_upstream_timeout_is_504(configured, openai_client, settings, api_key):
+    settings.PROVIDER_TIMEOUT_SECONDS = 0.5
+    providers.reset_registry()
+    configured["bfl"].state["delay"] = 3.0
+    with pytest.raises(openai.InternalServerError) as info:
+        openai_client.images.generate(model="flux-pro-1.1", prompt="x")
+    assert info.value.status_code == 504 and info.value.code == "upstream_timeout"
+    assert _rows(api_key)[0].cost_micros == 0
+
+
+def test_malformed_upstream_reply_is_502(configured, openai_client):
+    configured["openai"].faults.set("generate", Fault(kind="malformed"))
+    with pytest.raises(openai.InternalServerError) as info:
+        openai_client.images.generate(model="dall-e-2", prompt="x")
+    assert info.value.status_code == 502
+
+
+def test_upstream_validation_error_passes_its_reason(configured, openai_client):
+    configured["openai"].faults.set("generate", Fault(status=400, body={"error": {
+        "message": "Your prompt was too vague for this model.", "type": "invalid_request_error", "param": "prompt",
+        "code": "prompt_too_vague"}}))
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.images.generate(model="dall-e-2", prompt="x")
+    assert "too vague" in info.value.message
+
+
+def test_edits_and_variations_reach_their_upstreams(configured, openai_client, api_key):
+    edit = openai_client.images.edit(model="dall-e-2", image=("a.png", png(64, 64), "image/png"), prompt="hat",
+                                     response_format="b64_json")
+    assert edit.data[0].b64_json
+    variation = openai_client.images.create_variation(model="titan-image-generator-v2",
+                                                      image=("a.png", png(64, 64), "image/png"),
+                                                      response_format="b64_json", size="512x512")
+    assert variation.data[0].b64_json
+    assert [r.provider for r in _rows(api_key)] == ["openai", "bedrock"]
+
+
+def test_dall_e_3_refuses_an_input_image(configured, openai_client):
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.images.generate(model="dall-e-3", prompt="x", extra_body={"image": "https://example.com/a.png"})
+    assert info.value.param == "image"
