@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import stripe
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Max, Sum
@@ -98,14 +99,21 @@ def _expire(report: MeterReport, now: datetime, stats: PassStats) -> None:
     stats.expired += 1
 
 
+def _call_lock_seconds() -> int:
+    """How long one meter-event call can take (timeout × attempts) plus slack: the per-customer lock lives this long
+    from each call, so a worker that dies mid-call frees the customer soon, and a live one never overlaps itself."""
+    return int(settings.STRIPE_TIMEOUT_SECONDS * (settings.STRIPE_MAX_NETWORK_RETRIES + 1)) + 10
+
+
 def _send_customer(sc: stripe.StripeClient, event_name: str, customer: str, *, now: datetime,
-                   stats: PassStats) -> None:
+                   stats: PassStats, lock: str) -> None:
     due = (MeterReport.unscoped.filter(stripe_customer_id=customer, status=MeterReport.Status.PENDING)
            .exclude(next_attempt_at__gt=now).order_by("window_start", "id"))
     for report in due:
         if report.event_timestamp < now - STRIPE_MAX_AGE + SAFETY_MARGIN:
             _expire(report, now, stats)
             continue
+        cache.touch(lock, _call_lock_seconds())
         MeterReport.unscoped.filter(pk=report.pk).update(attempts=report.attempts + 1)
         report.attempts += 1
         stats.calls += 1
@@ -157,11 +165,11 @@ def report_usage(*, now: datetime | None = None, sc: stripe.StripeClient | None 
                  .values_list("stripe_customer_id", flat=True).distinct())
     for customer in list(customers):
         lock = f"billing:meter-lock:{customer}"
-        if not cache.add(lock, "1", timeout=LOCK_SECONDS):  # one call in flight per customer, across workers
+        if not cache.add(lock, "1", timeout=_call_lock_seconds()):  # one call in flight per customer, any worker
             stats.customers_skipped += 1
             continue
         try:
-            _send_customer(sc, setup.meter_event_name, customer, now=now, stats=stats)
+            _send_customer(sc, setup.meter_event_name, customer, now=now, stats=stats, lock=lock)
         finally:
             cache.delete(lock)
     return stats
