@@ -26,6 +26,7 @@ migrate: install
 
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py sync_prices
 	$(BIN)/python manage.py seed_demo
 	@echo "Serving Imagegate at http://127.0.0.1:$(PORT)  (dashboard: /dashboard/, API: /v1)"
 	exec $(BIN)/uvicorn config.asgi:application --host 127.0.0.1 --port $(PORT) --no-access-log --lifespan off
@@ -43,7 +44,7 @@ beat: install
 	$(BIN)/celery -A config beat --loglevel=INFO
 
 bench: install services
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/capacity.py bench/billing_report.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
