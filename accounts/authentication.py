@@ -1,9 +1,10 @@
 """`Authorization: Bearer <key>` for the /v1 API (a Django REST framework authentication class).
 
 Failures raise DRF's own NotAuthenticated / AuthenticationFailed; the API's exception handler turns them into
-OpenAI's error envelope (401, code null for a missing key, `invalid_api_key` for a wrong or revoked one).
+OpenAI's error envelope (401, code null for a missing key, `invalid_api_key` for a wrong, revoked or expired one).
 """
 from dataclasses import dataclass
+from datetime import timezone as dt_timezone
 
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
@@ -35,12 +36,18 @@ class ApiKeyAuthentication(BaseAuthentication):
         raw_key = raw_key.strip()
         if scheme.lower() != self.keyword or not raw_key:
             raise NotAuthenticated(MISSING_KEY_MESSAGE)
-        api_key = selectors.find_active_api_key(raw_key)
+        api_key = selectors.find_api_key(raw_key)
         if api_key is None:
             shown = f"{raw_key[:6]}****{raw_key[-4:]}" if len(raw_key) > 12 else "****"
             raise AuthenticationFailed(
                 f"Incorrect API key provided: {shown}. The key is unknown or has been revoked. "
                 "You can find and create API keys on your dashboard's API keys page.",
+                code="invalid_api_key",
+            )
+        if api_key.is_expired():
+            raise AuthenticationFailed(
+                f"The API key {api_key.prefix}_… expired on {api_key.expires_at.astimezone(dt_timezone.utc):%Y-%m-%d %H:%M} UTC. "
+                "Create a new key on your dashboard's API keys page.",
                 code="invalid_api_key",
             )
         services.touch_api_key(api_key=api_key)

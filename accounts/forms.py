@@ -1,6 +1,11 @@
+import re
+from datetime import datetime, time
+
 from django import forms
+from django.utils import timezone
 
 from . import services
+from .models import Membership
 
 
 class OrganizationSignupForm(forms.Form):
@@ -25,3 +30,44 @@ class ApiKeyCreateForm(forms.Form):
         min_value=0, max_value=100000, required=False, initial=0, label="Requests per minute",
         help_text="0 or empty uses the default limit.",
     )
+    expires_on = forms.DateField(
+        required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional. The key stops working at 00:00 UTC on this date.",
+    )
+    allowed_models = forms.CharField(
+        required=False, max_length=2000, label="Allowed models",
+        widget=forms.TextInput(attrs={"placeholder": "all models (or e.g. local-preview, dall-e-3)"}),
+        help_text="Optional. Model ids separated by commas; empty allows every model.",
+    )
+
+    def clean_expires_on(self):
+        day = self.cleaned_data.get("expires_on")
+        if day is None:
+            return None
+        expires_at = timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+        if expires_at <= timezone.now():
+            raise forms.ValidationError("The expiry date must be in the future.")
+        return expires_at
+
+    def clean_allowed_models(self):
+        raw = self.cleaned_data.get("allowed_models") or ""
+        try:
+            return services.normalize_allowed_models(re.split(r"[,\s]+", raw))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+class ApiKeyRotateForm(forms.Form):
+    revoke_old = forms.BooleanField(
+        required=False, label="Revoke the old key now",
+        help_text="Otherwise the old key keeps working for 24 hours, time to deploy the new one.",
+    )
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label="E-mail", widget=forms.EmailInput(attrs={"placeholder": "colleague@example.com"}))
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER, label="Role")
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)

@@ -113,6 +113,10 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     # Requests per minute for this key; 0 = the product default.
     rate_limit_rpm = models.PositiveIntegerField(default=0)
+    # After this instant the key is refused (401 invalid_api_key, "expired"); null = never expires.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Model ids this key may use; empty = every model. Checked on the generation path (accounts.selectors).
+    allowed_models = models.JSONField(default=list, blank=True)
 
     unscoped = models.Manager()
     objects = TenantManager()
@@ -125,5 +129,48 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        """Usable right now: neither revoked nor expired."""
+        return self.revoked_at is None and not self.is_expired()
+
+
+class Invitation(models.Model):
+    """An invitation to join an organization with a role, sent by e-mail. Only a SHA-256 of the token is stored; the
+    raw token exists in the e-mailed link."""
+
+    TTL_DAYS = 7
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField("e-mail address")
+    role = models.CharField(max_length=10, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.email} to {self.organization} ({self.role})"
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at <= (now or timezone.now())
+
+    @property
+    def is_pending(self) -> bool:
+        return self.accepted_at is None and not self.is_expired()

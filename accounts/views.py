@@ -1,13 +1,16 @@
-"""Dashboard pages for customers: API keys. Thin: forms in, services and selectors do the work."""
+"""Dashboard pages for customers: API keys and the team. Thin: forms in, services and selectors do the work."""
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponseForbidden
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
-from .forms import ApiKeyCreateForm
-from .models import ApiKey
+from .forms import ApiKeyCreateForm, ApiKeyRotateForm, InviteForm, RoleForm
+from .models import ApiKey, Invitation, Membership, User
 
 
 def membership_or_404(request):
@@ -18,29 +21,40 @@ def membership_or_404(request):
     return membership
 
 
+def _scoped_or_404(model, organization, pk):
+    try:
+        return model.objects.for_organization(organization).get(pk=pk)
+    except model.DoesNotExist as exc:
+        raise Http404(f"No such {model._meta.verbose_name}.") from exc
+
+
+def _render_keys(request, membership, *, form=None, new_key=None, status=200):
+    return render(request, "dashboard/api_keys.html", {
+        "form": form or ApiKeyCreateForm(),
+        "rotate_form": ApiKeyRotateForm(),
+        "new_key": new_key,
+        "keys": selectors.api_keys_for_organization(membership.organization),
+        "api_base": request.build_absolute_uri("/v1"),
+    }, status=status)
+
+
 @login_required
 def api_keys(request):
     membership = membership_or_404(request)
-    organization = membership.organization
-    new_key = None
-    form = ApiKeyCreateForm()
-    if request.method == "POST":
-        if not membership.can_manage:
-            return HttpResponseForbidden("Only owners and admins can create API keys.")
-        form = ApiKeyCreateForm(request.POST)
-        if form.is_valid():
-            api_key, new_key = services.create_api_key(
-                organization=organization, name=form.cleaned_data["name"], created_by=request.user,
-                rate_limit_rpm=form.cleaned_data.get("rate_limit_rpm") or 0,
-            )
-            messages.success(request, f"Key “{api_key.name}” created. Copy it now: it will not be shown again.")
-            form = ApiKeyCreateForm()
-    return render(request, "dashboard/api_keys.html", {
-        "form": form,
-        "new_key": new_key,
-        "keys": selectors.api_keys_for_organization(organization),
-        "api_base": request.build_absolute_uri("/v1"),
-    })
+    if request.method != "POST":
+        return _render_keys(request, membership)
+    if not membership.can_manage:
+        return HttpResponseForbidden("Only owners and admins can create API keys.")
+    form = ApiKeyCreateForm(request.POST)
+    if not form.is_valid():
+        return _render_keys(request, membership, form=form)
+    api_key, new_key = services.create_api_key(
+        organization=membership.organization, name=form.cleaned_data["name"], created_by=request.user,
+        rate_limit_rpm=form.cleaned_data.get("rate_limit_rpm") or 0,
+        expires_at=form.cleaned_data.get("expires_on"), allowed_models=form.cleaned_data.get("allowed_models"),
+    )
+    messages.success(request, f"Key “{api_key.name}” created. Copy it now: it will not be shown again.")
+    return _render_keys(request, membership, new_key=new_key)
 
 
 @login_required
@@ -49,10 +63,165 @@ def revoke_api_key(request, key_id: int):
     membership = membership_or_404(request)
     if not membership.can_manage:
         return HttpResponseForbidden("Only owners and admins can revoke API keys.")
-    try:
-        api_key = ApiKey.objects.for_organization(membership.organization).get(pk=key_id)
-    except ApiKey.DoesNotExist as exc:
-        raise Http404("No such key.") from exc
+    api_key = _scoped_or_404(ApiKey, membership.organization, key_id)
     services.revoke_api_key(api_key=api_key)
     messages.success(request, f"Key “{api_key.name}” ({api_key.prefix}…) revoked. Requests using it now get 401.")
     return redirect("api-keys")
+
+
+@login_required
+@require_POST
+def rotate_api_key(request, key_id: int):
+    membership = membership_or_404(request)
+    if not membership.can_manage:
+        return HttpResponseForbidden("Only owners and admins can rotate API keys.")
+    api_key = _scoped_or_404(ApiKey, membership.organization, key_id)
+    form = ApiKeyRotateForm(request.POST)
+    revoke_old = form.is_valid() and form.cleaned_data["revoke_old"]
+    try:
+        new_row, new_key = services.rotate_api_key(api_key=api_key, created_by=request.user, revoke_old=revoke_old)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+        return redirect("api-keys")
+    if revoke_old:
+        old_note = "The old key is revoked."
+    else:
+        old_note = f"The old key keeps working until {api_key.expires_at:%Y-%m-%d %H:%M} UTC."
+    messages.success(request, f"Key “{new_row.name}” created to replace {api_key.prefix}…. {old_note} "
+                              "Copy the new key now: it will not be shown again.")
+    return _render_keys(request, membership, new_key=new_key)
+
+
+# --- Team -------------------------------------------------------------------------------------------------------
+
+def _render_team(request, membership, *, invite_form=None, status=200):
+    organization = membership.organization
+    return render(request, "dashboard/team.html", {
+        "members": selectors.team_members(organization),
+        "invitations": selectors.pending_invitations(organization) if membership.can_manage else [],
+        "invite_form": invite_form or InviteForm(),
+        "roles": Membership.Role.choices,
+        "owner_count": selectors.owner_count(organization),
+    }, status=status)
+
+
+def _forbidden(exc: Exception):
+    return HttpResponseForbidden(str(exc))
+
+
+@login_required
+def team(request):
+    membership = membership_or_404(request)
+    if request.method != "POST":
+        return _render_team(request, membership)
+    if not membership.can_manage:
+        return HttpResponseForbidden("Only owners and admins can invite people.")
+    form = InviteForm(request.POST)
+    if not form.is_valid():
+        return _render_team(request, membership, invite_form=form)
+    try:
+        invitation, token = services.invite_member(
+            organization=membership.organization, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
+            invited_by=membership,
+        )
+    except services.NotAllowed as exc:
+        return _forbidden(exc)
+    except (services.TeamError, ValueError) as exc:
+        form.add_error(None, str(exc))
+        return _render_team(request, membership, invite_form=form)
+    services.send_invitation_email(
+        invitation=invitation, accept_url=request.build_absolute_uri(reverse("invite-accept", args=[token])))
+    messages.success(request, f"Invitation sent to {invitation.email} ({invitation.get_role_display().lower()}).")
+    return redirect("team")
+
+
+@login_required
+@require_POST
+def change_member_role(request, membership_id: int):
+    membership = membership_or_404(request)
+    if not membership.can_manage:
+        return HttpResponseForbidden("Only owners and admins can change roles.")
+    target = _scoped_or_404(Membership, membership.organization, membership_id)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a role: owner, admin or member.")
+        return redirect("team")
+    try:
+        target = services.change_role(membership=target, role=form.cleaned_data["role"], actor=membership)
+    except services.NotAllowed as exc:
+        return _forbidden(exc)
+    except services.TeamError as exc:
+        messages.error(request, str(exc))
+        return redirect("team")
+    messages.success(request, f"{target.user.email} is now {target.get_role_display().lower()}.")
+    return redirect("team")
+
+
+@login_required
+@require_POST
+def remove_member(request, membership_id: int):
+    membership = membership_or_404(request)
+    target = _scoped_or_404(Membership, membership.organization, membership_id)
+    leaving = target.pk == membership.pk
+    if not leaving and not membership.can_manage:
+        return HttpResponseForbidden("Only owners and admins can remove people.")
+    try:
+        services.remove_member(membership=target, actor=membership)
+    except services.NotAllowed as exc:
+        return _forbidden(exc)
+    except services.TeamError as exc:
+        messages.error(request, str(exc))
+        return redirect("team")
+    if leaving:
+        request.session.pop("organization_id", None)
+        messages.success(request, f"You left {membership.organization.name}.")
+        return redirect("dashboard")
+    messages.success(request, f"{target.user.email} was removed from {membership.organization.name}.")
+    return redirect("team")
+
+
+@login_required
+@require_POST
+def revoke_invitation(request, invitation_id: int):
+    membership = membership_or_404(request)
+    if not membership.can_manage:
+        return HttpResponseForbidden("Only owners and admins can withdraw invitations.")
+    invitation = _scoped_or_404(Invitation, membership.organization, invitation_id)
+    try:
+        services.revoke_invitation(invitation=invitation, actor=membership)
+    except services.NotAllowed as exc:
+        return _forbidden(exc)
+    messages.success(request, f"Invitation for {invitation.email} withdrawn.")
+    return redirect("team")
+
+
+def accept_invite(request, token: str):
+    """The e-mailed link. Logged out: off to log in (or sign up) and back here. Logged in: a page with the
+    invitation and an Accept button (GET never changes anything, so link scanners cannot accept for you)."""
+    invitation = selectors.find_invitation(token)
+    if invitation is None:
+        raise Http404("This invitation link is not valid.")
+    if not request.user.is_authenticated:
+        has_account = User.objects.filter(email__iexact=invitation.email).exists()
+        target = reverse("account_login" if has_account else "account_signup")
+        return redirect(f"{target}?{urlencode({'next': request.get_full_path()})}")
+    problem = None
+    if invitation.accepted_at is not None:
+        problem = "This invitation has already been used."
+    elif invitation.is_expired():
+        problem = "This invitation has expired. Ask the person who invited you for a new one."
+    elif invitation.email.lower() != request.user.email.lower():
+        problem = (f"This invitation is for {invitation.email}, but you are signed in as {request.user.email}. "
+                   "Sign in with the invited address to accept it.")
+    if request.method == "POST" and problem is None:
+        try:
+            new_membership = services.accept_invitation(invitation=invitation, user=request.user)
+        except services.TeamError as exc:
+            problem = str(exc)
+        else:
+            request.session["organization_id"] = new_membership.organization_id
+            messages.success(request, f"You joined {new_membership.organization.name} as "
+                                      f"{new_membership.get_role_display().lower()}.")
+            return redirect("team")
+    return render(request, "dashboard/invite.html", {"invitation": invitation, "problem": problem},
+                  status=400 if problem and request.method == "POST" else 200)

@@ -5,3 +5,12 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "billing"
     verbose_name = "Billing and usage ledger"
+
+    def ready(self):
+        # accounts cannot import billing (imports point generation → billing → accounts), so a key rotation in
+        # accounts announces itself and billing carries the key's monthly spend limit over to the new key here.
+        from accounts.services import api_key_rotated
+
+        from . import services
+
+        api_key_rotated.connect(services.carry_spend_limit_to_rotated_key, dispatch_uid="billing-rotated-key-limit")

@@ -84,3 +84,117 @@ def invoices(*, organization: Organization, limit: int = 24):
     from .models import Invoice
 
     return Invoice.objects.for_organization(organization).order_by("-created")[:limit]
+
+
+# --- Dashboard reads: usage over a date range, per day and broken down; the request log ----------------------------
+# Every dashboard aggregate goes through the functions below, so they can move to a rollup table in one place.
+
+_BREAKDOWN_FIELDS = {"model": "model", "provider": "provider", "api_key": "api_key__name"}
+
+
+def _ledger_range(organization: Organization, start: datetime, end: datetime):
+    """The organization's ledger rows with start <= created_at < end (the (organization, -created_at) index)."""
+    return LedgerEntry.objects.for_organization(organization).filter(created_at__gte=start, created_at__lt=end)
+
+
+def _usage_aggregates():
+    return {
+        "requests": Count("id"),
+        "images": Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED)),
+        "cost": Sum("cost_micros"),
+    }
+
+
+def usage_between(*, organization: Organization, start: datetime, end: datetime) -> UsageSummary:
+    totals = _ledger_range(organization, start, end).aggregate(**_usage_aggregates())
+    return UsageSummary(requests=totals["requests"] or 0, images=totals["images"] or 0, cost_micros=totals["cost"] or 0)
+
+
+def daily_usage(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:
+    """One dict per calendar day (current time zone) from start's day to the day before `end`, zero days included:
+    {"day": date, "requests": int, "images": int, "cost_micros": int}."""
+    from datetime import timedelta
+
+    from django.db.models.functions import TruncDate
+
+    tz = timezone.get_current_timezone()
+    rows = (_ledger_range(organization, start, end).annotate(day=TruncDate("created_at", tzinfo=tz))
+            .values("day").annotate(**_usage_aggregates()).order_by("day"))
+    by_day = {r["day"]: r for r in rows}
+    first = timezone.localtime(start, tz).date()
+    last = timezone.localtime(end - timedelta(microseconds=1), tz).date()
+    days = []
+    day = first
+    while day <= last:
+        r = by_day.get(day, {})
+        days.append({"day": day, "requests": r.get("requests") or 0, "images": r.get("images") or 0,
+                     "cost_micros": r.get("cost") or 0})
+        day += timedelta(days=1)
+    return days
+
+
+def usage_breakdown(*, organization: Organization, start: datetime, end: datetime, by: str) -> list[dict]:
+    """Requests, images and cost per model, provider or API key ("model" | "provider" | "api_key"), dearest first:
+    [{"label": str, "requests": int, "images": int, "cost_micros": int}]. Requests without a key label "—"."""
+    field = _BREAKDOWN_FIELDS[by]
+    group = [field, "api_key__prefix", "api_key_id"] if by == "api_key" else [field]
+    rows = (_ledger_range(organization, start, end).values(*group).annotate(**_usage_aggregates())
+            .order_by("-cost", "-requests", field))
+    return [{"label": r[field] or "—", "detail": (f"{r['api_key__prefix']}…" if r.get("api_key__prefix") else ""),
+             "requests": r["requests"] or 0, "images": r["images"] or 0, "cost_micros": r["cost"] or 0}
+            for r in rows]
+
+
+@dataclass(frozen=True)
+class LogFilters:
+    start: datetime | None = None
+    end: datetime | None = None
+    api_key_id: int | None = None
+    model: str = ""
+    provider: str = ""
+    status: str = ""
+
+
+def request_log(*, organization: Organization, filters: LogFilters):
+    """The organization's ledger rows matching `filters`, newest first by (created_at, id): the order the
+    (organization, -created_at) index serves, so a keyset page reads only its own rows."""
+    rows = LedgerEntry.objects.for_organization(organization)
+    if filters.start is not None:
+        rows = rows.filter(created_at__gte=filters.start)
+    if filters.end is not None:
+        rows = rows.filter(created_at__lt=filters.end)
+    if filters.api_key_id is not None:
+        rows = rows.filter(api_key_id=filters.api_key_id)
+    if filters.model:
+        rows = rows.filter(model=filters.model)
+    if filters.provider:
+        rows = rows.filter(provider=filters.provider)
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    return rows.order_by("-created_at", "-id")
+
+
+def request_log_page(rows, *, after: tuple[datetime, int] | None, limit: int = 50) -> tuple[list, tuple | None]:
+    """Keyset pagination over `request_log` rows: the `limit` rows older than the cursor `after` = (created_at, id),
+    and the cursor of the next page (None on the last). No OFFSET, no COUNT(*)."""
+    if after is not None:
+        created_at, pk = after
+        rows = rows.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=pk))
+    page = list(rows.select_related("api_key")[:limit + 1])
+    if len(page) > limit:
+        page = page[:limit]
+        return page, (page[-1].created_at, page[-1].pk)
+    return page, None
+
+
+def request_log_rows_for_export(rows):
+    """The columns of the CSV export, as tuples, read in chunks (server-side cursor on PostgreSQL)."""
+    return rows.values_list(
+        "created_at", "request_id", "api_key__name", "model", "provider", "size", "quality", "n", "status",
+        "error_code", "cost_micros", "latency_ms",
+    ).iterator(chunk_size=2000)
+
+
+def request_entry(*, organization: Organization, request_id: str) -> LedgerEntry | None:
+    return (LedgerEntry.objects.for_organization(organization).select_related("api_key", "price")
+            .filter(request_id=request_id).first())

@@ -218,3 +218,10 @@ def record_usage(
             for counter_id in crossed:
                 transaction.on_commit(lambda cid=counter_id: send_spend_alert.delay(cid))
     return entry
+
+
+def carry_spend_limit_to_rotated_key(*, old_key: ApiKey, new_key: ApiKey, **_) -> None:
+    """A rotated key keeps its predecessor's monthly spend limit."""
+    limit = KeySpendLimit.objects.filter(api_key=old_key).values_list("monthly_limit_micros", flat=True).first()
+    if limit is not None:
+        set_spend_limit(organization=new_key.organization, api_key=new_key, monthly_limit_micros=limit)

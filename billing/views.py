@@ -67,18 +67,85 @@ def _membership(request):
 
 @login_required
 def overview(request):
-    """The dashboard's home: month-to-date spend, images and requests, and the latest requests."""
+    """The dashboard's home: month-to-date spend, images and requests; for a chosen date range (this month by
+    default) the totals, spend and images per day, and breakdowns by model, provider and API key."""
+    from datetime import datetime, time as dt_time, timedelta
+
+    from django.utils import timezone
+    from django.utils.dateparse import parse_date
+
     from accounts.selectors import api_keys_for_organization
 
     from . import selectors
 
     organization = _membership(request).organization
+    tz = timezone.get_current_timezone()
+    today = timezone.localdate()
+    default_from, default_to = today.replace(day=1), today
+    range_errors = []
+
+    def _date(name, default):
+        raw = request.GET.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = parse_date(raw)
+        except ValueError:
+            value = None
+        if value is None:
+            range_errors.append(f"“{raw}” is not a date (YYYY-MM-DD).")
+            return default
+        return value
+
+    date_from, date_to = _date("from", default_from), _date("to", default_to)
+    if date_from > date_to:
+        range_errors.append("The start date is after the end date.")
+        date_from, date_to = default_from, default_to
+    if (date_to - date_from).days >= OVERVIEW_MAX_DAYS:
+        range_errors.append(f"A range covers at most {OVERVIEW_MAX_DAYS} days; showing the last {OVERVIEW_MAX_DAYS}.")
+        date_from = date_to - timedelta(days=OVERVIEW_MAX_DAYS - 1)
+    start = datetime.combine(date_from, dt_time.min, tzinfo=tz)
+    end = datetime.combine(date_to + timedelta(days=1), dt_time.min, tzinfo=tz)
+
+    days = selectors.daily_usage(organization=organization, start=start, end=end)
     return render(request, "dashboard/overview.html", {
         "usage": selectors.month_to_date(organization=organization),
         "recent": selectors.recent_entries(organization=organization, limit=10),
         "key_count": api_keys_for_organization(organization).filter(revoked_at__isnull=True).count(),
         "api_base": request.build_absolute_uri("/v1"),
+        "date_from": date_from,
+        "date_to": date_to,
+        "range_errors": range_errors,
+        "range_usage": selectors.usage_between(organization=organization, start=start, end=end),
+        "days": days,
+        "spend_chart": _bar_chart(days, "cost_micros"),
+        "images_chart": _bar_chart(days, "images"),
+        "breakdowns": [
+            {"title": title, "column": column, "id": html_id,
+             "rows": selectors.usage_breakdown(organization=organization, start=start, end=end, by=by)}
+            for by, html_id, title, column in (("model", "by-model", "By model", "Model"),
+                                               ("provider", "by-provider", "By provider", "Provider"),
+                                               ("api_key", "by-key", "By API key", "Key"))
+        ],
     })
+
+
+OVERVIEW_MAX_DAYS = 366
+_CHART_HEIGHT = 120
+
+
+def _bar_chart(days: list[dict], field: str) -> dict:
+    """Geometry of a server-rendered SVG bar chart: one bar per day, scaled to the largest value."""
+    peak = max((d[field] for d in days), default=0)
+    width = max(4, min(24, 720 // max(1, len(days))))
+    bars = []
+    for i, d in enumerate(days):
+        height = round(d[field] * _CHART_HEIGHT / peak) if peak else 0
+        if d[field] and height < 1:
+            height = 1
+        bars.append({"x": i * width, "y": _CHART_HEIGHT - height, "width": max(1, width - 2), "height": height,
+                     "day": d["day"], "value": d[field]})
+    return {"bars": bars, "width": len(days) * width, "height": _CHART_HEIGHT, "peak": peak}
 
 
 @login_required

@@ -8,6 +8,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("dashboard/", include("billing.dashboard_urls")),
     path("dashboard/", include("accounts.urls")),
+    path("dashboard/", include("generation.dashboard_urls")),
     path("billing/", include("billing.urls")),
     path("v1/", include("generation.urls")),
     path("images/", include("generation.file_urls")),

@@ -184,3 +184,9 @@ def handler500(request):
             status=500,
         )
     return render(request, "500.html", status=500)
+
+
+class PermissionDenied(APIError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"

@@ -125,7 +125,7 @@ async def run(
     reservation = billing_services.NO_RESERVATION
     try:
         registry()  # built on first use; it also registers configured self-hosted models in the catalog
-        call = validate(endpoint, data, files=files, form=form, is_available=is_available)
+        call = validate(endpoint, data, files=files, form=form, is_available=is_available, api_key=api_key)
         if call.image_url:
             await db.run(_moderate, call)  # refuse before fetching anything for a refused prompt
             call = await _with_fetched_image(call)

@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from accounts.selectors import key_allows_model
+
 from . import catalog, images
-from .errors import InvalidRequest, ModelNotFound
+from .errors import InvalidRequest, ModelNotFound, PermissionDenied
 from .providers.base import ImageRequest, InputImage
 
 # Fields per endpoint: OpenAI's own, then our documented extras (`provider`, `image` URL, `seed`).
@@ -114,6 +116,7 @@ def validate(
     files: dict[str, list[InputImage]] | None = None,
     form: bool = False,
     is_available: Callable[[catalog.ModelSpec], bool] = lambda spec: True,
+    api_key=None,
 ) -> ImageCall:
     """Validate one request to /v1/images/{endpoint}. `files` maps multipart file fields to inspected images."""
     if not isinstance(data, dict):
@@ -129,6 +132,11 @@ def validate(
     spec = catalog.get_model(model_id)
     if spec is None or not is_available(spec):
         raise ModelNotFound(model_id)
+    if not key_allows_model(api_key, spec.id):
+        raise PermissionDenied(
+            f"This API key may not use model '{spec.id}'. It may use: {', '.join(api_key.allowed_models)}.",
+            param="model", code="model_not_allowed",
+        )
     mode = MODE[endpoint]
     if not spec.supports(mode):
         able = [m.id for m in catalog.MODELS.values() if m.supports(mode) and is_available(m)]

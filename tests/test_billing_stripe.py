@@ -305,3 +305,32 @@ def test_billing_page_without_stripe(client, user, organization):
     client.force_login(user)
     page = client.get(reverse("billing"))
     assert b'data-testid="stripe-off"' in page.content
+
+
+def test_concurrent_requests_at_the_spend_limit_then_reported_exactly(transactional_db, stripe_on, live_url,
+                                                                       api_key, settings):
+    """Many concurrent requests against a spend limit, then a reporting pass: the limit holds (overshoot at most one
+    request) and Stripe's total equals the ledger's to the micro-dollar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    org = api_key[0].organization
+    stripe_gateway.setup()
+    account = stripe_gateway.ensure_customer(org)
+    BillingAccount.objects.filter(pk=account.pk).update(subscription_status="active")
+    billing_services.set_spend_limit(organization=org, monthly_limit_micros=7_500)
+
+    def one(i):
+        client = openai.OpenAI(base_url=f"{live_url}/v1", api_key=api_key[1], max_retries=0)
+        try:
+            client.images.generate(model="local-preview", prompt=f"p{i}", size="256x256", response_format="b64_json")
+            return "ok"
+        except openai.RateLimitError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(one, range(20)))
+    assert outcomes.count("ok") == 7 and set(outcomes) == {"ok", "insufficient_quota"}
+    reporting.report_usage()
+    assert _stripe_total(stripe_on, org) == _ledger_total(org) == 7_000

@@ -1,0 +1,190 @@
+"""Dashboard pages over the request log: the filtered log (keyset-paginated), one request's detail (its ledger row,
+upstream attempts and still-live images) and the CSV export of the filtered log, streamed.
+
+Here rather than in billing because the detail reads generation's attempts and images (billing never imports
+generation). Ledger reads go through billing.selectors; every query is scoped to the member's organization."""
+import base64
+import csv
+import itertools
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+
+from accounts.selectors import api_keys_for_organization
+from accounts.views import membership_or_404
+from billing import selectors as billing_selectors
+from billing.models import LedgerEntry
+
+from . import storage
+from .models import ProviderAttempt, StoredImage
+
+PAGE_SIZE = 50
+EXPORT_COLUMNS = ["created_at", "request_id", "api_key", "model", "provider", "size", "quality", "n", "status",
+                  "error_code", "cost_micros", "cost_usd", "latency_ms"]
+
+
+class RequestFilterForm(forms.Form):
+    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    key = forms.ModelChoiceField(queryset=None, required=False, label="API key", empty_label="Any key")
+    model = forms.CharField(required=False, max_length=100)
+    provider = forms.CharField(required=False, max_length=50)
+    status = forms.ChoiceField(required=False, choices=[("", "Any status"), *LedgerEntry.Status.choices])
+
+    def __init__(self, data, *, organization):
+        super().__init__(data)
+        # Only this organization's keys are valid choices: another tenant's key id is a form error, never a filter.
+        self.fields["key"].queryset = api_keys_for_organization(organization)
+        self.fields["key"].label_from_instance = lambda k: f"{k.name} ({k.prefix}…)" + (" revoked" if k.revoked_at else "")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
+            raise forms.ValidationError("The start date is after the end date.")
+        return data
+
+    def filters(self) -> billing_selectors.LogFilters:
+        data = self.cleaned_data
+        tz = timezone.get_current_timezone()
+        start = datetime.combine(data["date_from"], time.min, tzinfo=tz) if data.get("date_from") else None
+        end = (datetime.combine(data["date_to"] + timedelta(days=1), time.min, tzinfo=tz)
+               if data.get("date_to") else None)
+        return billing_selectors.LogFilters(
+            start=start, end=end, api_key_id=data["key"].pk if data.get("key") else None,
+            model=data.get("model", "").strip(), provider=data.get("provider", "").strip(),
+            status=data.get("status", ""),
+        )
+
+
+def _filter_form(request, organization) -> RequestFilterForm:
+    params = request.GET.copy()
+    # The overview links here with ?from=&to=; the form's own names are date_from / date_to.
+    for short, name in (("from", "date_from"), ("to", "date_to")):
+        if short in params and name not in params:
+            params[name] = params[short]
+    return RequestFilterForm(params, organization=organization)
+
+
+def encode_cursor(cursor: tuple[datetime, int]) -> str:
+    created_at, pk = cursor
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> tuple[datetime, int] | None:
+    """(created_at, id) from a cursor; ValueError if it is malformed."""
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        created, pk = text.rsplit("|", 1)
+        created_at = datetime.fromisoformat(created)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("bad cursor") from exc
+    if created_at.tzinfo is None:
+        raise ValueError("bad cursor")
+    return created_at, int(pk)
+
+
+def _query_without(request, *names) -> str:
+    params = request.GET.copy()
+    for name in names:
+        params.pop(name, None)
+    return params.urlencode()
+
+
+@login_required
+def request_log(request):
+    organization = membership_or_404(request).organization
+    form = _filter_form(request, organization)
+    entries, next_cursor = [], None
+    status = 200
+    if form.is_valid():
+        try:
+            after = decode_cursor(request.GET["after"]) if request.GET.get("after") else None
+        except ValueError:
+            return HttpResponseBadRequest("Invalid page cursor.")
+        rows = billing_selectors.request_log(organization=organization, filters=form.filters())
+        entries, next_cursor = billing_selectors.request_log_page(rows, after=after, limit=PAGE_SIZE)
+    else:
+        status = 400
+    base_query = _query_without(request, "after")
+    return render(request, "dashboard/requests.html", {
+        "form": form,
+        "entries": entries,
+        "next_query": (f"{base_query}&" if base_query else "") + f"after={encode_cursor(next_cursor)}"
+                      if next_cursor else "",
+        "first_query": base_query,
+        "is_first_page": not request.GET.get("after"),
+        "export_query": base_query,
+    }, status=status)
+
+
+@login_required
+def request_detail(request, request_id: str):
+    organization = membership_or_404(request).organization
+    entry = billing_selectors.request_entry(organization=organization, request_id=request_id)
+    if entry is None:
+        raise Http404("No such request.")
+    now = timezone.now()
+    attempts = ProviderAttempt.objects.for_organization(organization).filter(request_id=request_id).order_by("attempt")
+    images = (StoredImage.objects.for_organization(organization)
+              .filter(request_id=request_id, deleted_at__isnull=True, expires_at__gt=now).order_by("index"))
+    return render(request, "dashboard/request_detail.html", {
+        "entry": entry,
+        "attempts": list(attempts),
+        "images": [{"stored": image, "url": storage.signed_path(image)} for image in images],
+    })
+
+
+class Echo:
+    """A file-like object whose write returns what it was given: csv.writer formats, the response streams."""
+
+    def write(self, value):
+        return value
+
+
+def _cost_usd(micros: int) -> str:
+    return f"{Decimal(micros) / Decimal(1_000_000):.6f}"
+
+
+def _csv_lines(rows):
+    writer = csv.writer(Echo())
+    yield writer.writerow(EXPORT_COLUMNS)
+    for created_at, request_id, key_name, model, provider, size, quality, n, status, error_code, cost, latency in rows:
+        yield writer.writerow([
+            created_at.isoformat(), request_id, key_name or "", model, provider, size, quality, n, status,
+            error_code, cost, _cost_usd(cost), latency,
+        ])
+
+
+async def _async_chunks(lines, lines_per_chunk: int = 500):
+    """Under ASGI, Django would read a sync iterator to the end before sending anything; this hands the rows over in
+    chunks, each read on the request's own thread (the server-side cursor's connection)."""
+    iterator = iter(lines)
+    next_chunk = sync_to_async(lambda: "".join(itertools.islice(iterator, lines_per_chunk)), thread_sensitive=True)
+    while True:
+        chunk = await next_chunk()
+        if not chunk:
+            return
+        yield chunk
+
+
+@login_required
+def request_export(request):
+    organization = membership_or_404(request).organization
+    form = _filter_form(request, organization)
+    if not form.is_valid():
+        return HttpResponseBadRequest("Invalid filters: " + "; ".join(
+            f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+    rows = billing_selectors.request_log(organization=organization, filters=form.filters())
+    lines = _csv_lines(billing_selectors.request_log_rows_for_export(rows))
+    content = _async_chunks(lines) if isinstance(request, ASGIRequest) else lines
+    response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response["Content-Disposition"] = f'attachment; filename="imagegate-requests-{organization.slug}-{stamp}.csv"'
+    return response
