@@ -29,7 +29,8 @@ from generation import catalog, openapi, validation
 from tests.images_util import png
 
 V1_PATHS = {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models",
-            "/v1/models/{model_id}"}
+            "/v1/models/{model_id}", "/v1/organization/usage/images", "/v1/organization/costs",
+            "/v1/organization/usage/records"}
 REQUEST_SCHEMAS = {"generations": "ImageGenerationRequest", "edits": "ImageEditRequest",
                    "variations": "ImageVariationRequest"}
 
@@ -60,7 +61,8 @@ def test_schema_describes_v1_only(schema):
         assert path.startswith("/v1/")
         assert not any(word in path for word in ("dashboard", "admin", "accounts", "openapi", "docs"))
     operation_ids = {op["operationId"] for item in schema["paths"].values() for op in item.values()}
-    assert operation_ids == {"createImage", "createImageEdit", "createImageVariation", "listModels", "retrieveModel"}
+    assert operation_ids == {"createImage", "createImageEdit", "createImageVariation", "listModels", "retrieveModel",
+                             "usageImages", "usageCosts", "listUsageRecords"}
 
 
 def test_every_operation_needs_a_bearer_key(schema):
@@ -198,6 +200,9 @@ BUDGET = {
     "POST /v1/images/variations": {GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 50},
     "GET /v1/models": {GenerationMode.POSITIVE: 10},
     "GET /v1/models/{model_id}": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 20},
+    "GET /v1/organization/usage/images": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},
+    "GET /v1/organization/costs": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},
+    "GET /v1/organization/usage/records": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},
 }
 MIN_CASES = 500
 
