@@ -1,9 +1,10 @@
 """Dashboard pages over the request log, included under /dashboard/ (config/urls.py)."""
 from django.urls import path
 
-from . import dashboard_views
+from . import dashboard_views, playground
 
 urlpatterns = [
+    path("playground/", playground.playground, name="playground"),
     path("requests/", dashboard_views.request_log, name="request-log"),
     path("requests/export.csv", dashboard_views.request_export, name="request-export"),
     path("requests/<str:request_id>/", dashboard_views.request_detail, name="request-detail"),

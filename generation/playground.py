@@ -1,0 +1,61 @@
+"""The playground: type a prompt, pick a model and size, see the image and what it cost.
+
+It calls the same generation service as the API (validation, moderation, routing, ledger, spend limits); the
+request is recorded in the ledger without an API key (the member's session made it)."""
+from asgiref.sync import async_to_sync
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+from accounts.views import membership_or_404
+
+from . import catalog, services
+from .errors import APIError
+from .middleware import new_request_id
+from .providers import registry
+
+
+def _models() -> list[catalog.ModelSpec]:
+    registry()
+    return [m for m in catalog.available_models(set(registry())) if m.supports("generate")]
+
+
+class PlaygroundForm(forms.Form):
+    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "placeholder": "A lighthouse in a storm"}),
+                             max_length=32000)
+    model = forms.ChoiceField()
+    size = forms.CharField(max_length=20, initial="1024x1024",
+                           help_text="One of the model's sizes (listed beside the model).")
+    n = forms.IntegerField(min_value=1, max_value=4, initial=1)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [(m.id, m.id) for m in _models()]
+
+
+@login_required
+def playground(request):
+    membership = membership_or_404(request)
+    form = PlaygroundForm(request.POST or None, initial={"model": catalog.DEFAULT_MODEL})
+    result, error = None, None
+    if request.method == "POST" and form.is_valid():
+        data = {"model": form.cleaned_data["model"], "prompt": form.cleaned_data["prompt"],
+                "size": form.cleaned_data["size"], "n": form.cleaned_data["n"]}
+        spec = catalog.get_model(data["model"])
+        if spec is not None and spec.response_formats:
+            data["response_format"] = "url"
+        try:
+            outcome = async_to_sync(services.run)(
+                endpoint="generations", organization=membership.organization, api_key=None,
+                request_id=getattr(request, "request_id", None) or new_request_id(), data=data,
+                base_url=request.build_absolute_uri("/"),
+            )
+            result = {"body": outcome.body, "provider": outcome.provider,
+                      "images": [item.get("url") or f"data:image/png;base64,{item['b64_json']}"
+                                 for item in outcome.body["data"]]}
+        except APIError as exc:
+            error = exc.message
+    return render(request, "dashboard/playground.html", {
+        "form": form, "result": result, "error": error,
+        "model_sizes": [(m.id, ", ".join(m.sizes)) for m in _models()],
+    })
