@@ -43,6 +43,8 @@ import certifi
 import httpx
 from PIL import Image
 
+from .providers.base import sniff_image_type
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -378,15 +380,7 @@ async def _fetch_bytes(url: str, *, max_bytes: int, max_redirects: int, timeout:
                           f"time{'s' if max_redirects != 1 else ''}; at most {max_redirects} redirects are followed.")
 
 
-def sniff(data: bytes) -> str | None:
-    """The content type the bytes themselves announce (magic numbers), or None if not one we accept."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+sniff = sniff_image_type  # the content type the bytes themselves announce, or None
 
 
 def _decode(data: bytes, content_type: str, max_pixels: int) -> tuple[int, int]:

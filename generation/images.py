@@ -5,26 +5,16 @@ from PIL import Image, UnidentifiedImageError
 
 from .catalog import PNG, InputImageRules, ModelSpec
 from .errors import InvalidRequest
-from .providers.base import InputImage
+from .providers.base import InputImage, sniff_image_type
 
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before Pillow allocates them
 
-_MAGIC = [
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-]
-
-
 def sniff(data: bytes) -> str | None:
-    """The image type from the first bytes, never from a header or a file name."""
-    for magic, content_type in _MAGIC:
-        if data.startswith(magic):
-            return content_type
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+    """The image type from the first bytes, never from a header or a file name (GIF is recognised so that it can
+    be refused by name)."""
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return sniff_image_type(data)
 
 
 def inspect(data: bytes, *, param: str, filename: str = "image") -> InputImage:

@@ -110,3 +110,15 @@ class UpstreamUnavailable(ProviderError):
     """5xx, connection errors, malformed replies."""
 
     retryable = True
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The image type from its magic bytes (never from a header or a name): image/png, image/jpeg or image/webp;
+    None for anything else. The one sniffer every adapter, the URL fetcher and the upload checks share."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None

@@ -72,6 +72,7 @@ from botocore.exceptions import (
 from PIL import Image, ImageOps
 
 from .base import (
+    sniff_image_type,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -137,14 +138,6 @@ def nova_size_ok(width: int, height: int) -> bool:
             and width * height <= 4_194_304 and max(width, height) <= 4 * min(width, height))
 
 
-def sniff_image_type(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 # --- image preparation (runs in the worker thread: CPU work never blocks the event loop) ---------------------------

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from .base import (
+    sniff_image_type,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -81,14 +82,6 @@ MAX_POLL_FAILURES = 3
 DOWNLOAD_ATTEMPTS = 2
 
 
-def sniff_image_type(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def _reason(response: httpx.Response) -> str:

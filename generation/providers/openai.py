@@ -27,6 +27,7 @@ import certifi
 import httpx
 
 from .base import (
+    sniff_image_type as sniff_image,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -92,15 +93,6 @@ _REFUSAL_CODES = {"content_policy_violation", "moderation_blocked"}
 _ACCOUNT_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "account_deactivated"}
 
 
-def sniff_image(data: bytes) -> str | None:
-    """The image type from its magic bytes: image/png, image/jpeg or image/webp; None for anything else."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def gpt_image_1_price(size: str, quality: str) -> int:

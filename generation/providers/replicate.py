@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .base import (
+    sniff_image_type as sniff_image,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -120,15 +121,6 @@ MODELS: dict[str, _Model] = {
 }
 
 
-def sniff_image(data: bytes) -> str | None:
-    """The image type from the magic bytes: image/png, image/jpeg, image/webp, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def _origin(url: str) -> tuple[str, str]:

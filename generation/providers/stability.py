@@ -23,6 +23,7 @@ import httpx
 
 from .http import LoopClients, shard_scope, sharded_client
 from .base import (
+    sniff_image_type,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -87,14 +88,6 @@ FINISH_FILTERED = "CONTENT_FILTERED"
 FINISH_ERROR = "ERROR"
 
 
-def sniff_image_type(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def style_preset_for(style: str | None) -> str | None:
