@@ -12,3 +12,15 @@ class SpendLimitForm(forms.Form):
     def limit_micros(self) -> int | None:
         value = self.cleaned_data.get("monthly_limit_usd")
         return None if value is None else int(value * 1_000_000)
+
+
+class KeySpendLimitForm(SpendLimitForm):
+    """A monthly spend limit for one of the organization's keys."""
+
+    api_key = forms.ModelChoiceField(queryset=None, label="API key")
+
+    field_order = ["api_key", "monthly_limit_usd"]
+
+    def __init__(self, *args, keys=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["api_key"].queryset = keys

@@ -151,28 +151,42 @@ def _bar_chart(days: list[dict], field: str) -> dict:
 @login_required
 def billing_page(request):
     """Stripe status, this period's usage and estimated charge, spend limit, invoices, Checkout and portal."""
+    from accounts.selectors import api_keys_for_organization
+
     from . import selectors, services
-    from .forms import SpendLimitForm
+    from .forms import KeySpendLimitForm, SpendLimitForm
 
     membership = _membership(request)
     organization = membership.organization
     account = selectors.billing_account(organization=organization)
     form = SpendLimitForm(initial={"monthly_limit_usd": (account.monthly_spend_limit_micros / 1e6)
                                    if account and account.monthly_spend_limit_micros is not None else None})
+    keys = api_keys_for_organization(organization).filter(revoked_at__isnull=True)
+    key_form = KeySpendLimitForm(keys=keys)
     if request.method == "POST":
         if not membership.can_manage:
             return HttpResponseForbidden("Only owners and admins manage billing.")
-        form = SpendLimitForm(request.POST)
-        if form.is_valid():
-            services.set_spend_limit(organization=organization, monthly_limit_micros=form.limit_micros())
-            messages.success(request, "Monthly spend limit saved.")
-            return redirect("billing")
+        if "api_key" in request.POST:
+            key_form = KeySpendLimitForm(request.POST, keys=keys)
+            if key_form.is_valid():
+                services.set_spend_limit(organization=organization, api_key=key_form.cleaned_data["api_key"],
+                                         monthly_limit_micros=key_form.limit_micros())
+                messages.success(request, f"Monthly spend limit saved for key “{key_form.cleaned_data['api_key'].name}”.")
+                return redirect("billing")
+        else:
+            form = SpendLimitForm(request.POST)
+            if form.is_valid():
+                services.set_spend_limit(organization=organization, monthly_limit_micros=form.limit_micros())
+                messages.success(request, "Monthly spend limit saved.")
+                return redirect("billing")
     return render(request, "dashboard/billing.html", {
         "stripe_enabled": policy.stripe_enabled(),
         "account": account,
         "usage": selectors.month_to_date(organization=organization),
         "invoices": selectors.invoices(organization=organization),
         "form": form,
+        "key_form": key_form,
+        "key_limits": selectors.key_spend_limits(organization=organization),
         "refusal": policy.access_refusal(account),
         "free_tier_limit": policy.free_tier_limit(account),
         "checkout_state": request.GET.get("checkout", ""),

@@ -128,3 +128,23 @@ def test_pages_render_with_shared_layout(client, db):
         response = client.get(reverse(name))
         assert response.status_code == 200
         assert b"css/app.css" in response.content and b"Imagegate" in response.content
+
+
+def test_billing_page_sets_organization_and_key_spend_limits(signed_in, organization, api_key):
+    from billing.models import BillingAccount, KeySpendLimit
+
+    response = signed_in.post(reverse("billing"), {"monthly_limit_usd": "25.50"})
+    assert response.status_code == 302
+    assert BillingAccount.objects.get(organization=organization).monthly_spend_limit_micros == 25_500_000
+    response = signed_in.post(reverse("billing"), {"api_key": api_key[0].pk, "monthly_limit_usd": "3"})
+    assert response.status_code == 302
+    assert KeySpendLimit.objects.get(api_key=api_key[0]).monthly_limit_micros == 3_000_000
+    page = signed_in.get(reverse("billing"))
+    assert b"$3.00" in page.content and b"test key" in page.content
+
+
+def test_cannot_set_a_limit_on_another_organizations_key(signed_in, other_tenant):
+    from billing.models import KeySpendLimit
+
+    response = signed_in.post(reverse("billing"), {"api_key": other_tenant[1].pk, "monthly_limit_usd": "1"})
+    assert response.status_code == 200 and not KeySpendLimit.objects.exists()
