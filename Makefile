@@ -34,7 +34,11 @@ run: install
 services:
 	@scripts/ensure_services.sh
 
-test: install services
+# Debian's Chromium for the Playwright browser tests (Playwright cannot download its own browsers here).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install services browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 worker: install
@@ -44,7 +48,7 @@ beat: install
 	$(BIN)/celery -A config beat --loglevel=INFO
 
 bench: install services
-	@for script in bench/capacity.py bench/billing_report.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/capacity.py bench/billing_report.py bench/scale.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

@@ -85,6 +85,46 @@ class EstimatingPaginator(Paginator):
         return super().count
 
 
+# Changelist parameters the usage rollups can answer (organization, model, provider, status); page and order do not
+# change the set. Any other filter (search, endpoint, dates) is totalled from the ledger itself.
+ROLLUP_FILTERS = {"organization__id__exact": "organization_id", "model": "model", "provider": "provider",
+                  "status__exact": "status", "status": "status"}
+SET_NEUTRAL_PARAMETERS = {"o", "p", "_changelist_filters"}
+
+
+def _rollup_totals(request, queryset) -> dict | None:
+    """Rows, images and cost of the changelist's filtered set from the rollups plus the ledger rows above the
+    watermark (exact), when every filter is a rollup dimension and something is rolled up; else None."""
+    from .models import UsageRollup
+    from .rollups import watermark
+
+    if connection.vendor != "postgresql":
+        return None
+    lookups = {}
+    for name, value in request.GET.items():
+        if name in SET_NEUTRAL_PARAMETERS:
+            continue
+        if name not in ROLLUP_FILTERS or not value:
+            return None
+        lookups[ROLLUP_FILTERS[name]] = value
+    while True:
+        mark = watermark()
+        if mark <= 0:
+            return None
+        rolled = UsageRollup.unscoped.filter(**lookups).aggregate(
+            rows=Sum("requests", default=0),
+            images=Sum("images", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
+            cost_micros=Sum("cost_micros", default=0),
+        )
+        tail = queryset.order_by().filter(id__gt=mark).aggregate(
+            rows=Count("id"),
+            images=Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
+            cost_micros=Sum("cost_micros", default=0),
+        )
+        if watermark() == mark:
+            return {k: int(rolled[k] or 0) + int(tail[k] or 0) for k in ("rows", "images", "cost_micros")}
+
+
 def values_filter(parameter: str, title: str, values):
     """A list filter on a string column whose choices come from `values()` (not a DISTINCT over the ledger)."""
 
@@ -188,12 +228,25 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
             *super().get_urls(),
         ]
 
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        paginator = super().get_paginator(request, queryset, per_page, orphans, allow_empty_first_page)
+        totals = _rollup_totals(request, queryset)
+        if totals is not None:  # the exact count without COUNT(*) over millions of ledger rows
+            request._ledger_rollup_totals = totals
+            paginator.count = totals["rows"]
+        return paginator
+
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context and "cl" in context:
             queryset = context["cl"].queryset
-            if _too_big_unfiltered(queryset):
+            rolled = getattr(request, "_ledger_rollup_totals", None)
+            if rolled is not None:
+                totals = dict(rolled)
+                totals["cost_usd"] = usd(totals["cost_micros"])
+                context["ledger_totals"] = totals
+            elif _too_big_unfiltered(queryset):
                 context["ledger_totals"] = None
             else:
                 totals = queryset.order_by().aggregate(

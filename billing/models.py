@@ -72,7 +72,13 @@ class LedgerEntry(models.Model):
         verbose_name = "ledger entry"
         verbose_name_plural = "ledger entries"
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "-created_at"], name="ledger_org_time")]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="ledger_org_time"),
+            # The staff ledger list filtered by organization and model / provider / status, newest first.
+            models.Index(fields=["organization", "model", "-created_at", "-id"], name="ledger_org_model_time"),
+            models.Index(fields=["organization", "provider", "-created_at", "-id"], name="ledger_org_provider_time"),
+            models.Index(fields=["organization", "status", "-created_at", "-id"], name="ledger_org_status_time"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["organization", "sequence"], name="ledger_chain_sequence"),
             models.CheckConstraint(condition=models.Q(cost_micros__gte=0), name="ledger_cost_nonnegative"),
@@ -264,6 +270,7 @@ class Discrepancy(models.Model):
 
     class Meta:
         ordering = ["-detected_at"]
+        verbose_name_plural = "discrepancies"
 
 
 class BillingAlert(models.Model):
@@ -277,3 +284,43 @@ class BillingAlert(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class UsageRollup(models.Model):
+    """Ledger rows summed per organization, UTC day, API key, model, provider and status (billing.rollups keeps it,
+    every minute). It holds exactly the ledger rows with id <= RollupState.last_ledger_id; readers add the newer
+    tail from the ledger itself, so what they show is exact."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=100, blank=True)
+    provider = models.CharField(max_length=50, blank=True)
+    status = models.CharField(max_length=16)
+    requests = models.BigIntegerField(default=0)
+    images = models.BigIntegerField(default=0)  # sum of n over the group's rows (count only status=succeeded)
+    cost_micros = models.BigIntegerField(default=0)
+    upstream_cost_micros = models.BigIntegerField(default=0)
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "day", "api_key", "model", "provider", "status"],
+                                    name="uniq_usage_rollup", nulls_distinct=False),
+        ]
+        indexes = [models.Index(fields=["day"], name="usage_rollup_day")]
+
+    def __str__(self):
+        return f"{self.organization_id} {self.day} {self.model} {self.status}: {self.requests}"
+
+
+class RollupState(models.Model):
+    """The rollup watermark (one row, pk=1): every ledger row with id <= last_ledger_id is in UsageRollup."""
+
+    last_ledger_id = models.BigIntegerField(default=0)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"rolled up to ledger id {self.last_ledger_id}"

@@ -57,12 +57,7 @@ class UsageSummary:
 
 
 def usage_since(*, organization: Organization, since: datetime) -> UsageSummary:
-    totals = LedgerEntry.objects.for_organization(organization).filter(created_at__gte=since).aggregate(
-        requests=Count("id"),
-        images=Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED)),
-        cost=Sum("cost_micros"),
-    )
-    return UsageSummary(requests=totals["requests"] or 0, images=totals["images"] or 0, cost_micros=totals["cost"] or 0)
+    return _summary(organization, since, None)
 
 
 def month_to_date(*, organization: Organization) -> UsageSummary:
@@ -92,9 +87,10 @@ def invoices(*, organization: Organization, limit: int = 24):
 _BREAKDOWN_FIELDS = {"model": "model", "provider": "provider", "api_key": "api_key__name"}
 
 
-def _ledger_range(organization: Organization, start: datetime, end: datetime):
+def _ledger_range(organization: Organization, start: datetime, end: datetime | None):
     """The organization's ledger rows with start <= created_at < end (the (organization, -created_at) index)."""
-    return LedgerEntry.objects.for_organization(organization).filter(created_at__gte=start, created_at__lt=end)
+    rows = LedgerEntry.objects.for_organization(organization).filter(created_at__gte=start)
+    return rows if end is None else rows.filter(created_at__lt=end)
 
 
 def _usage_aggregates():
@@ -105,9 +101,63 @@ def _usage_aggregates():
     }
 
 
+def _rollup_aggregates():
+    return {
+        "requests": Sum("requests"),
+        "images": Sum("images", filter=Q(status=LedgerEntry.Status.SUCCEEDED)),
+        "cost": Sum("cost_micros"),
+    }
+
+
+def _sources(organization: Organization, start: datetime, end: datetime | None, watermark: int):
+    """The querysets that together hold exactly the organization's usage with start <= created_at < end (no end:
+    open): [(is_rollup, queryset)]. The whole UTC days inside the range come from the rollups (every ledger row with
+    id <= watermark) plus the ledger rows of those days above the watermark; the partial days at either edge come
+    from the ledger. Without rolled-up whole days (or in a time zone other than the rollups' UTC) it is the ledger."""
+    from datetime import time as dt_time, timedelta, timezone as dt_timezone
+
+    from .models import UsageRollup
+
+    ledger = _ledger_range(organization, start, end)
+    if watermark <= 0 or timezone.get_current_timezone_name() not in ("UTC", "Etc/UTC"):
+        return [(False, ledger)]
+    utc = dt_timezone.utc
+    first = start.astimezone(utc).date()
+    if start.astimezone(utc) != datetime.combine(first, dt_time.min, tzinfo=utc):
+        first += timedelta(days=1)
+    last = (end if end is not None else timezone.now()).astimezone(utc).date()  # days before `last` are whole
+    if first >= last:
+        return [(False, ledger)]
+    lo, hi = datetime.combine(first, dt_time.min, tzinfo=utc), datetime.combine(last, dt_time.min, tzinfo=utc)
+    rollup = UsageRollup.objects.for_organization(organization).filter(day__gte=first, day__lt=last)
+    tail = LedgerEntry.objects.for_organization(organization).filter(created_at__gte=lo, created_at__lt=hi,
+                                                                     id__gt=watermark)
+    edges = ledger.filter(Q(created_at__lt=lo) | Q(created_at__gte=hi))
+    return [(True, rollup), (False, tail), (False, edges)]
+
+
+def _read(organization: Organization, start: datetime, end: datetime | None, read):
+    """`read(is_rollup, queryset)` over every source, as one consistent view: the rollups and the watermark move
+    together (one transaction per refresh batch), so if the watermark is the same after the reads as before, the
+    rollup rows read were exactly those of that watermark. The ledger only grows, so its reads are exact anyway."""
+    from .rollups import watermark as current_watermark
+
+    while True:
+        mark = current_watermark()
+        results = [read(is_rollup, qs) for is_rollup, qs in _sources(organization, start, end, mark)]
+        if mark <= 0 or current_watermark() == mark:
+            return results
+
+
+def _summary(organization: Organization, start: datetime, end: datetime | None) -> UsageSummary:
+    parts = _read(organization, start, end, lambda is_rollup, qs: qs.aggregate(
+        **(_rollup_aggregates() if is_rollup else _usage_aggregates())))
+    return UsageSummary(requests=sum(p["requests"] or 0 for p in parts), images=sum(p["images"] or 0 for p in parts),
+                        cost_micros=sum(p["cost"] or 0 for p in parts))
+
+
 def usage_between(*, organization: Organization, start: datetime, end: datetime) -> UsageSummary:
-    totals = _ledger_range(organization, start, end).aggregate(**_usage_aggregates())
-    return UsageSummary(requests=totals["requests"] or 0, images=totals["images"] or 0, cost_micros=totals["cost"] or 0)
+    return _summary(organization, start, end)
 
 
 def daily_usage(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:
@@ -118,9 +168,19 @@ def daily_usage(*, organization: Organization, start: datetime, end: datetime) -
     from django.db.models.functions import TruncDate
 
     tz = timezone.get_current_timezone()
-    rows = (_ledger_range(organization, start, end).annotate(day=TruncDate("created_at", tzinfo=tz))
-            .values("day").annotate(**_usage_aggregates()).order_by("day"))
-    by_day = {r["day"]: r for r in rows}
+
+    def read(is_rollup, qs):
+        if is_rollup:
+            return list(qs.values("day").annotate(**_rollup_aggregates()).order_by("day"))
+        return list(qs.annotate(day=TruncDate("created_at", tzinfo=tz)).values("day")
+                    .annotate(**_usage_aggregates()).order_by("day"))
+
+    by_day: dict = {}
+    for rows in _read(organization, start, end, read):
+        for r in rows:
+            acc = by_day.setdefault(r["day"], {"requests": 0, "images": 0, "cost": 0})
+            for k in acc:
+                acc[k] += r[k] or 0
     first = timezone.localtime(start, tz).date()
     last = timezone.localtime(end - timedelta(microseconds=1), tz).date()
     days = []
@@ -138,8 +198,19 @@ def usage_breakdown(*, organization: Organization, start: datetime, end: datetim
     [{"label": str, "requests": int, "images": int, "cost_micros": int}]. Requests without a key label "—"."""
     field = _BREAKDOWN_FIELDS[by]
     group = [field, "api_key__prefix", "api_key_id"] if by == "api_key" else [field]
-    rows = (_ledger_range(organization, start, end).values(*group).annotate(**_usage_aggregates())
-            .order_by("-cost", "-requests", field))
+
+    def read(is_rollup, qs):
+        return list(qs.values(*group).annotate(**(_rollup_aggregates() if is_rollup else _usage_aggregates()))
+                    .order_by())
+
+    merged: dict = {}
+    for rows in _read(organization, start, end, read):
+        for r in rows:
+            key = tuple(r[g] for g in group)
+            acc = merged.setdefault(key, {**{g: r[g] for g in group}, "requests": 0, "images": 0, "cost": 0})
+            for k in ("requests", "images", "cost"):
+                acc[k] += r[k] or 0
+    rows = sorted(merged.values(), key=lambda r: (-r["cost"], -r["requests"], r[field] is None, r[field] or ""))
     return [{"label": r[field] or "—", "detail": (f"{r['api_key__prefix']}…" if r.get("api_key__prefix") else ""),
              "requests": r["requests"] or 0, "images": r["images"] or 0, "cost_micros": r["cost"] or 0}
             for r in rows]
@@ -198,3 +269,11 @@ def request_log_rows_for_export(rows):
 def request_entry(*, organization: Organization, request_id: str) -> LedgerEntry | None:
     return (LedgerEntry.objects.for_organization(organization).select_related("api_key", "price")
             .filter(request_id=request_id).first())
+
+
+def key_spend_limits(*, organization: Organization):
+    """The organization's keys that have a monthly spend limit, with the limit."""
+    from .models import KeySpendLimit
+
+    return (KeySpendLimit.objects.filter(api_key__organization=organization, api_key__revoked_at__isnull=True)
+            .select_related("api_key").order_by("api_key__name"))

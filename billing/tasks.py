@@ -54,3 +54,11 @@ def send_spend_alert(counter_id: int) -> int:
                  "insufficient_quota. You can raise the limit on the billing page.\n"),
         from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=recipients,
     )
+
+
+@shared_task
+def refresh_rollups() -> dict:
+    """Add the settled ledger rows above the watermark into the usage rollups (every minute, from beat)."""
+    from . import rollups
+
+    return rollups.refresh_rollups().__dict__
