@@ -310,7 +310,6 @@ class UsageRollup(models.Model):
             models.UniqueConstraint(fields=["organization", "day", "api_key", "model", "provider", "status"],
                                     name="uniq_usage_rollup", nulls_distinct=False),
         ]
-        indexes = [models.Index(fields=["day"], name="usage_rollup_day")]
 
     def __str__(self):
         return f"{self.organization_id} {self.day} {self.model} {self.status}: {self.requests}"

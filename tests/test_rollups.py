@@ -175,3 +175,25 @@ def test_admin_totals_from_rollups_are_exact(traffic, client, monkeypatch, djang
     assert (totals["rows"], totals["images"], totals["cost_micros"]) == (expected["rows"], expected["images"],
                                                                          expected["cost"])
     assert response.context["cl"].result_count == expected["rows"]
+
+
+@pytest.mark.parametrize("params", [{}, {"created_at__year": "2025"}, {"created_at__year": "2025",
+                                                                       "created_at__month": "3"}])
+def test_admin_date_drilldown_from_rollups_matches_djangos(traffic, client, monkeypatch, django_user_model, params):
+    from django.contrib.admin.templatetags import admin_list
+
+    from billing.templatetags.ledger_admin import ledger_date_hierarchy
+
+    org, key, _, _ = traffic
+    rollups.refresh_rollups(now=LATER)
+    record(monkeypatch, org, key, "req_tail_dates", datetime(2025, 4, 2, 8, tzinfo=UTC))  # above the watermark
+    admin = django_user_model.objects.create_superuser(email="staff@example.com", password="x" * 20)
+    client.force_login(admin)
+    monkeypatch.setattr(settings, "ADMIN_REQUIRE_MFA", False, raising=False)
+    response = client.get("/admin/billing/ledgerentry/", {"organization__id__exact": org.pk, **params})
+    assert response.status_code == 200
+    cl = response.context["cl"]
+    ours, django = ledger_date_hierarchy(cl), admin_list.date_hierarchy(cl)
+    assert [c.get("title") for c in ours["choices"]] == [c.get("title") for c in django["choices"]]
+    assert [c.get("link") for c in ours["choices"]] == [c.get("link") for c in django["choices"]]
+    assert ours["choices"]

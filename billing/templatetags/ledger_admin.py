@@ -1,0 +1,81 @@
+"""The ledger admin's date drill-down, answered from the usage rollups.
+
+Django's date hierarchy asks the changelist queryset for the distinct months (or days) of every filtered row: over
+an organization's millions of ledger rows that is the slowest query of the page. When every filter is a rollup
+dimension (organization, model, provider, status: billing/admin.py ROLLUP_FILTERS), the same answer comes from the
+rollups (one row per day and dimension) plus the ledger rows above the rollup watermark; Django's own code builds the
+links. Any other filter falls back to Django's query.
+"""
+from datetime import datetime, time, timezone as dt_timezone
+
+from django import template
+from django.contrib.admin.templatetags import admin_list
+from django.contrib.admin.templatetags.base import InclusionAdminNode
+from django.db import connection
+from django.db.models import Max, Min
+
+register = template.Library()
+
+DATE_PARAMS = {"created_at__year": "day__year", "created_at__month": "day__month", "created_at__day": "day__day"}
+
+
+def _midnight(day):
+    return datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
+
+
+class _RollupDates:
+    """Stands in for the changelist queryset in Django's date_hierarchy(): aggregate(first=, last=) and datetimes()."""
+
+    def __init__(self, rollups, tail):
+        self.rollups, self.tail = rollups, tail
+
+    def aggregate(self, **_):
+        r = self.rollups.aggregate(first=Min("day"), last=Max("day"))
+        t = self.tail.aggregate(first=Min("created_at"), last=Max("created_at"))
+        firsts = [v for v in (r["first"] and _midnight(r["first"]), t["first"]) if v]
+        lasts = [v for v in (r["last"] and _midnight(r["last"]), t["last"]) if v]
+        return {"first": min(firsts) if firsts else None, "last": max(lasts) if lasts else None}
+
+    def datetimes(self, field_name, kind):
+        found = {_midnight(d) for d in self.rollups.dates("day", kind)}
+        found |= set(self.tail.datetimes("created_at", kind))
+        return sorted(found)
+
+    dates = datetimes
+
+
+class _ChangeListView:
+    def __init__(self, cl, queryset):
+        self._cl, self.queryset = cl, queryset
+
+    def __getattr__(self, name):
+        return getattr(self._cl, name)
+
+
+def ledger_date_hierarchy(cl):
+    from billing.admin import ROLLUP_FILTERS, SET_NEUTRAL_PARAMETERS
+    from billing.models import UsageRollup
+    from billing.rollups import watermark
+
+    lookups, date_lookups = {}, {}
+    for name, value in cl.params.items():
+        if name in SET_NEUTRAL_PARAMETERS:
+            continue
+        if name in DATE_PARAMS:
+            date_lookups[DATE_PARAMS[name]] = value
+        elif name in ROLLUP_FILTERS and value:
+            lookups[ROLLUP_FILTERS[name]] = value
+        else:
+            return admin_list.date_hierarchy(cl)
+    mark = watermark()
+    if connection.vendor != "postgresql" or mark <= 0:
+        return admin_list.date_hierarchy(cl)
+    rollups = UsageRollup.unscoped.filter(**lookups, **date_lookups)
+    tail = cl.queryset.order_by().filter(id__gt=mark)
+    return admin_list.date_hierarchy(_ChangeListView(cl, _RollupDates(rollups, tail)))
+
+
+@register.tag(name="ledger_date_hierarchy")
+def ledger_date_hierarchy_tag(parser, token):
+    return InclusionAdminNode(parser, token, func=ledger_date_hierarchy, template_name="date_hierarchy.html",
+                              takes_context=False)
