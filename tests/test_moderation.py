@@ -25,7 +25,8 @@ def default_policy(db):
 
 
 @pytest.fixture
-def staff_client(client, db):
+def staff_client(client, db, settings):
+    settings.ADMIN_REQUIRE_MFA = False  # the second factor is tested in tests/test_admin_audit.py
     admin = User.objects.create_superuser(email="staff@imagegate.test", password="staff-pass-phrase")
     client.force_login(admin)
     return client
