@@ -523,13 +523,14 @@ def test_emulator_validates_like_bfl(bfl):
 
 def test_emulator_enforces_24_active_tasks_per_key(bfl):
     bfl.state["delay"] = 5.0
-    bfl.state["keys"] = {"second-key"}
+    # A key of its own: tasks that earlier tests left pending on API_KEY must not count against this budget.
+    bfl.state["keys"] = {"second-key", "budget-key"}
     with httpx.Client(base_url=bfl.url) as c:
         for i in range(24):
-            r = c.post("/v1/flux-pro-1.1", json={"prompt": f"p{i}"}, headers={"x-key": API_KEY})
+            r = c.post("/v1/flux-pro-1.1", json={"prompt": f"p{i}"}, headers={"x-key": "budget-key"})
             assert r.status_code == 200, r.text
             assert set(r.json()) >= {"id", "polling_url", "cost"}
-        r = c.post("/v1/flux-pro-1.1", json={"prompt": "one too many"}, headers={"x-key": API_KEY})
+        r = c.post("/v1/flux-pro-1.1", json={"prompt": "one too many"}, headers={"x-key": "budget-key"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"] == "rate_limit_exceeded" and "retry_after" in r.json() and r.json()["message"]
         # Another key has its own budget; a pending task polls as Pending with progress.
