@@ -189,7 +189,7 @@ def test_connects_to_the_validated_address_and_sends_the_name_as_host(server, mo
 
 def _tls_for(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context with a certificate for `name`, client context trusting only its throwaway CA)."""
-    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography import x509  # installed with moto (dev dependencies)
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID

@@ -305,7 +305,6 @@ print(json.dumps({"body": response.body, "replayed": replayed}))
 """
 
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="processes share keys only through Redis")
 def test_concurrent_duplicates_in_separate_processes_run_once(scope):
     from django_redis import get_redis_connection
 
@@ -408,7 +407,6 @@ def test_claim_of_crashed_holder_with_other_body_is_a_conflict_until_it_expires(
 
 # --- where it is stored ---------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis")
 def test_redis_keys_ttls_and_prefix(scope):
     from django_redis import get_redis_connection
 
@@ -431,7 +429,6 @@ def test_redis_keys_ttls_and_prefix(scope):
     assert not client.exists(str(caches["default"].make_key(claim_key)))  # released
 
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis to prove nothing leaks there")
 def test_locmem_override_is_honoured_no_stale_cache(settings, scope):
     from django_redis import get_redis_connection
 

@@ -1372,10 +1372,8 @@ async def checkout_sessions_create(ctx: Ctx):
                            f"line_items[{i}][price]")
         rec = price["recurring"]
         metered = bool(rec and rec.get("usage_type") == "metered")
-        if rec:
+        if rec:  # (one-time prices may ride along a subscription's first invoice: nothing to check for them)
             recurring_seen = True
-        elif mode == "subscription":
-            pass  # one-time prices may ride along a subscription's first invoice
         if mode == "payment" and rec:
             raise _invalid("You specified `payment` mode but passed a recurring price. Either switch to "
                            "`subscription` mode or use only one-time prices.", f"line_items[{i}][price]")
