@@ -82,3 +82,32 @@ def sharded_client(*, timeout: float, max_connections: int = 1000, shards: int =
         headers={"User-Agent": USER_AGENT, **kwargs.pop("headers", {})},
         **kwargs,
     )
+
+
+async def download_capped(client: httpx.AsyncClient, url: str, *, label: str, provider: str, max_bytes: int,
+                          headers: dict | None = None, follow_redirects: bool = False) -> bytes:
+    """GET `url` and return its body, refusing more than `max_bytes` (by Content-Length, then while streaming).
+    Failures are the provider interface's errors; `label` names the thing in the messages ("image 0 from openai")."""
+    from .base import UpstreamTimeout, UpstreamUnavailable
+
+    too_large = f"{label} is larger than {max_bytes // (1024 * 1024)} MB."
+    try:
+        async with client.stream("GET", url, headers=headers, follow_redirects=follow_redirects) as response:
+            if response.status_code != 200:
+                raise UpstreamUnavailable(f"downloading {label} failed: HTTP {response.status_code}.",
+                                          provider=provider)
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise UpstreamUnavailable(too_large, provider=provider)
+            chunks, total = [], 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise UpstreamUnavailable(too_large, provider=provider)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"downloading {label} timed out.", provider=provider) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(f"downloading {label} failed: {type(exc).__name__}: {exc}.",
+                                  provider=provider) from exc

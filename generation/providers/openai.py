@@ -26,6 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import certifi
 import httpx
 
+from .http import download_capped
 from .base import (
     sniff_image_type as sniff_image,
     ContentRefused,
@@ -402,29 +403,9 @@ class OpenAIProvider:
             raise UpstreamUnavailable(f"{self.name} returned an unusable image URL in data[{index}].",
                                       provider=self.name)
         headers = self._auth() if (target.scheme, target.netloc) == (api.scheme, api.netloc) else {}
-        try:
-            async with self._client().stream("GET", url, headers=headers, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    raise UpstreamUnavailable(f"downloading image {index} from {self.name} failed: "
-                                              f"HTTP {response.status_code}.", provider=self.name)
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
-                    raise UpstreamUnavailable(f"image {index} from {self.name} is larger than 50 MB.",
-                                              provider=self.name)
-                chunks, total = [], 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > MAX_IMAGE_BYTES:
-                        raise UpstreamUnavailable(f"image {index} from {self.name} is larger than 50 MB.",
-                                                  provider=self.name)
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"downloading image {index} from {self.name} timed out.",
-                                  provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"downloading image {index} from {self.name} failed: "
-                                      f"{type(exc).__name__}: {exc}.", provider=self.name) from exc
+        return await download_capped(self._client(), url, label=f"image {index} from {self.name}",
+                                     provider=self.name, max_bytes=MAX_IMAGE_BYTES, headers=headers,
+                                     follow_redirects=True)
 
 
 class _ShardedTransport(httpx.AsyncBaseTransport):

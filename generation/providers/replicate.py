@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .http import download_capped
 from .base import (
     sniff_image_type as sniff_image,
     ContentRefused,
@@ -476,25 +477,6 @@ class ReplicateProvider:
 
     async def _fetch(self, client: httpx.AsyncClient, url: str) -> bytes:
         """GET an output file (no credentials: file hosts are not the API), at most MAX_IMAGE_BYTES."""
-        try:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise UpstreamUnavailable(f"downloading Replicate output {url[:100]} failed with HTTP "
-                                              f"{response.status_code}", provider=self.name)
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
-                    raise UpstreamUnavailable(f"Replicate output {url[:100]} is larger than 50 MB",
-                                              provider=self.name)
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_IMAGE_BYTES:
-                        raise UpstreamUnavailable(f"Replicate output {url[:100]} is larger than 50 MB",
-                                                  provider=self.name)
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"downloading Replicate output {url[:100]} timed out", provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"downloading Replicate output {url[:100]} failed: {type(exc).__name__}: "
-                                      f"{exc}", provider=self.name) from exc
+        return await download_capped(client, url, label=f"Replicate output {url[:100]}", provider=self.name,
+                                     max_bytes=MAX_IMAGE_BYTES)
+
