@@ -4,13 +4,15 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+HOST ?= 127.0.0.1
+WEB_CONCURRENCY ?= $(shell nproc 2>/dev/null || echo 2)
 STAMP := $(VENV)/.installed
 
 # What the suite runs against: the real PostgreSQL and Redis on this machine.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/imagegate
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test services migrate worker beat bench clean
+.PHONY: install run serve test services migrate worker beat bench bench-gateway clean
 
 install: $(STAMP)
 
@@ -31,6 +33,13 @@ run: install
 	@echo "Serving Imagegate at http://127.0.0.1:$(PORT)  (dashboard: /dashboard/, API: /v1)"
 	exec $(BIN)/uvicorn config.asgi:application --host 127.0.0.1 --port $(PORT) --no-access-log --lifespan off
 
+# Production: the environment says everything (DATABASE_URL, REDIS_URL, DJANGO_SECRET_KEY, ...; README). No migrations,
+# no demo data. Static files are collected first so every page works with DJANGO_DEBUG=off.
+serve: install
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	exec $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
+		--no-access-log --lifespan off --backlog 4096 --timeout-keep-alive 30
+
 services:
 	@scripts/ensure_services.sh
 
@@ -49,6 +58,10 @@ beat: install
 
 bench: install services
 	@for script in bench/capacity.py bench/billing_report.py bench/scale.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# Imagegate against the direct upstream and the LiteLLM proxy, one run, targets alternated (bench/gateway.py).
+bench-gateway: install services
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
