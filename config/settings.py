@@ -98,7 +98,7 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A psycopg connection pool bounds PostgreSQL connections however many requests are in flight: request code
-    # borrows a connection for each short burst of queries and gives it back (generation/db.py), never holding one
+    # borrows a connection for each short burst of queries and gives it back (config/db.py), never holding one
     # across an upstream wait. (Django requires CONN_MAX_AGE = 0 with a pool.)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -235,7 +235,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
 # How long a process may reuse a price it looked up (a price row taking effect later is never missed).
 PRICE_CACHE_SECONDS = env.int("PRICE_CACHE_SECONDS", default=30)
-# Threads that run the request path's database work (generation/db.py).
+# Threads that run the request path's database work (config/db.py).
 DB_THREADS = env.int("DB_THREADS", default=16)
 # `last_used_at` on API keys is written at most this often per key.
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SECONDS", default=60)

@@ -17,7 +17,9 @@ from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing.models import LedgerEntry
 
-from . import catalog, db, router, storage
+from config import db
+
+from . import catalog, router, storage
 from .health import HealthBook
 from .models import ProviderAttempt
 from .errors import (APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError,

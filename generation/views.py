@@ -8,7 +8,9 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
-from . import catalog, db, idempotency, images, services, storage
+from config import db
+
+from . import catalog, idempotency, images, services, storage
 from .parsers import StrictJSONParser
 from .errors import APIError, InvalidRequest, ModelNotFound, ServerError, envelope, handler404
 from .providers import registry

@@ -1,6 +1,6 @@
 """The playground page uses the same generation service as the API: the ledger records it and moderation applies.
 
-Transactional: the service does its database work on its own threads (generation/db.py), which must see the data."""
+Transactional: the service does its database work on its own threads (config/db.py), which must see the data."""
 import pytest
 from django.urls import reverse
 
