@@ -2,20 +2,43 @@
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
+from config import process_cache
+
 from . import keys
 from .models import ApiKey, Invitation, Membership, Organization, User
 
 
-def find_api_key(raw_key: str) -> ApiKey | None:
-    """The unrevoked key whose secret is `raw_key`, expired or not (so the caller can say it expired): looked up by
-    prefix, then the hash compared in constant time."""
-    prefix = keys.split_prefix(raw_key or "")
-    if prefix is None:
-        return None
-    api_key = ApiKey.unscoped.select_related("organization").filter(prefix=prefix).first()
+# Keys by prefix, with their organization, kept per process: authenticating an API call costs no query. Any change
+# to a key or an organization drops the cache in every process within a second (accounts/apps.py).
+_keys_by_prefix = process_cache.ProcessCache("api_keys")
+
+
+def _load_key(prefix: str) -> ApiKey | None:
+    return ApiKey.unscoped.select_related("organization").filter(prefix=prefix).first()
+
+
+def _check(raw_key: str, api_key: ApiKey | None) -> ApiKey | None:
     if api_key is None or not keys.matches(raw_key, api_key.secret_hash) or api_key.is_revoked:
         return None
     return api_key
+
+
+def find_api_key(raw_key: str) -> ApiKey | None:
+    """The unrevoked key whose secret is `raw_key`, expired or not (so the caller can say it expired): looked up by
+    prefix (per-process cache), then the hash compared in constant time. The returned row is shared by concurrent
+    requests of this process: read it, never change it."""
+    prefix = keys.split_prefix(raw_key or "")
+    if prefix is None:
+        return None
+    return _check(raw_key, _keys_by_prefix.get(prefix, _load_key))
+
+
+async def find_api_key_async(raw_key: str) -> ApiKey | None:
+    """find_api_key from async code: a cache hit costs no I/O; a miss queries on a database thread."""
+    prefix = keys.split_prefix(raw_key or "")
+    if prefix is None:
+        return None
+    return _check(raw_key, await _keys_by_prefix.aget(prefix, _load_key))
 
 
 def find_active_api_key(raw_key: str) -> ApiKey | None:

@@ -10,6 +10,8 @@ from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.text import slugify
 
+from config import process_cache
+
 from . import keys
 from .models import ApiKey, Invitation, Membership, Organization, User
 
@@ -136,9 +138,11 @@ def create_api_key(
 
 
 def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
+    """Revoke at once: every serving process refuses the key within a second."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         ApiKey.unscoped.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
+        process_cache.invalidate("api_keys")
     return api_key
 
 
@@ -167,8 +171,15 @@ def rotate_api_key(
         if old.expires_at is None or old.expires_at > grace_end:
             ApiKey.unscoped.filter(pk=old.pk).update(expires_at=grace_end)
     api_key.refresh_from_db(fields=["revoked_at", "expires_at"])
+    process_cache.invalidate("api_keys")
     transaction.on_commit(lambda: api_key_rotated.send(sender=ApiKey, old_key=api_key, new_key=new_key))
     return new_key, raw
+
+
+def touch_due(api_key: ApiKey, now: datetime) -> bool:
+    """Whether `touch_api_key` would write (no query: the key's last_used_at as this process knows it)."""
+    resolution = timedelta(seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS)
+    return api_key.last_used_at is None or now - api_key.last_used_at >= resolution
 
 
 def touch_api_key(*, api_key: ApiKey, now: datetime | None = None) -> bool:

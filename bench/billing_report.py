@@ -23,8 +23,8 @@ ORGS = int(os.environ.get("BENCH_ORGS", "100"))
 
 def build(django_env) -> None:
     from accounts.models import Organization
-    from billing import ledger
-    from billing.models import LedgerEntry, LedgerHead, Price, UsageEvent
+    from billing import sealing
+    from billing.models import LedgerEntry, Price, UsageEvent
     from django.utils import timezone
 
     price = Price.objects.get(model="local-preview", size="256x256", quality="standard")
@@ -32,21 +32,18 @@ def build(django_env) -> None:
     now = timezone.now().replace(minute=0, second=0, microsecond=0)
     per_org = ROWS // ORGS
     for org in orgs:
-        prev, entries = ledger.GENESIS, []
+        entries = []
         for i in range(per_org):
             created = now - timedelta(hours=23) + timedelta(seconds=i * (23 * 3600 // per_org))
             entry = LedgerEntry(organization=org, request_id=f"req_bench_{org.pk}_{i}", endpoint="generations",
                                 model="local-preview", provider="local", size="256x256", quality="standard", n=1,
                                 price=price, unit_price_micros=1000, cost_micros=1000, upstream_cost_micros=0,
-                                latency_ms=5, status="succeeded", error_code="", created_at=created,
-                                sequence=i + 1, prev_hash=prev)
-            entry.entry_hash = ledger.digest(ledger.row_values(entry), prev)
-            prev = entry.entry_hash
+                                latency_ms=5, status="succeeded", error_code="", created_at=created)
             entries.append(entry)
         LedgerEntry.unscoped.bulk_create(entries, batch_size=2000)
         UsageEvent.unscoped.bulk_create([UsageEvent(ledger_entry=e, organization=org, value_micros=e.cost_micros,
                                                     occurred_at=e.created_at) for e in entries], batch_size=2000)
-        LedgerHead.objects.create(organization=org, sequence=per_org, last_hash=prev)
+    sealing.seal_pending()
 
 
 def main():

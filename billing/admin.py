@@ -28,7 +28,7 @@ from .models import (
     LedgerEntry,
     MeterReport,
     Price,
-    SpendCounter,
+    SpendAlert,
     StripeEvent,
 )
 from .selectors import clear_price_cache
@@ -173,7 +173,7 @@ def stream_ledger_csv(queryset, filename: str) -> StreamingHttpResponse:
     rows = queryset.order_by("created_at", "id").values_list(
         "created_at", "request_id", "organization__slug", "api_key__prefix", "endpoint", "model", "provider", "size",
         "quality", "n", "status", "error_code", "unit_price_micros", "cost_micros", "upstream_cost_micros",
-        "latency_ms", "sequence", "entry_hash",
+        "latency_ms", "seal__sequence", "seal__entry_hash",
     )
     writer = csv.writer(Echo())
 
@@ -183,8 +183,8 @@ def stream_ledger_csv(queryset, filename: str) -> StreamingHttpResponse:
              unit, cost, upstream, latency, sequence, entry_hash) in rows.iterator(chunk_size=2000):
             yield writer.writerow([
                 created_at.isoformat(), request_id, org, prefix or "", endpoint, model, provider, size, quality, n,
-                status, error_code, unit, cost, usd(cost), "" if upstream is None else upstream, latency, sequence,
-                entry_hash,
+                status, error_code, unit, cost, usd(cost), "" if upstream is None else upstream, latency,
+                "" if sequence is None else sequence, entry_hash or "",
             ])
 
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
@@ -216,6 +216,29 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return self.fields
+
+    def _seal(self, obj):
+        from django.core.exceptions import ObjectDoesNotExist
+
+        try:
+            return obj.seal
+        except ObjectDoesNotExist:
+            return None
+
+    @admin.display(description="sequence")
+    def sequence(self, obj):
+        seal = self._seal(obj)
+        return seal.sequence if seal else "waiting for the sealer"
+
+    @admin.display(description="prev hash")
+    def prev_hash(self, obj):
+        seal = self._seal(obj)
+        return seal.prev_hash if seal else "—"
+
+    @admin.display(description="entry hash")
+    def entry_hash(self, obj):
+        seal = self._seal(obj)
+        return seal.entry_hash if seal else "—"
 
     @admin.display(description="cost (USD)", ordering="cost_micros")
     def cost(self, obj):
@@ -443,7 +466,7 @@ class PriceAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        clear_price_cache()  # this process; others pick the new row up within PRICE_CACHE_SECONDS
+        clear_price_cache()  # every process picks the new row up within a second
 
 
 @admin.register(BillingAccount)
@@ -469,16 +492,16 @@ class BillingAccountAdmin(admin.ModelAdmin):
         return "—" if obj.monthly_spend_limit_micros is None else f"${usd(obj.monthly_spend_limit_micros)}"
 
 
-@admin.register(SpendCounter)
-class SpendCounterAdmin(ReadOnlyAdmin):
-    list_display = ["organization", "api_key", "month", "spent", "reserved", "alerted_at"]
+@admin.register(SpendAlert)
+class SpendAlertAdmin(ReadOnlyAdmin):
+    list_display = ["organization", "api_key", "month", "spent", "limit", "sent_at"]
     list_filter = ["month", "organization"]
     list_select_related = ["organization", "api_key"]
 
-    @admin.display(description="spent (USD)", ordering="spent_micros")
+    @admin.display(description="spent when sent (USD)", ordering="spent_micros")
     def spent(self, obj):
         return usd(obj.spent_micros)
 
-    @admin.display(description="reserved (USD)", ordering="reserved_micros")
-    def reserved(self, obj):
-        return usd(obj.reserved_micros)
+    @admin.display(description="limit (USD)", ordering="limit_micros")
+    def limit(self, obj):
+        return usd(obj.limit_micros)

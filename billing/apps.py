@@ -14,3 +14,12 @@ class BillingConfig(AppConfig):
         from . import services
 
         api_key_rotated.connect(services.carry_spend_limit_to_rotated_key, dispatch_uid="billing-rotated-key-limit")
+
+        # The request path reads these from per-process caches; every process drops them within a second of a change.
+        from config.process_cache import invalidate_on_change
+
+        from .models import BillingAccount, KeySpendLimit, Price
+
+        invalidate_on_change(BillingAccount, "billing")
+        invalidate_on_change(KeySpendLimit, "billing")
+        invalidate_on_change(Price, "prices")

@@ -59,11 +59,8 @@ class LedgerEntry(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices)
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    # The per-organization hash chain: sequence 1, 2, 3, ... each row's hash covers its content and the previous
-    # row's hash, so an edited or deleted row breaks the chain (`manage.py verify_ledger`).
-    sequence = models.BigIntegerField()
-    prev_hash = models.CharField(max_length=64)
-    entry_hash = models.CharField(max_length=64)
+    # The row's place in its organization's hash chain is its LedgerSeal, written by the sealer (billing/sealing.py)
+    # shortly after the row: the request path inserts the row and touches no row shared with other requests.
 
     unscoped = models.Manager()
     objects = TenantManager()
@@ -80,7 +77,6 @@ class LedgerEntry(models.Model):
             models.Index(fields=["organization", "status", "-created_at", "-id"], name="ledger_org_status_time"),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "sequence"], name="ledger_chain_sequence"),
             models.CheckConstraint(condition=models.Q(cost_micros__gte=0), name="ledger_cost_nonnegative"),
             models.CheckConstraint(
                 condition=models.Q(status="succeeded") | models.Q(cost_micros=0), name="ledger_failures_free"
@@ -95,8 +91,33 @@ class LedgerEntry(models.Model):
         return self.cost_micros / MICROS_PER_USD
 
 
+class LedgerSeal(models.Model):
+    """A ledger row's place in its organization's hash chain: sequence 1, 2, 3, ... in sealing order; `entry_hash`
+    is SHA-256 over the row's content, its sequence and the previous seal's hash (billing/ledger.py), so an edited or
+    deleted row breaks the chain (`manage.py verify_ledger`). Written once by the sealer, append-only like the ledger
+    (a database trigger refuses UPDATE and DELETE)."""
+
+    entry = models.OneToOneField(LedgerEntry, primary_key=True, on_delete=models.PROTECT, related_name="seal")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+", db_index=False)
+    sequence = models.BigIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    entry_hash = models.CharField(max_length=64)
+    sealed_at = models.DateTimeField(default=timezone.now)
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "sequence"], name="ledger_seal_sequence"),
+        ]
+
+    def __str__(self):
+        return f"{self.organization_id}#{self.sequence}"
+
+
 class LedgerHead(models.Model):
-    """The head of an organization's ledger chain; locked (SELECT ... FOR UPDATE) to append the next row."""
+    """The head of an organization's hash chain: the last sealed sequence and hash. Only the sealer writes it."""
 
     organization = models.OneToOneField(Organization, primary_key=True, on_delete=models.PROTECT, related_name="+")
     sequence = models.BigIntegerField(default=0)
@@ -104,6 +125,19 @@ class LedgerHead(models.Model):
 
     def __str__(self):
         return f"{self.organization_id}@{self.sequence}"
+
+
+class SealState(models.Model):
+    """The sealer's watermark (one row, pk=1): every ledger row with id <= last_ledger_id is sealed. Rows above it
+    are looked at on every pass (a row that commits late with a lower id is still found)."""
+
+    last_ledger_id = models.BigIntegerField(default=0)
+    sealed_at = models.DateTimeField(null=True, blank=True)
+    # The longest a row waited for its seal, since the counter was last reset (operators read it; bench reports it).
+    max_lag_ms = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"sealed up to ledger id {self.last_ledger_id}"
 
 
 class UsageEvent(models.Model):
@@ -185,21 +219,25 @@ class KeySpendLimit(models.Model):
     monthly_limit_micros = models.BigIntegerField()
 
 
-class SpendCounter(models.Model):
-    """Month-to-date spend of an organization (api_key null) or of one key: settled spend plus reservations of
-    requests in flight. A conditional UPDATE reserves atomically, so concurrent requests cannot overshoot."""
+class SpendAlert(models.Model):
+    """The 80% e-mail for one monthly limit (the organization's, api_key null, or one key's) and month: the row is
+    what makes it go out once, whatever Redis forgets. Spend itself is counted in Redis (billing/spend.py)."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    # "organization" or "key:<id>": which limit (unique with the month; SQLite cannot make nullable columns unique)
+    scope = models.CharField(max_length=40)
     month = models.DateField()
-    spent_micros = models.BigIntegerField(default=0)
-    reserved_micros = models.BigIntegerField(default=0)
-    alerted_at = models.DateTimeField(null=True, blank=True)
+    spent_micros = models.BigIntegerField()
+    limit_micros = models.BigIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    unscoped = models.Manager()
+    objects = TenantManager()
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["organization", "api_key", "month"], name="uniq_spend_counter",
-                                    nulls_distinct=False),
+            models.UniqueConstraint(fields=["organization", "scope", "month"], name="uniq_spend_alert"),
         ]
 
 

@@ -11,8 +11,8 @@ Late commits. Ledger ids come from a sequence when the row is INSERTed, but rows
 transaction commits, so a row with a lower id can commit after a row with a higher one. If the watermark moved past
 an id whose row was still uncommitted, that row would never be rolled up. The guard chosen: settle time. A batch
 only reaches up to the last id *before the first row younger than ROLLUP_SETTLE_SECONDS (60 s)*; the rows of the
-batch are all older than that. A row's `created_at` is stamped inside the short transaction that inserts it
-(billing.services.record_usage: the chain-head lock, one INSERT, the outbox and spend rows), so any
+batch are all older than that. A row's `created_at` is stamped just before the one short statement that inserts it
+(billing/recording.py: the ledger, outbox and attempt rows of a batch of requests), so any
 row with a lower id than a 60-second-old row was inserted earlier still and has long since committed -- the
 assumption is that no ledger-writing transaction stays open for more than half the settle time (30 s: a lower id
 was drawn before the 60-second-old row's INSERT, at most 30 s after its stamp, and commits within 30 s of that). (Tracking gaps -- remembering missing ids below the watermark and re-checking them

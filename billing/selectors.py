@@ -1,42 +1,55 @@
 """Reads for billing: prices and usage summaries."""
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from accounts.models import Organization
+from config import process_cache
 
 from .models import LedgerEntry, Price
 
 
-_price_cache: dict[tuple[str, str, str], tuple[float, Price | None, datetime | None]] = {}
+_prices = process_cache.ProcessCache("prices")
 
 
 def clear_price_cache() -> None:
-    _price_cache.clear()
+    """Every process re-reads prices within a second (config/process_cache.py)."""
+    process_cache.invalidate("prices")
+
+
+def _load_price(key) -> tuple[Price | None, datetime | None]:
+    model, size, quality = key
+    now = timezone.now()
+    price = _lookup_price(model, size, quality, now)
+    upcoming = (Price.objects.filter(model=model, size=size, quality=quality, effective_from__gt=now)
+                .order_by("effective_from").values_list("effective_from", flat=True).first())
+    return price, upcoming
 
 
 def current_price(*, model: str, size: str, quality: str, at: datetime | None = None) -> Price | None:
     """The price in force at `at` (now by default) for one image of model/size/quality, or None if unpriced.
 
-    Lookups for "now" are cached in-process for PRICE_CACHE_SECONDS (prices change rarely and are looked up on every
-    request); a cached price is never used past the moment a newer price row takes effect."""
+    Lookups for "now" come from a per-process cache that every process drops within a second of a price change; a
+    cached price is never used past the moment a newer price row takes effect."""
     if at is not None:
         return _lookup_price(model, size, quality, at)
-    now = timezone.now()
     key = (model, size, quality)
-    hit = _price_cache.get(key)
-    if hit is not None:
-        expires, price, superseded_at = hit
-        if time.monotonic() < expires and (superseded_at is None or now < superseded_at):
-            return price
-    price = _lookup_price(model, size, quality, now)
-    upcoming = (Price.objects.filter(model=model, size=size, quality=quality, effective_from__gt=now)
-                .order_by("effective_from").values_list("effective_from", flat=True).first())
-    _price_cache[key] = (time.monotonic() + settings.PRICE_CACHE_SECONDS, price, upcoming)
+    price, upcoming = _prices.get(key, _load_price)
+    if upcoming is not None and timezone.now() >= upcoming:
+        _prices.clear()
+        price, upcoming = _prices.get(key, _load_price)
+    return price
+
+
+async def current_price_async(*, model: str, size: str, quality: str) -> Price | None:
+    """current_price for now, from async code: a cache hit costs no I/O; a miss queries on a database thread."""
+    key = (model, size, quality)
+    price, upcoming = await _prices.aget(key, _load_price)
+    if upcoming is not None and timezone.now() >= upcoming:
+        _prices.clear()
+        price, upcoming = await _prices.aget(key, _load_price)
     return price
 
 

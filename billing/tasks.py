@@ -29,31 +29,53 @@ def reconcile_billing() -> dict:
 
 
 @shared_task
-def send_spend_alert(counter_id: int) -> int:
-    """E-mail the organization's owners and admins that a monthly spend limit is 80% used."""
-    from accounts.models import Membership
+def send_spend_alert(organization_id: int, api_key_id: int | None, month: str, spent_micros: int,
+                     limit_micros: int) -> int:
+    """E-mail the organization's owners and admins that a monthly spend limit (`month` is YYYYMM) is 80% used.
+    Once per limit and month: the SpendAlert row's unique constraint decides, whatever Redis forgot."""
+    from datetime import date
 
-    from .models import SpendCounter
-    from .services import _limit_of
+    from django.db import IntegrityError, transaction
 
-    counter = SpendCounter.objects.select_related("organization", "api_key").filter(pk=counter_id).first()
-    if counter is None:
+    from accounts.models import ApiKey, Membership, Organization
+
+    from .models import SpendAlert
+
+    organization = Organization.objects.filter(pk=organization_id).first()
+    if organization is None:
         return 0
-    limit = _limit_of(counter) or 0
-    whose = f"API key “{counter.api_key.name}” ({counter.api_key.prefix}…)" if counter.api_key else "your organization"
+    api_key = ApiKey.unscoped.filter(pk=api_key_id).first() if api_key_id is not None else None
+    first_day = date(int(month[:4]), int(month[4:]), 1)
+    try:
+        with transaction.atomic():
+            SpendAlert.unscoped.create(organization=organization, api_key=api_key, month=first_day,
+                                       scope="organization" if api_key_id is None else f"key:{api_key_id}",
+                                       spent_micros=spent_micros, limit_micros=limit_micros)
+    except IntegrityError:
+        return 0  # already sent for this limit and month
+    whose = f"API key “{api_key.name}” ({api_key.prefix}…)" if api_key else "your organization"
     recipients = list(
-        Membership.objects.for_organization(counter.organization).filter(role__in=["owner", "admin"])
+        Membership.objects.for_organization(organization).filter(role__in=["owner", "admin"])
         .values_list("user__email", flat=True)
     )
     if not recipients:
         return 0
     return send_mail(
-        subject=f"Imagegate: {counter.organization.name} has used 80% of its monthly spend limit",
-        message=(f"{whose.capitalize()} has spent ${counter.spent_micros / 1e6:,.2f} of its ${limit / 1e6:,.2f} "
-                 f"monthly limit for {counter.month:%B %Y}.\n\nRequests beyond the limit will be refused with "
-                 "insufficient_quota. You can raise the limit on the billing page.\n"),
+        subject=f"Imagegate: {organization.name} has used 80% of its monthly spend limit",
+        message=(f"{whose[0].upper() + whose[1:]} has spent ${spent_micros / 1e6:,.2f} of its "
+                 f"${limit_micros / 1e6:,.2f} monthly limit for {first_day:%B %Y}.\n\nRequests beyond the limit "
+                 "will be refused with insufficient_quota. You can raise the limit on the billing page.\n"),
         from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=recipients,
     )
+
+
+@shared_task
+def seal_ledger(full: bool = False) -> dict:
+    """Hash the ledger rows written since the last pass into their organizations' chains (every few seconds; with
+    `full`, every unsealed row however old, hourly)."""
+    from . import sealing
+
+    return sealing.seal_pending(full=full).__dict__
 
 
 @shared_task

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import spend
 from .models import BillingAccount, Invoice, StripeEvent
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def receive(event: dict) -> bool:
         try:
             with transaction.atomic():
                 _apply(event)
+                spend.invalidate_limits()  # a subscription's state decides the free tier and refusals
         except Exception as exc:  # keep the event for staff; answer 200 so Stripe does not hammer us
             log.exception("Webhook %s failed", event["id"])
             StripeEvent.objects.filter(pk=row.pk).update(error=repr(exc)[:2000])

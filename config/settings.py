@@ -138,6 +138,9 @@ CELERY_BEAT_SCHEDULE = {
     "report-usage": {"task": "billing.tasks.report_usage", "schedule": 60.0},
     "reconcile-billing": {"task": "billing.tasks.reconcile_billing", "schedule": 3600.0},
     "refresh-rollups": {"task": "billing.tasks.refresh_rollups", "schedule": 60.0},
+    "seal-ledger": {"task": "billing.tasks.seal_ledger", "schedule": env.float("LEDGER_SEAL_INTERVAL_SECONDS",
+                                                                               default=5.0)},
+    "seal-ledger-full": {"task": "billing.tasks.seal_ledger", "schedule": 3600.0, "kwargs": {"full": True}},
 }
 
 # --- Auth and accounts (django-allauth) ----------------------------------------------------------------------------
@@ -233,8 +236,12 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Signed image URLs live this long (OpenAI's own image URLs last 60 minutes).
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
-# How long a process may reuse a price it looked up (a price row taking effect later is never missed).
-PRICE_CACHE_SECONDS = env.int("PRICE_CACHE_SECONDS", default=30)
+# A ledger row waiting longer than this for the sealer (billing/sealing.py) is a fault in `verify_ledger`.
+LEDGER_SEAL_MAX_LAG_SECONDS = env.int("LEDGER_SEAL_MAX_LAG_SECONDS", default=60)
+# Seal right after each ledger write (the embedded default has no beat process); with Redis, beat seals.
+LEDGER_SEAL_INLINE = env.bool("LEDGER_SEAL_INLINE", default=not env.str("REDIS_URL", default=""))
+# A spend hold whose request died with its process or host is released after this many seconds (billing/spend.py).
+SPEND_HOLD_TTL_SECONDS = env.int("SPEND_HOLD_TTL_SECONDS", default=120)
 # Threads that run the request path's database work (config/db.py).
 DB_THREADS = env.int("DB_THREADS", default=16)
 # `last_used_at` on API keys is written at most this often per key.

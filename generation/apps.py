@@ -5,3 +5,12 @@ class GenerationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "generation"
     verbose_name = "Image generation"
+
+    def ready(self):
+        # The compiled moderation policy is cached per process (generation/moderation.py); any edit drops it everywhere.
+        from config.process_cache import invalidate_on_change
+
+        from .models import ModerationCategory, ModerationTerm
+
+        invalidate_on_change(ModerationCategory, "moderation")
+        invalidate_on_change(ModerationTerm, "moderation")

@@ -131,33 +131,44 @@ def _from_drf(exc: drf.APIException) -> tuple[int, dict]:
     return exc.status_code, envelope(message, type="invalid_request_error", code=code if isinstance(code, str) else None)
 
 
-def api_exception_handler(exc, context):
-    """DRF's EXCEPTION_HANDLER: every exception raised in an API view becomes an enveloped response."""
+def error_parts(exc: Exception, *, where: str = "", request_id: str = "?") -> tuple[int, dict, dict[str, str]]:
+    """(status, envelope, headers) for any exception raised while serving /v1; unexpected ones are logged."""
     headers: dict[str, str] = {}
     if isinstance(exc, APIError):
-        status, body, headers = exc.status, exc.body(), exc.headers
-    elif isinstance(exc, drf.APIException):
+        return exc.status, exc.body(), dict(exc.headers)
+    if isinstance(exc, drf.APIException):
         status, body = _from_drf(exc)
         if getattr(exc, "wait", None):
             headers["retry-after"] = str(int(exc.wait))
-    elif isinstance(exc, RequestDataTooBig):
-        status, body = 413, envelope("Request body too large.", type="invalid_request_error", code="request_too_large")
-    elif isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
-        status, body = 400, envelope(f"The form has too many fields or files ({exc}).", type="invalid_request_error",
-                                     code="invalid_request_body")
-    elif isinstance(exc, Http404):
-        status, body = 404, envelope("Not found.", type="invalid_request_error", code="not_found")
-    else:
-        request = context.get("request")
-        log.exception("Unhandled error in %s (request %s)", context.get("view").__class__.__name__,
-                      getattr(request, "request_id", "?"))
-        status, body = 500, envelope(
-            "The server had an error while processing your request. Sorry about that! You can retry your request, "
-            "or contact us if the error persists (include the request ID from the x-request-id header).",
-            type="server_error",
-        )
-    response = Response(body, status=status, headers=headers)
-    return response
+        return status, body, headers
+    if isinstance(exc, RequestDataTooBig):
+        return 413, envelope("Request body too large.", type="invalid_request_error", code="request_too_large"), headers
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return 400, envelope(f"The form has too many fields or files ({exc}).", type="invalid_request_error",
+                             code="invalid_request_body"), headers
+    if isinstance(exc, Http404):
+        return 404, envelope("Not found.", type="invalid_request_error", code="not_found"), headers
+    log.error("Unhandled error in %s (request %s)", where, request_id, exc_info=exc)
+    return 500, envelope(
+        "The server had an error while processing your request. Sorry about that! You can retry your request, "
+        "or contact us if the error persists (include the request ID from the x-request-id header).",
+        type="server_error",
+    ), headers
+
+
+def api_exception_handler(exc, context):
+    """DRF's EXCEPTION_HANDLER: every exception raised in an API view becomes an enveloped response."""
+    request = context.get("request")
+    status, body, headers = error_parts(exc, where=context.get("view").__class__.__name__,
+                                        request_id=getattr(request, "request_id", "?"))
+    return Response(body, status=status, headers=headers)
+
+
+def error_response(exc: Exception, request=None) -> JsonResponse:
+    """The enveloped JsonResponse for `exc` (views served without DRF's request cycle)."""
+    status, body, headers = error_parts(exc, where=request.path if request is not None else "",
+                                        request_id=getattr(request, "request_id", "?"))
+    return JsonResponse(body, status=status, headers=headers)
 
 
 def _is_api(request) -> bool:

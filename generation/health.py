@@ -22,6 +22,7 @@ COOLDOWN = 30.0
 TRIAL_LOCK = 10.0
 DEGRADED_ERROR_RATE = 0.2
 READ_CACHE_SECONDS = 1.0
+FLUSH_SECONDS = 0.1  # successes are written to Redis in one round trip per provider this often
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 
@@ -49,17 +50,20 @@ class Health:
         return 0
 
 
-# One script records an outcome: EWMAs, the consecutive-failure count and the breaker, atomically.
+# One script records `count` outcomes of one kind (mean latency `latency`): EWMAs, the consecutive-failure count and
+# the breaker, atomically. count outcomes at once move an EWMA by 1 - (1 - alpha)^count towards their value.
 _RECORD = """
 local key = KEYS[1]
 local ok = tonumber(ARGV[1]); local latency = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
 local alpha = tonumber(ARGV[4]); local threshold = tonumber(ARGV[5]); local cooldown = tonumber(ARGV[6])
+local count = tonumber(ARGV[7]) or 1
 local h = redis.call('HMGET', key, 'err', 'lat', 'fails', 'open_until')
 local err = tonumber(h[1]) or 0; local lat = tonumber(h[2]) or latency
 local fails = tonumber(h[3]) or 0; local open_until = tonumber(h[4]) or 0
 local observed = 1 - ok
-err = err + alpha * (observed - err)
-lat = lat + alpha * (latency - lat)
+local weight = 1 - (1 - alpha) ^ count
+err = err + weight * (observed - err)
+lat = lat + weight * (latency - lat)
 if ok == 1 then
   fails = 0; open_until = 0
 else
@@ -82,7 +86,7 @@ class _LocalStore:
         with self._lock:
             return {n: Health(provider=n, **self._state[n]) if n in self._state else Health(provider=n) for n in names}
 
-    async def record(self, name: str, *, ok: bool, latency_ms: float, now: float) -> None:
+    async def record(self, name: str, *, ok: bool, latency_ms: float, now: float, count: int = 1) -> None:
         with self._lock:
             h = self._state.get(name, {"error_rate": 0.0, "latency_ms": latency_ms, "consecutive_failures": 0,
                                        "open_until": 0.0})
@@ -116,7 +120,7 @@ class _RedisStore:
         self.url = url
         self.prefix = prefix
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._script_sha: str | None = None
+        self._scripts: dict = {}
 
     def _client(self):
         import redis.asyncio as aioredis
@@ -143,9 +147,12 @@ class _RedisStore:
                                consecutive_failures=int(fails or 0), open_until=float(open_until or 0))
         return out
 
-    async def record(self, name: str, *, ok: bool, latency_ms: float, now: float) -> None:
+    async def record(self, name: str, *, ok: bool, latency_ms: float, now: float, count: int = 1) -> None:
         client = self._client()
-        await client.eval(_RECORD, 1, self._key(name), int(ok), latency_ms, now, ALPHA, FAILURE_THRESHOLD, COOLDOWN)
+        script = self._scripts.get(id(client))
+        if script is None:
+            script = self._scripts[id(client)] = client.register_script(_RECORD)
+        await script(keys=[self._key(name)], args=[int(ok), latency_ms, now, ALPHA, FAILURE_THRESHOLD, COOLDOWN, count])
 
     async def try_trial(self, name: str, now: float) -> bool:
         return bool(await self._client().set(f"{self._key(name)}:trial", "1", nx=True, px=int(TRIAL_LOCK * 1000)))
@@ -165,6 +172,8 @@ class HealthBook:
         prefix = settings.CACHES["default"].get("KEY_PREFIX", "ig") or "ig"
         self.store = _RedisStore(url, prefix) if url else _LocalStore()
         self._read_cache: dict[tuple[str, ...], tuple[float, dict[str, Health]]] = {}
+        self._pending: dict[str, list] = {}  # provider -> [successes, their summed latency] not yet written
+        self._flusher: asyncio.Future | None = None
 
     async def read(self, names: list[str]) -> dict[str, Health]:
         """Health of `names`, at most READ_CACHE_SECONDS old (every request routes; a second-old view is enough and
@@ -181,15 +190,40 @@ class HealthBook:
         return states
 
     async def record(self, name: str, *, ok: bool, latency_ms: float) -> None:
+        """Count one outcome. With Redis, the successes of a healthy provider are summed in this process and written
+        every FLUSH_SECONDS (one round trip for many requests); a failure, or a success after failures (a recovery),
+        writes at once, after the successes before it."""
         stale = not ok or any(  # a failure, or a recovery, must show in this process's next routing at once
             states[name].consecutive_failures or states[name].open_until
             for _, states in self._read_cache.values() if name in states)
         if stale:
             self._read_cache.clear()
+        if ok and not stale and isinstance(self.store, _RedisStore):
+            pending = self._pending.setdefault(name, [0, 0.0])
+            pending[0] += 1
+            pending[1] += latency_ms
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.ensure_future(self._flush_later())
+            return
         try:
+            await self._flush(name)
             await self.store.record(name, ok=ok, latency_ms=latency_ms, now=time.time())
         except Exception:
             pass
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_SECONDS)
+        for name in list(self._pending):
+            try:
+                await self._flush(name)
+            except Exception:
+                pass
+
+    async def _flush(self, name: str) -> None:
+        pending = self._pending.pop(name, None)
+        if pending:
+            count, total = pending
+            await self.store.record(name, ok=True, latency_ms=total / count, now=time.time(), count=count)
 
     async def try_trial(self, name: str) -> bool:
         try:
@@ -199,4 +233,5 @@ class HealthBook:
 
     async def reset(self) -> None:
         self._read_cache.clear()
+        self._pending.clear()
         await self.store.reset()

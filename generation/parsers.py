@@ -39,6 +39,18 @@ def _check_string(text: str) -> None:
                          "\\ud800); strings must be valid UTF-8.") from None
 
 
+def parse_json(raw: bytes):
+    """The JSON document in `raw` (UTF-8), checked as above; ParseError otherwise."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"JSON parse error - {exc}") from None
+    except RecursionError:
+        raise ParseError(f"JSON parse error - the body nests deeper than {MAX_DEPTH} levels.") from None
+    _check(data)
+    return data
+
+
 class StrictJSONParser(BaseParser):
     media_type = "application/json"
     renderer_class = JSONRenderer

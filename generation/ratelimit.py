@@ -293,9 +293,46 @@ def bucket_keys(api_key, organization) -> tuple[str, str]:
 def check(api_key, organization, *, now_us: int | None = None) -> Decision:
     """Count one request against the key's and the organization's limits (only if both allow it)."""
     key_limit = api_key.rate_limit_rpm or settings.RATE_LIMIT_DEFAULT_RPM
-    org_limit = organization.rate_limit_rpm
     keys = list(bucket_keys(api_key, organization))
-    raw = get_limiter().hit(keys, [key_limit, org_limit], now_us=now_us)
+    raw = get_limiter().hit(keys, [key_limit, organization.rate_limit_rpm], now_us=now_us)
+    return _decision(api_key, organization, raw)
+
+
+_async_scripts: dict = {}
+
+
+async def acheck(api_key, organization) -> Decision:
+    """`check` from async code: one EVALSHA on the async Redis client (no thread), or the in-process limiter."""
+    from config import redis as shared_redis
+
+    key_limit = api_key.rate_limit_rpm or settings.RATE_LIMIT_DEFAULT_RPM
+    keys = list(bucket_keys(api_key, organization))
+    limits = [key_limit, organization.rate_limit_rpm]
+    if not settings.REDIS_URL:
+        return _decision(api_key, organization, _local_limiter.hit(keys, limits))
+    client = shared_redis.async_client()
+    script = _async_scripts.get(id(client))
+    if script is None:
+        script = _async_scripts[id(client)] = client.register_script(_LUA)
+    raw = await script(keys=keys, args=["", str(PERIOD_US), *(str(int(n)) for n in limits)])
+    return _decision(api_key, organization, [int(x) for x in raw])
+
+
+async def enforce(request, api_key, organization) -> None:
+    """Count the request; leave the decision on `request` for the headers; raise RateLimited when refused. If Redis
+    is unreachable the request goes through unlimited (logged): an outage of the limiter is not one of the API."""
+    try:
+        decision = await acheck(api_key, organization)
+    except (RedisError, OSError):
+        log.warning("Rate limiter unavailable; request %s not limited", getattr(request, "request_id", "?"),
+                    exc_info=True)
+        return
+    request.rate_limit = decision
+    if not decision.allowed:
+        raise RateLimited(decision.message(), headers=decision.headers())
+
+
+def _decision(api_key, organization, raw: list[int]) -> Decision:
     labels = [("key", f"API key {api_key.prefix}…"), ("organization", f"organization {organization.slug}")]
     buckets = []
     for i, (scope, label) in enumerate(labels):

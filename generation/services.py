@@ -1,8 +1,12 @@
 """The image service: one request from validated input to stored images, a ledger row and OpenAI's response.
 
-Async end to end: upstream waits never hold a thread. Database work (prices, storage rows, the ledger) is short
-and runs on the database threads of db.py. Order of work for every endpoint: validate → moderate → fetch the input image
-(generations' `image` URL) → price → provider call(s) → deliver → one ledger row.
+Async end to end: upstream waits never hold a thread. Before the upstream call nothing touches the database: the API
+key, organization, limits, prices and the moderation policy come from per-process caches (config/process_cache.py)
+and the rate limit and spend hold from Redis (one script each). After it, one transaction writes everything the
+request leaves behind: its ledger row (and billing outbox row), its upstream attempts, its stored images' rows, the
+key's last use, committed together with concurrent requests' (commit.py). Order of work for every endpoint: validate →
+moderate → fetch the input image (generations' `image` URL) → price and hold the spend → provider call(s) → deliver
+→ one transaction → settle the spend hold.
 """
 import asyncio
 import base64
@@ -11,19 +15,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-
 from accounts.models import ApiKey, Organization
 from billing import selectors as billing_selectors
-from billing import services as billing_services
+from billing import spend
 from billing.models import LedgerEntry
 
-from config import db
-
-from . import catalog, router, storage
-from .health import HealthBook
-from .models import ProviderAttempt
+from . import catalog, commit, moderation, router, storage
 from .errors import (APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError,
                      UpstreamError)
+from .health import HealthBook
+from .models import ProviderAttempt
 from .providers import base as pb
 from .providers import registry
 from .validation import ImageCall, validate
@@ -124,21 +125,21 @@ async def run(
     call: ImageCall | None = None
     provider_name = ""
     attempts: list[router.Attempt] = []
-    reservation = billing_services.NO_RESERVATION
+    hold = spend.NO_HOLD
     try:
         registry()  # built on first use; it also registers configured self-hosted models in the catalog
         call = validate(endpoint, data, files=files, form=form, is_available=is_available, api_key=api_key)
+        await _moderate(call)  # refuse before fetching anything for a refused prompt
         if call.image_url:
-            await db.run(_moderate, call)  # refuse before fetching anything for a refused prompt
             call = await _with_fetched_image(call)
         req = call.request
-        # One database burst before the upstream call: moderation, price, spend reservation.
-        price, reservation = await db.run(_prepare, call, organization, api_key)
+        price, hold = await _price_and_hold(call, organization, api_key)
         try:
-            result, provider_name = await router.route(
-                spec=call.spec, request=req, providers=registry(), health=health_book(), explicit=call.provider,
-                call=lambda provider, r: _call_provider(provider, r, call.spec.native_max_n), attempts=attempts,
-            )
+            async with spend.renewing(hold):
+                result, provider_name = await router.route(
+                    spec=call.spec, request=req, providers=registry(), health=health_book(), explicit=call.provider,
+                    call=lambda provider, r: _call_provider(provider, r, call.spec.native_max_n), attempts=attempts,
+                )
         except pb.ProviderError as exc:
             raise _map_provider_error(exc) from exc
         if len(result.images) != req.n:
@@ -148,31 +149,38 @@ async def run(
             quality = result.resolved_quality or (catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
             req = dataclasses.replace(req, size=size, quality=quality)
             call = dataclasses.replace(call, request=req)
-            price = await db.run(_price, req.model, req.size, req.quality)
-        items = await _deliver(result.images, call=call, organization_id=organization.pk, request_id=request_id,
-                               base_url=base_url)
+            price = await _price(req.model, req.size, req.quality)
+        items, files_saved = await _deliver(result.images, call=call, request_id=request_id, base_url=base_url)
         latency = elapsed_ms()
-        entry = await db.run(_finish, attempts=attempts, call=call, ledger_fields=dict(
-            organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
-            status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name, size=req.size,
-            quality=req.quality, n=req.n, price=price, latency_ms=latency,
-            upstream_cost_micros=result.upstream_cost_micros, reservation=reservation,
-        ))
+        try:
+            entry = await commit.commit(commit.Write(
+                usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
+                           status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name,
+                           size=req.size, quality=req.quality, n=req.n, price=price, latency_ms=latency,
+                           upstream_cost_micros=result.upstream_cost_micros),
+                rows=[*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+                      *(storage.image_row(organization_id=organization.pk, request_id=request_id, saved=saved)
+                        for saved in files_saved)],
+                touch_key=api_key,
+            ))
+        except BaseException:
+            await _discard(files_saved)
+            raise
         attempts = []  # written with the ledger row
     except APIError as exc:
-        await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
-                              request_id=request_id, data=data, call=call,
+                              request_id=request_id, data=data, call=call, attempts=attempts,
                               provider=provider_name or (attempts[-1].provider if attempts else ""),
-                              latency_ms=elapsed_ms(), reservation=reservation)
+                              latency_ms=elapsed_ms())
+        await spend.release(hold)
         raise
     except Exception:
-        await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
         await _record_failure(ServerError("internal error"), endpoint=endpoint, organization=organization,
-                              api_key=api_key, request_id=request_id, data=data, call=call, provider=provider_name,
-                              latency_ms=elapsed_ms(), reservation=reservation)
+                              api_key=api_key, request_id=request_id, data=data, call=call, attempts=attempts,
+                              provider=provider_name, latency_ms=elapsed_ms())
+        await spend.release(hold)
         raise
-    await _record_attempts(attempts, organization=organization, request_id=request_id, call=call)
+    await spend.settle(hold, entry.cost_micros)
     body = {"created": int(time.time()), "data": items}
     if call.spec.output_formats:  # gpt-image models echo what they produced, as OpenAI does
         body.update({"background": req.options.get("background"), "output_format": req.options.get("output_format"),
@@ -186,34 +194,25 @@ async def run(
     return Outcome(body=body, provider=provider_name)
 
 
-def _prepare(call: ImageCall, organization, api_key):
-    """Before any upstream call: moderate the prompt, price the request (refusing what we could not price) and hold
-    its cost against the spend limits. Returns (price or None for "auto" sizes/qualities, reservation)."""
-    _moderate(call)
+async def _price_and_hold(call: ImageCall, organization, api_key):
+    """Price the request (refusing what we could not price) and hold its cost against the spend limits, from caches
+    and Redis: no database round trip. Returns (price, or None for "auto" sizes/qualities; the hold)."""
     req = call.request
     price = None
     if "auto" not in (req.size, req.quality):
-        price = _price(req.model, req.size, req.quality)
-    estimate = price or _price(req.model, catalog.AUTO_SIZE if req.size == "auto" else req.size,
-                               catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
+        price = await _price(req.model, req.size, req.quality)
+    estimate = price or await _price(req.model, catalog.AUTO_SIZE if req.size == "auto" else req.size,
+                                     catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
     try:
-        reservation = billing_services.reserve_spend(organization=organization, api_key=api_key,
-                                                     amount_micros=estimate.unit_price_micros * req.n)
-    except billing_services.SpendLimitExceeded as exc:
+        limits = await spend.limits_for(organization=organization, api_key=api_key)
+        hold = await spend.reserve(limits=limits, amount_micros=estimate.unit_price_micros * req.n)
+    except spend.SpendLimitExceeded as exc:
         raise InsufficientQuota(exc.message) from exc
-    return price, reservation
+    return price, hold
 
 
-def _finish(*, attempts, call, ledger_fields: dict):
-    """After the upstream call: the ledger row (with outbox and spend) and the attempts, in one database burst."""
-    entry = billing_services.record_usage(**ledger_fields)
-    _write_attempts(attempts, organization=ledger_fields["organization"], request_id=ledger_fields["request_id"],
-                    call=call)
-    return entry
-
-
-def _price(model: str, size: str, quality: str):
-    price = billing_selectors.current_price(model=model, size=size, quality=quality)
+async def _price(model: str, size: str, quality: str):
+    price = await billing_selectors.current_price_async(model=model, size=size, quality=quality)
     if price is None:  # never serve an image we would record at $0 by accident
         log.error("No price for %s %s %s", model, size, quality)
         raise ServerError(f"Model '{model}' is not available at size {size} and quality {quality} right now "
@@ -221,32 +220,19 @@ def _price(model: str, size: str, quality: str):
     return price
 
 
-def _write_attempts(attempts: list, *, organization, request_id: str, call) -> None:
-    """The audit trail of every upstream call made for the request (never fails the request)."""
-    if not attempts:
-        return
-    rows = [ProviderAttempt(organization=organization, request_id=request_id, attempt=i, provider=a.provider,
+def _attempt_rows(attempts: list, *, organization, request_id: str, call) -> list[ProviderAttempt]:
+    """The audit trail of every upstream call made for the request (written with its ledger row)."""
+    return [ProviderAttempt(organization=organization, request_id=request_id, attempt=i, provider=a.provider,
                             model=call.request.model if call else "", status=a.status, error_type=a.error_type,
                             error=a.error, latency_ms=a.latency_ms, started_at=a.started_at)
             for i, a in enumerate(attempts)]
-    try:
-        ProviderAttempt.unscoped.bulk_create(rows)
-    except Exception:
-        log.exception("Could not record the attempts of request %s", request_id)
 
 
-async def _record_attempts(attempts: list, *, organization, request_id: str, call) -> None:
-    if attempts:
-        await db.run(_write_attempts, attempts, organization=organization, request_id=request_id, call=call)
-
-
-def _moderate(call: ImageCall) -> None:
+async def _moderate(call: ImageCall) -> None:
     """Refuse before any upstream call when the prompt breaks the content policy."""
     if not call.request.prompt:
         return
-    from . import moderation
-
-    verdict = moderation.check_text(call.request.prompt)
+    verdict = await moderation.check_text_async(call.request.prompt)
     if verdict.flagged:
         log.info("Prompt refused by moderation (category %s)", verdict.category)
         raise ContentPolicyViolation(REFUSAL_MESSAGE, param="prompt")
@@ -265,23 +251,28 @@ async def _with_fetched_image(call: ImageCall) -> ImageCall:
     return dataclasses.replace(call, request=dataclasses.replace(call.request, images=(image,)))
 
 
-async def _deliver(images: list[pb.GeneratedImage], *, call: ImageCall, organization_id: int, request_id: str,
-                   base_url: str) -> list[dict]:
-    items = []
+async def _deliver(images: list[pb.GeneratedImage], *, call: ImageCall, request_id: str,
+                   base_url: str) -> tuple[list[dict], list[storage.SavedImage]]:
+    """The response's `data` items; for URL delivery the files are saved first (their rows are written with the
+    ledger row, so a URL is handed out only for an image the ledger knows)."""
+    items, saved = [], []
+    if call.response_format != "b64_json":
+        saved = await asyncio.to_thread(storage.save_files, request_id=request_id, images=images)
     for index, image in enumerate(images):
         item: dict = {}
         if call.response_format == "b64_json":
             item["b64_json"] = base64.b64encode(image.data).decode("ascii")
         else:
-            stored = await db.run(storage.store_image,
-                organization_id=organization_id, request_id=request_id, index=index, data=image.data,
-                content_type=image.content_type,
-            )
-            item["url"] = base_url.rstrip("/") + storage.signed_path(stored)
+            item["url"] = base_url.rstrip("/") + storage.signed_path(saved[index].name, saved[index].content_type)
         if call.endpoint != "variations":
             item["revised_prompt"] = image.revised_prompt if image.revised_prompt is not None else call.request.prompt
         items.append(item)
-    return items
+    return items, saved
+
+
+async def _discard(saved: list) -> None:
+    if saved:
+        await asyncio.to_thread(storage.delete_files, saved)
 
 
 def _printable(value) -> str:
@@ -290,8 +281,9 @@ def _printable(value) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, provider,
-                          latency_ms, reservation=billing_services.NO_RESERVATION):
+async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, attempts,
+                          provider, latency_ms):
+    """The failed request's ledger row (cost 0) and its attempts, in one transaction."""
     if call is not None:
         req = call.request
         fields = {"model": req.model, "size": req.size, "quality": req.quality, "n": req.n}
@@ -300,12 +292,13 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
         fields = {k: _printable(raw.get(k)) for k in ("model", "size", "quality")}
         n = raw.get("n")
         fields["n"] = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1000 else 0
+
     try:
-        await db.run(billing_services.record_usage,
-            organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
-            status=_status_for(exc), provider=provider, latency_ms=latency_ms, error_code=exc.code or exc.type,
-            reservation=reservation, **fields,
-        )
+        await commit.commit(commit.Write(
+            usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
+                       status=_status_for(exc), provider=provider, latency_ms=latency_ms,
+                       error_code=exc.code or exc.type, **fields),
+            rows=_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+        ))
     except Exception:  # the client's error matters more than our audit row; log loudly, answer with the error
         log.exception("Could not record failed request %s", request_id)
-        await db.run(billing_services.release_spend, reservation)

@@ -93,7 +93,8 @@ class _Reader:
         if value is None:
             return default
         if not allowed:
-            raise InvalidRequest(f"The '{name}' parameter is not supported by model '{spec.id}'.{owner_hint}",
+            hint = owner_hint() if callable(owner_hint) else owner_hint
+            raise InvalidRequest(f"The '{name}' parameter is not supported by model '{spec.id}'.{hint}",
                                  param=name, code="invalid_parameter")
         if value not in allowed:
             raise InvalidRequest(
@@ -164,7 +165,7 @@ def validate(
 
     size = r.choice("size", spec.sizes, spec.default_size, spec)
     quality = r.choice("quality", spec.qualities, spec.default_quality, spec) if "quality" in allowed else spec.default_quality
-    style = r.choice("style", spec.styles, spec.default_style, spec, owner_hint=_models_with("styles")) \
+    style = r.choice("style", spec.styles, spec.default_style, spec, owner_hint=lambda: _models_with("styles")) \
         if "style" in allowed else None
 
     if spec.response_formats:

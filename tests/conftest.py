@@ -106,6 +106,18 @@ def _fresh_cache():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_process_caches():
+    """Keys, limits, prices and the moderation policy are cached per process (config/process_cache.py); the live
+    server shares this process, so each test starts from the database, and in-process spend counters start empty."""
+    from billing import spend
+    from config import process_cache
+
+    process_cache.clear_local()
+    spend._local_counters.reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _fresh_provider_health():
     """Provider health (circuit breakers, EWMAs) starts clean for every test."""
     import asyncio
@@ -133,6 +145,12 @@ def _close_connection_pool(django_db_setup, django_db_blocker):
     from django.db import connections
 
     with django_db_blocker.unblock():
+        main = connections["default"]
+        if main.vendor == "postgresql" and main.settings_dict["NAME"].startswith("test_"):
+            # the live server's async pool, server processes killed mid-request, ...
+            with main.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND pid <> pg_backend_pid()")
         for conn in connections.all():
             close_pool = getattr(conn, "close_pool", None)
             if close_pool is not None:

@@ -15,16 +15,17 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey
-from billing import services as billing_services
+from billing import sealing, services as billing_services
 from billing.models import (
     BillingAccount,
     BillingAlert,
     Discrepancy,
     Invoice,
     LedgerEntry,
+    LedgerSeal,
     MeterReport,
     Price,
-    SpendCounter,
+    SpendAlert,
     StripeEvent,
 )
 from billing.selectors import current_price
@@ -223,7 +224,11 @@ def test_ledger_is_read_only_in_the_admin(staff_client, ledger):
     assert staff_client.get(reverse("admin:billing_ledgerentry_add")).status_code == 403
     assert staff_client.get(reverse("admin:billing_ledgerentry_delete", args=[row.pk])).status_code == 403
     view = staff_client.get(reverse("admin:billing_ledgerentry_change", args=[row.pk]))
-    assert view.status_code == 200 and b'name="_save"' not in view.content and row.entry_hash.encode() in view.content
+    assert view.status_code == 200 and b'name="_save"' not in view.content
+    assert b"waiting for the sealer" in view.content  # not sealed yet: the sealer runs from beat
+    sealing.seal_pending()
+    view = staff_client.get(reverse("admin:billing_ledgerentry_change", args=[row.pk]))
+    assert LedgerSeal.unscoped.get(entry=row).entry_hash.encode() in view.content
     response = staff_client.post(reverse("admin:billing_ledgerentry_change", args=[row.pk]),
                                  {"request_id": "tampered", "cost_micros": 0})
     assert response.status_code == 403
@@ -310,7 +315,8 @@ def test_every_registered_admin_page_renders(staff_client, ledger, staff):
     Invoice.unscoped.create(organization=org, stripe_invoice_id="in_1", status="paid", created=now)
     BillingAlert.objects.create(organization=org, kind="reconciliation", message="gap")
     BillingAccount.objects.update_or_create(organization=org, defaults={"monthly_spend_limit_micros": 5_000_000})
-    SpendCounter.objects.get_or_create(organization=org, api_key=None, month=now.date().replace(day=1))
+    SpendAlert.unscoped.create(organization=org, scope="organization", month=now.date().replace(day=1),
+                               spent_micros=4_000_000, limit_micros=5_000_000)
     staff_client.post(reverse("admin:accounts_apikey_changelist"), {
         "action": "revoke_selected", "_selected_action": [ApiKey.unscoped.filter(organization=org).first().pk]})
 

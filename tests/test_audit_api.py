@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts import services as account_services
 from accounts.models import ApiKey
+from billing import recording
 from billing import services as billing_services
 from billing import usage_queries
 from billing.models import LedgerEntry, Price
@@ -56,7 +57,7 @@ def ledger(monkeypatch):
         if price is None and status == "succeeded":
             price = current_price(model=model, size=size, quality=quality)
         with monkeypatch.context() as patch:
-            patch.setattr(billing_services, "timezone", SimpleNamespace(now=lambda: when))
+            patch.setattr(recording, "timezone", SimpleNamespace(now=lambda: when))
             return billing_services.record_usage(
                 organization=org, api_key=key, request_id=f"req_audit_{next(counter):06d}", status=status,
                 model=model, provider=provider, size=size, quality=quality, n=n, price=price, latency_ms=7,

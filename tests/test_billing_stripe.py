@@ -164,9 +164,9 @@ def test_catch_up_after_a_34_day_outage_and_an_alert_beyond_35(stripe_on, two_or
     stripe_on.state["now"] = int((real_now - timedelta(days=60)).timestamp())  # the meter predates the usage
     stripe_gateway.setup()
     del stripe_on.state["now"]
-    monkeypatch.setattr("billing.services.timezone.now", lambda: real_now - timedelta(days=34))
+    monkeypatch.setattr("billing.recording.timezone.now", lambda: real_now - timedelta(days=34))
     _usage(org, key, 2)
-    monkeypatch.setattr("billing.services.timezone.now", lambda: real_now - timedelta(days=36))
+    monkeypatch.setattr("billing.recording.timezone.now", lambda: real_now - timedelta(days=36))
     _usage(org, key, 1)
     monkeypatch.undo()
     reporting.ensure_customers()
@@ -183,7 +183,7 @@ def test_reconciliation_finds_differences(stripe_on, two_orgs):
     stripe_on.state["now"] = int((past - timedelta(hours=1)).timestamp())
     stripe_gateway.setup()
     del stripe_on.state["now"]
-    import billing.services as bs
+    import billing.recording as bs
 
     original = bs.timezone.now
     bs.timezone.now = lambda: past

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import Membership
+from billing import recording
 from billing import services as billing_services
 from billing.models import LedgerEntry
 from billing.selectors import LogFilters, clear_price_cache, current_price, request_log
@@ -36,7 +37,7 @@ def _record(monkeypatch, org, key, request_id, when, *, n=1, status="succeeded",
     price = current_price(model=model, size=size, quality="standard")
     assert price is not None
     with monkeypatch.context() as m:
-        m.setattr(billing_services.timezone, "now", lambda: when)
+        m.setattr(recording.timezone, "now", lambda: when)
         return billing_services.record_usage(
             organization=org, api_key=key, request_id=request_id, status=status, model=model, provider=provider,
             size=size, quality="standard", n=n, price=price, latency_ms=latency_ms, error_code=error_code)

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts import selectors, services
 from accounts.models import ApiKey, Invitation, Membership
+from config import process_cache
 
 
 def _new_key(response) -> str:
@@ -81,6 +82,7 @@ def test_expired_key_is_refused_with_invalid_api_key_naming_the_date(live_url, o
     client = _client(live_url, raw)
     assert _generate(client).data[0].b64_json
     ApiKey.unscoped.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    process_cache.invalidate("api_keys")  # a raw UPDATE sends no signal: tell the serving processes
     with pytest.raises(openai.AuthenticationError) as info:
         _generate(client)
     assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
@@ -122,6 +124,7 @@ def test_rotate_with_grace_period_keeps_the_old_key_working(live_url, client, us
     assert new_raw.encode() not in client.get(reverse("api-keys")).content
     # When the grace period is over, the old key is refused as expired.
     ApiKey.unscoped.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    process_cache.invalidate("api_keys")  # a raw UPDATE sends no signal: tell the serving processes
     with pytest.raises(openai.AuthenticationError) as info:
         _generate(_client(live_url, old_raw))
     assert "expired" in info.value.message

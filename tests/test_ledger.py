@@ -11,8 +11,8 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from accounts import services as account_services
-from billing import services as billing_services
-from billing.models import LedgerEntry, LedgerHead, Price, UsageEvent
+from billing import sealing, services as billing_services
+from billing.models import LedgerEntry, LedgerHead, LedgerSeal, Price, SealState, UsageEvent
 from billing.selectors import clear_price_cache, current_price
 
 
@@ -29,9 +29,13 @@ def test_rows_chain_per_organization_and_verify(api_key, other_tenant):
     for i in range(3):
         _record(org, key, f"req_a{i}")
         _record(other_org, other_key, f"req_b{i}")
-    rows = list(LedgerEntry.objects.for_organization(org).order_by("sequence"))
-    assert [r.sequence for r in rows] == [1, 2, 3]
-    assert rows[0].prev_hash == "0" * 64 and rows[1].prev_hash == rows[0].entry_hash
+    assert not LedgerSeal.unscoped.exists()  # the request path touches no chain row: the sealer does it
+    stats = sealing.seal_pending()
+    assert (stats.sealed, stats.organizations) == (6, 2)
+    seals = list(LedgerSeal.objects.for_organization(org).order_by("sequence").select_related("entry"))
+    assert [s.sequence for s in seals] == [1, 2, 3]
+    assert [s.entry.request_id for s in seals] == ["req_a0", "req_a1", "req_a2"]  # in the order they were written
+    assert seals[0].prev_hash == "0" * 64 and seals[1].prev_hash == seals[0].entry_hash
     assert LedgerHead.objects.get(pk=org.pk).sequence == 3
     out = StringIO()
     call_command("verify_ledger", stdout=out)
@@ -58,6 +62,45 @@ def test_database_refuses_to_change_ledger_rows(api_key, operation):
                     cursor.execute("DELETE FROM billing_ledgerentry WHERE id = %s", [row.pk])
 
 
+def test_verify_seals_what_waits_and_reports_rows_left_unsealed_too_long(api_key):
+    org, key = api_key[0].organization, api_key[0]
+    _record(org, key, "req_fresh")
+    out = StringIO()
+    call_command("verify_ledger", "--no-seal", stdout=out)  # a row waiting for the sealer is not a fault...
+    assert "1 row(s) waiting for the sealer" in out.getvalue()
+    old = _record(org, key, "req_old")
+    _tamper("UPDATE billing_ledgerentry SET created_at = created_at - interval '5 minutes' WHERE id = %s", [old.pk])
+    err = StringIO()
+    with pytest.raises(CommandError):  # ...but one left unsealed past LEDGER_SEAL_MAX_LAG_SECONDS is
+        call_command("verify_ledger", "--no-seal", stderr=err)
+    assert "(req_old): unsealed for 300 s, more than LEDGER_SEAL_MAX_LAG_SECONDS (60 s)" in err.getvalue()
+    out = StringIO()
+    call_command("verify_ledger", stdout=out)  # sealing first (the default) makes it healthy again
+    assert "Ledger OK: 2 rows in 1 organizations verified." in out.getvalue()
+
+
+def test_seal_rows_are_append_only_too(api_key):
+    _record(api_key[0].organization, api_key[0], "req_x")
+    sealing.seal_pending()
+    with pytest.raises(DatabaseError, match="append-only"):
+        with transaction.atomic():
+            LedgerSeal.unscoped.update(entry_hash="0" * 64)
+
+
+def test_a_row_that_commits_late_with_a_lower_id_is_still_sealed(api_key):
+    """The watermark moves only past rows older than SEAL_SETTLE_SECONDS: a lower id committing after a higher one
+    is found on the next pass."""
+    org, key = api_key[0].organization, api_key[0]
+    first = _record(org, key, "req_1")
+    sealing.seal_pending()
+    later = _record(org, key, "req_2")
+    # pretend req_2 committed before a row with a lower id: hide it, seal, then let it appear
+    sealing.seal_pending(now=timezone.now() + timedelta(minutes=5))
+    state = SealState.objects.get(pk=1)
+    assert state.last_ledger_id == later.pk and LedgerSeal.unscoped.filter(entry=later).exists()
+    assert LedgerSeal.unscoped.get(entry=first).sequence == 1
+
+
 def _tamper(sql, params):
     """Go around the trigger as only a superuser could (session_replication_role skips triggers)."""
     with connection.cursor() as cursor:
@@ -71,6 +114,7 @@ def _tamper(sql, params):
 def test_verify_catches_an_edited_row(api_key):
     org = api_key[0].organization
     rows = [_record(org, api_key[0], f"req_{i}") for i in range(4)]
+    sealing.seal_pending()
     _tamper("UPDATE billing_ledgerentry SET cost_micros = 1 WHERE id = %s", [rows[1].pk])
     err = StringIO()
     with pytest.raises(CommandError):
@@ -81,6 +125,7 @@ def test_verify_catches_an_edited_row(api_key):
 def test_verify_catches_a_deleted_row_and_a_deleted_tail(api_key):
     org = api_key[0].organization
     rows = [_record(org, api_key[0], f"req_{i}") for i in range(5)]
+    sealing.seal_pending()
     _tamper("DELETE FROM billing_usageevent WHERE ledger_entry_id IN (%s, %s)", [rows[2].pk, rows[4].pk])
     _tamper("DELETE FROM billing_ledgerentry WHERE id IN (%s, %s)", [rows[2].pk, rows[4].pk])
     err = StringIO()
@@ -89,6 +134,8 @@ def test_verify_catches_a_deleted_row_and_a_deleted_tail(api_key):
     text = err.getvalue()
     assert "rows 3..3 are missing (deleted)" in text
     assert "newest rows were deleted" in text
+    # the seals still name the deleted rows; drop them too, or the test database's deferred foreign keys complain
+    _tamper("DELETE FROM billing_ledgerseal WHERE entry_id IN (%s, %s)", [rows[2].pk, rows[4].pk])
 
 
 def test_each_row_keeps_the_price_version_it_was_charged_at(api_key):
@@ -96,7 +143,7 @@ def test_each_row_keeps_the_price_version_it_was_charged_at(api_key):
     first = _record(org, api_key[0], "req_old")
     Price.objects.create(model="local-preview", size="256x256", quality="standard", unit_price_micros=2_500,
                          effective_from=timezone.now() - timedelta(seconds=1))
-    clear_price_cache()  # a process picks up a new price within PRICE_CACHE_SECONDS; this test does not wait
+    clear_price_cache()
     second = _record(org, api_key[0], "req_new")
     assert (first.unit_price_micros, second.unit_price_micros) == (1_000, 2_500)
     assert first.price_id != second.price_id and second.price.effective_from > first.price.effective_from

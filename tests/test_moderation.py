@@ -4,6 +4,7 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from accounts.models import User
+from config import process_cache
 from generation import moderation
 from generation.models import ModerationCategory, ModerationTerm
 from generation.moderation import ModerationVerdict, check_text, compile_policy
@@ -154,6 +155,9 @@ def test_disabled_category_or_term_does_not_match(db):
     assert check_text("a zebra").category == "off"
 
 
+VERSION = process_cache.VERSION_KEY.format("moderation")
+
+
 def test_policy_is_compiled_once_and_reloaded_when_the_shared_version_changes(db, django_assert_num_queries):
     category = make_category("animals", "zebra")
     with django_assert_num_queries(2):  # categories, then their enabled terms
@@ -162,29 +166,33 @@ def test_policy_is_compiled_once_and_reloaded_when_the_shared_version_changes(db
         assert check_text("a zebra").flagged
         assert not check_text("a giraffe").flagged
 
-    ModerationTerm.objects.create(category=category, term="giraffe")  # a write that did not invalidate
+    ModerationTerm.objects.bulk_create([ModerationTerm(category=category, term="giraffe")])  # no signal: no invalidation
     assert not check_text("a giraffe").flagged  # still the cached policy
 
-    cache.set(moderation.VERSION_CACHE_KEY, "bumped-by-another-process", timeout=None)
+    process_cache._watcher.poll()
+    cache.set(VERSION, "bumped-by-another-process", timeout=None)
+    process_cache._watcher.poll()  # what every process's watcher thread does every 0.25 s
     assert check_text("a giraffe").flagged
 
 
 def test_invalidate_bumps_the_version_now_and_again_on_commit(db, django_capture_on_commit_callbacks):
-    first = moderation._current_version()
+    first = cache.get(VERSION)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         moderation.invalidate_policy()
-        second = cache.get(moderation.VERSION_CACHE_KEY)
+        second = cache.get(VERSION)
     assert len(callbacks) == 1
-    third = cache.get(moderation.VERSION_CACHE_KEY)
+    third = cache.get(VERSION)
     assert len({first, second, third}) == 3
 
 
-def test_the_version_is_recreated_when_the_cache_lost_it(db):
+def test_a_lost_version_drops_the_cached_policy(db):
     make_category("animals", "zebra")
     assert check_text("a zebra").flagged
-    cache.delete(moderation.VERSION_CACHE_KEY)
-    ModerationCategory.objects.filter(slug="animals").update(enabled=False)
-    assert not check_text("a zebra").flagged  # a missing version is a new version, never "unchanged"
+    process_cache._watcher.poll()
+    ModerationCategory.objects.filter(slug="animals").update(enabled=False)  # no signal
+    cache.delete(VERSION)  # Redis lost its data: a missing version is a new version, never "unchanged"
+    process_cache._watcher.poll()
+    assert not check_text("a zebra").flagged
 
 
 # --- Staff edit the policy in the admin ------------------------------------------------------------------------------
@@ -224,13 +232,13 @@ def test_admin_lists_and_searches_the_policy(staff_client, default_policy):
 def test_staff_edits_in_the_admin_apply_on_the_next_check(staff_client, db, django_capture_on_commit_callbacks):
     category = make_category("animals", "zebra")
     assert not check_text("a giraffe").flagged  # compiled and cached now
-    version = cache.get(moderation.VERSION_CACHE_KEY)
+    version = cache.get(VERSION)
     url = reverse("admin:generation_moderationcategory_change", args=[category.pk])
 
     with django_capture_on_commit_callbacks(execute=True):
         response = staff_client.post(url, category_form(category, new_terms=[("giraffe", "prefix")]))
     assert response.status_code == 302, response.context["errors"] if response.context else response
-    assert cache.get(moderation.VERSION_CACHE_KEY) != version  # every process will recompile
+    assert cache.get(VERSION) != version  # every process will recompile
     assert check_text("two giraffes") == ModerationVerdict(flagged=True, category="animals", term="giraffe")
 
     response = staff_client.post(url, category_form(category, enabled=False))

@@ -1,4 +1,4 @@
-"""OpenAIProvider against the OpenAI emulator over loopback: the real httpx client, no mocks, no database.
+"""OpenAIProvider against the OpenAI emulator over loopback: the real HTTP transport, no mocks, no database.
 
 Covers every model's happy path (what was sent, image bytes and count, cost), parameter mapping, edits (one and
 several images, mask) and variations, the OpenAI-compatible self-hosted path, and every error mapping.
@@ -437,9 +437,9 @@ def test_global_delay_state_and_concurrency(emu):
     async def go():
         try:
             results = await asyncio.gather(*(provider.run(req(prompt=f"p{i}")) for i in range(60)))
-            transport = provider._client()._transport
-            assert len(transport._pools) * transport.POOL_SIZE >= 1000  # ~1,000 connections in all
-            assert transport._in_flight == [0] * len(transport._pools)  # every slot given back
+            connector = provider.transport.session().connector
+            assert connector.limit >= 1000  # ~1,000 connections in all
+            assert not any(connector._acquired)  # every connection given back
             return results
         finally:
             await provider.aclose()
@@ -499,9 +499,12 @@ def test_one_client_per_event_loop(emu):
     """run() works from several loops, in turn and at once in threads."""
     provider = provider_for(emu)
     first = asyncio.run(provider.run(req(prompt="one")))
-    second = asyncio.run(provider.run(req(prompt="two")))  # a new loop: a new client, the old one pruned
+    second = asyncio.run(provider.run(req(prompt="two")))  # a new loop: a new session, the old one dropped with it
     assert len(first.images) == len(second.images) == 1
-    assert len(provider._clients) == 1
+    import gc
+
+    gc.collect()
+    assert len(provider.transport) <= 1
     errors, results = [], []
 
     def worker(i):

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 
-from billing import rollups, selectors
+from billing import recording, rollups, selectors
 from billing import services as billing_services
 from billing.models import LedgerEntry, RollupState, UsageRollup
 from billing.selectors import clear_price_cache, current_price
@@ -26,7 +26,7 @@ def record(monkeypatch, org, key, request_id, when, *, n=1, status="succeeded", 
     clear_price_cache()
     price = current_price(model="local-preview", size=size, quality="standard")
     with monkeypatch.context() as m:
-        m.setattr(billing_services.timezone, "now", lambda: when)
+        m.setattr(recording.timezone, "now", lambda: when)
         return billing_services.record_usage(
             organization=org, api_key=key, request_id=request_id, status=status, model="local-preview",
             provider=provider, size=size, quality="standard", n=n, price=price, latency_ms=5,

@@ -1,5 +1,5 @@
 """Provider `openai`: the OpenAI Images API (dall-e-2, dall-e-3, gpt-image-1), and any OpenAI-compatible image server
-at a configured base URL (self-hosted models), spoken over httpx directly so this adapter owns timeouts and errors.
+at a configured base URL (self-hosted models), spoken through the shared transport (transport.py), so this adapter only maps OpenAI's wire format.
 
 Wire format (REFERENCE.md §1 and OpenAI's API reference):
 - generate  → POST {base}/images/generations, JSON
@@ -11,7 +11,7 @@ with the same client and a 50 MB cap. gpt-image-1 never gets `response_format` (
 (background, moderation, output_format, output_compression, input_fidelity) come from `request.options`. `seed` is not
 an OpenAI parameter and is never sent.
 
-Configuration arrives in the constructor only. Depends on base.py, the standard library and httpx.
+Configuration arrives in the constructor only. Depends on base.py, transport.py and the standard library.
 """
 from __future__ import annotations
 
@@ -19,14 +19,10 @@ import asyncio
 import base64
 import binascii
 import json
-import ssl
 from dataclasses import dataclass, fields
 from urllib.parse import urljoin, urlsplit
 
-import certifi
-import httpx
-
-from .http import download_capped
+from .transport import Reply, Transport
 from .base import (
     sniff_image_type as sniff_image,
     ContentRefused,
@@ -40,9 +36,7 @@ from .base import (
     UpstreamUnavailable,
 )
 
-USER_AGENT = "imagegate/1.0"
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # cap on one downloaded image
-MAX_CONNECTIONS = 1000  # the gateway holds 1,000 concurrent generations in flight
 
 # gpt-image extras per endpoint (OpenAI's parameter lists: edits take no `moderation`; only edits take input_fidelity).
 _GPT_IMAGE_GENERATE_OPTIONS = ("background", "moderation", "output_format", "output_compression")
@@ -116,8 +110,7 @@ class OpenAIProvider:
         self.models = set(models) if models is not None else set(OPENAI_MODELS)
         # model id → micro-USD per image (int), or {size: micros, "*": default}; overrides the list price.
         self.cost_micros = dict(cost_micros or {})
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self.transport = Transport(provider=name, timeout=self.timeout)
 
     # --- Provider interface -----------------------------------------------------------------------------------------
 
@@ -153,10 +146,8 @@ class OpenAIProvider:
                               upstream_cost_micros=self._unit_price(request.model, size, quality) * request.n, **extra)
 
     async def aclose(self) -> None:
-        """Close the HTTP client of the running event loop (each loop gets its own)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the HTTP session of the running event loop (each loop gets its own)."""
+        await self.transport.aclose()
 
     # --- Pricing ------------------------------------------------------------------------------------------------------
 
@@ -218,7 +209,7 @@ class OpenAIProvider:
                        f"{'s' if rules.max_input_images > 1 else ''}.")
 
     def _build(self, request: ImageRequest, rules: _ModelRules | None) -> tuple[str, dict]:
-        """(path, httpx keyword arguments) for the upstream call."""
+        """(path, Transport.request keyword arguments) for the upstream call."""
         gpt_image = rules is not None and rules.gpt_image
         if request.mode == "generate":
             payload: dict = {"model": request.model, "prompt": request.prompt, "n": request.n, "size": request.size}
@@ -266,61 +257,27 @@ class OpenAIProvider:
 
     # --- HTTP ---------------------------------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        """The running loop's client (tests and the gateway call run() from several loops). Its connections are
-        spread over small pools: see _ShardedTransport."""
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None or client.is_closed:
-            for other in [lp for lp in self._clients if lp.is_closed()]:
-                self._clients.pop(other, None)  # its loop is gone; so are its connections
-            client = httpx.AsyncClient(
-                transport=_ShardedTransport(MAX_CONNECTIONS, ssl_context=self._ssl_context()),
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                headers={"User-Agent": USER_AGENT},
-                follow_redirects=False,
-            )
-            self._clients[loop] = client
-        return client
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        """One verifying TLS context for all pools and loops (building one costs tens of milliseconds)."""
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context(cafile=certifi.where())
-        return self._ssl
-
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
 
     async def _post(self, path: str, kwargs: dict) -> dict:
-        try:
-            response = await self._client().post(self.base_url + path, headers=self._auth(), **kwargs)
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                raise UpstreamUnavailable(f"could not connect to {self.name} at {self.base_url}: connect timeout.",
-                                          provider=self.name) from exc
-            raise UpstreamTimeout(f"{self.name} did not answer in time ({type(exc).__name__}).",
-                                  provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            reason = str(exc) or "connection failed"
-            raise UpstreamUnavailable(f"could not reach {self.name} at {self.base_url}: {type(exc).__name__}: "
-                                      f"{reason}.", provider=self.name) from exc
-        if response.status_code >= 300:
+        response = await self.transport.request("POST", self.base_url + path, headers=self._auth(), **kwargs)
+        if response.status >= 300:
             raise self._error(response)
         try:
             body = response.json()
         except (ValueError, UnicodeDecodeError):
-            raise UpstreamUnavailable(f"{self.name} sent a malformed reply (HTTP {response.status_code}, "
+            raise UpstreamUnavailable(f"{self.name} sent a malformed reply (HTTP {response.status}, "
                                       f"{response.headers.get('content-type', 'no content type')}, not JSON): "
-                                      f"{_snippet(response.content)}", provider=self.name) from None
+                                      f"{response.snippet()}", provider=self.name) from None
         if not isinstance(body, dict):
             raise UpstreamUnavailable(f"{self.name} sent a malformed reply: a JSON {type(body).__name__}, "
                                       f"not an object.", provider=self.name)
         return body
 
-    def _error(self, response: httpx.Response) -> ProviderError:
+    def _error(self, response: Reply) -> ProviderError:
         """Map an upstream error reply (OpenAI's {"error": {message, type, param, code}} envelope) to our errors."""
-        status = response.status_code
+        status = response.status
         message, etype, code, param = _parse_error(response)
         request_id = response.headers.get("x-request-id")
         detail = f"HTTP {status}" + (f", code {code}" if code else "") + (f", param {param}" if param else "") \
@@ -403,69 +360,8 @@ class OpenAIProvider:
             raise UpstreamUnavailable(f"{self.name} returned an unusable image URL in data[{index}].",
                                       provider=self.name)
         headers = self._auth() if (target.scheme, target.netloc) == (api.scheme, api.netloc) else {}
-        return await download_capped(self._client(), url, label=f"image {index} from {self.name}",
-                                     provider=self.name, max_bytes=MAX_IMAGE_BYTES, headers=headers,
-                                     follow_redirects=True)
-
-
-class _ShardedTransport(httpx.AsyncBaseTransport):
-    """`max_connections` spread over pools of at most POOL_SIZE connections; each request goes to the pool with
-    the fewest requests in flight.
-
-    httpcore's connection pool rescans all its connections (and, for every idle one, all of them again) whenever a
-    request starts or ends, and scans them once per queued request: one pool of 1,000 connections costs O(n²) CPU
-    per burst. Measured on loopback with 1,000 concurrent requests answered after 5 s: ~35 s with one pool keeping
-    1,000 connections alive, 8-13 s with one pool keeping 8, ~7 s (round after round) with 16 pools of 64. Each pool
-    keeps a few idle connections alive for reuse; beyond that, finished connections are closed."""
-
-    POOL_SIZE = 64
-    KEEPALIVE_PER_POOL = 8
-
-    def __init__(self, max_connections: int, *, ssl_context: ssl.SSLContext, keepalive_expiry: float = 30.0):
-        count = max(1, -(-max_connections // self.POOL_SIZE))
-        size = min(self.POOL_SIZE, max_connections)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=min(size, self.KEEPALIVE_PER_POOL),
-                              keepalive_expiry=keepalive_expiry)
-        self._pools = [httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits) for _ in range(count)]
-        self._in_flight = [0] * count
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = min(range(len(self._pools)), key=self._in_flight.__getitem__)
-        self._in_flight[index] += 1
-        try:
-            response = await self._pools[index].handle_async_request(request)
-        except BaseException:
-            self._in_flight[index] -= 1
-            raise
-        return httpx.Response(status_code=response.status_code, headers=response.headers,
-                              stream=_ReleasingStream(response.stream, self, index), extensions=response.extensions)
-
-    def _release(self, index: int) -> None:
-        self._in_flight[index] -= 1
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives its pool's slot back when closed."""
-
-    def __init__(self, stream, transport: _ShardedTransport, index: int):
-        self._stream, self._transport, self._index, self._released = stream, transport, index, False
-
-    async def __aiter__(self):
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if not self._released:
-                self._released = True
-                self._transport._release(self._index)
-
+        return await self.transport.download(url, label=f"image {index} from {self.name}", max_bytes=MAX_IMAGE_BYTES,
+                                             headers=headers, follow_redirects=True)
 
 
 def _pick(options: dict, keys: tuple[str, ...]) -> dict:
@@ -488,12 +384,7 @@ def _filename(filename: str, content_type: str, stem: str) -> str:
     return f"{name.rsplit('.', 1)[0] if current else name}.{ext}"
 
 
-def _snippet(content: bytes, limit: int = 160) -> str:
-    text = content[:limit].decode("utf-8", "replace").replace("\n", " ").strip()
-    return repr(text + ("…" if len(content) > limit else "")) if text else "(empty body)"
-
-
-def _parse_error(response: httpx.Response) -> tuple[str, str | None, str | None, str | None]:
+def _parse_error(response: Reply) -> tuple[str, str | None, str | None, str | None]:
     """(message, type, code, param) from OpenAI's error envelope; tolerant of compatible servers' variants
     ({"error": "text"}, FastAPI's {"detail": ...}, plain text)."""
     try:
@@ -514,13 +405,13 @@ def _parse_error(response: httpx.Response) -> tuple[str, str | None, str | None,
         elif isinstance(body.get("message"), str):
             message = body["message"]
     if not message:
-        message = (f"{response.reason_phrase or 'error'}: {_snippet(response.content)}" if body is None
-                   else response.reason_phrase or "error")
+        message = (f"{response.reason or 'error'}: {response.snippet()}" if body is None
+                   else response.reason or "error")
     as_str = lambda v: str(v) if v is not None else None  # noqa: E731 (codes are sometimes numbers)
     return str(message), as_str(etype), as_str(code), as_str(param)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Reply) -> float | None:
     ms = response.headers.get("retry-after-ms")
     try:
         if ms is not None:
@@ -531,6 +422,6 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _retry_after_text(response: httpx.Response) -> str:
+def _retry_after_text(response: Reply) -> str:
     seconds = _retry_after(response)
     return f"; retry after {seconds:g} s" if seconds is not None else ""

@@ -4,6 +4,7 @@ from django.utils import timezone
 
 from billing import price_list
 from billing.models import Price
+from billing.selectors import clear_price_cache
 
 
 class Command(BaseCommand):
@@ -19,4 +20,6 @@ class Command(BaseCommand):
                                                      now=timezone.now())
             except ValueError as exc:
                 raise CommandError(str(exc)) from exc
+        if added:
+            clear_price_cache()  # bulk inserts send no signal: tell every serving process
         self.stdout.write(f"{added} price rows added; {Price.objects.count()} in the table.")

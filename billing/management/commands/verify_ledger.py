@@ -1,36 +1,22 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing import ledger
-from billing.models import LedgerEntry, LedgerHead
+from billing import sealing
 
 
 class Command(BaseCommand):
-    help = "Verify every organization's ledger hash chain; exits non-zero naming each edited or deleted row."
+    help = ("Seal the ledger rows still waiting for the sealer, then verify every organization's hash chain; exits "
+            "non-zero naming each edited or deleted row and each row left unsealed longer than "
+            "LEDGER_SEAL_MAX_LAG_SECONDS.")
 
     def add_arguments(self, parser):
         parser.add_argument("--organization", type=int, help="only this organization id")
+        parser.add_argument("--no-seal", action="store_true", help="verify only; do not run the sealer first")
 
-    def handle(self, *args, organization=None, **options):
-        heads = {h.organization_id: h for h in LedgerHead.objects.all()}
-        org_ids = set(LedgerEntry.unscoped.values_list("organization_id", flat=True).distinct()) | set(heads)
-        if organization is not None:
-            org_ids &= {organization}
-        breaks, rows = [], 0
-        for org_id in sorted(org_ids):
-            entries = LedgerEntry.unscoped.filter(organization_id=org_id).order_by("sequence").iterator(chunk_size=5000)
-            counted = []
-
-            def counting(it):
-                for e in it:
-                    counted.append(1)
-                    yield e
-
-            head = heads.get(org_id)
-            breaks += ledger.verify_chain(org_id, counting(entries), head.sequence if head else None,
-                                          head.last_hash if head else None)
-            rows += len(counted)
-        for b in breaks:
+    def handle(self, *args, organization=None, no_seal=False, **options):
+        result = sealing.verify(organization_id=organization, seal_first=not no_seal)
+        for b in result.breaks:
             self.stderr.write(str(b))
-        if breaks:
-            raise CommandError(f"The ledger chain is broken in {len(breaks)} place(s); see above.")
-        self.stdout.write(f"Ledger OK: {rows} rows in {len(org_ids)} organizations verified.")
+        if result.breaks:
+            raise CommandError(f"The ledger chain is broken in {len(result.breaks)} place(s); see above.")
+        waiting = f"; {result.waiting} row(s) waiting for the sealer" if result.waiting else ""
+        self.stdout.write(f"Ledger OK: {result.rows} rows in {result.organizations} organizations verified{waiting}.")
