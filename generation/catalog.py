@@ -18,6 +18,8 @@ class InputImageRules:
 
     max_images: int = 1
     max_bytes: int = 4 * 1024 * 1024
+    # Refused from the header, before decoding (a 47 KB PNG can declare 7000x7000): 4096x4096 unless a model says.
+    max_pixels: int = 4096 * 4096
     content_types: tuple[str, ...] = (PNG,)
     square: bool = True  # the input must be square (dall-e-2)
 
@@ -56,6 +58,12 @@ class ModelSpec:
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    @property
+    def max_side(self) -> int:
+        """The longest side, in pixels, of any image the model produces ("auto" counts as 1536)."""
+        sides = [int(d) for size in self.sizes if "x" in size for d in size.split("x") if d.isdigit()]
+        return max(sides + [1536 if "auto" in self.sizes else 0]) or 1024
+
 
 DALL_E_2 = ModelSpec(
     id="dall-e-2", owned_by="openai", created=1698798177, providers=("openai",),
@@ -63,7 +71,8 @@ DALL_E_2 = ModelSpec(
     qualities=("standard",), default_quality="standard",
     max_n=10, native_max_n=10, max_prompt_chars=1000,
     capabilities=frozenset({"generate", "edit", "variation", "image_input"}),
-    input_images=InputImageRules(max_images=1, max_bytes=4 * 1024 * 1024, content_types=(PNG,), square=True),
+    input_images=InputImageRules(max_images=1, max_bytes=4 * 1024 * 1024, content_types=(PNG,), square=True,
+                                 max_pixels=2048 * 2048),
     description="OpenAI DALL·E 2: fast, cheap, edits and variations.",
 )
 
@@ -87,7 +96,7 @@ GPT_IMAGE_1 = ModelSpec(
     output_formats=("png", "jpeg", "webp"), output_compression=True,
     capabilities=frozenset({"generate", "edit", "image_input"}),
     input_images=InputImageRules(max_images=16, max_bytes=50 * 1024 * 1024, content_types=(PNG, JPEG, WEBP),
-                                 square=False),
+                                 square=False, max_pixels=6144 * 6144),
     description="OpenAI gpt-image-1: instruction following, transparent backgrounds, always base64.",
 )
 

@@ -246,8 +246,15 @@ async def _with_fetched_image(call: ImageCall) -> ImageCall:
         fetched = await fetch.fetch_image(call.image_url, max_bytes=call.spec.input_images.max_bytes)
     except fetch.ImageFetchError as exc:
         raise InvalidRequest(exc.message, param="image", code="invalid_image_url") from exc
-    image = images.inspect(fetched.data, param="image", filename="image")
-    images.check_one(image, call.spec.input_images, call.spec, param="image")
+    spec = call.spec
+    keep, limit = images.keep_policy(spec, call.request.size)
+    kept = images.current_kept()
+    known = images.header(fetched.data, param="image", max_pixels=spec.input_images.max_pixels)
+    if keep and kept is not None:
+        await kept.reserve(images.kept_size(known[1], known[2], limit))
+    image = await images.inspect(fetched.data, param="image", filename="image", rules=spec.input_images,
+                                 keep_pixels=keep and kept is not None, limit=limit, known=known)
+    images.check_one(image, spec.input_images, spec, param="image")
     return dataclasses.replace(call, request=dataclasses.replace(call.request, images=(image,)))
 
 

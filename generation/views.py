@@ -82,8 +82,9 @@ class _ImageEndpoint(V1APIView):
             await ratelimit.enforce(request, principal.api_key, principal.organization)
             if request.method != "POST":
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
-            data, files = await self._read(request)
-            return await self._generate(request, principal, data, files)
+            async with images.KeptPixels():  # decoded input images kept for the request, given back at its end
+                data, files = await self._read(request)
+                return await self._generate(request, principal, data, files)
         except Exception as exc:  # every failure leaves in OpenAI's envelope
             return error_response(exc, request)
 
@@ -160,10 +161,11 @@ class _MultipartImageEndpoint(_ImageEndpoint):
     multipart = True
 
     async def _read(self, request) -> tuple[dict, dict]:
-        """Form fields, and every uploaded file inspected by content (type, dimensions), off the event loop."""
+        """Form fields, and every uploaded file checked and decoded once (generation/images.py), off the event loop
+        and within the process's decode budget."""
         content_type = request.content_type or ""
         self._post, self._uploads = {}, {}
-        if not request.body:
+        if not request.headers.get("content-length") and not request.body:
             return {}, {}
         if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             raise APIError(f'Unsupported media type "{content_type}" in request. Send multipart/form-data.',
@@ -171,16 +173,29 @@ class _MultipartImageEndpoint(_ImageEndpoint):
 
         def parse():
             try:
-                post, uploads = request.POST, request.FILES
+                return request.POST, request.FILES
             except MultiPartParserError as exc:
                 raise APIError(f"We could not parse the body of your request: {exc}",
                                code="invalid_request_body") from exc
-            fields = {key: post.get(key) for key in post.keys()}
-            inspected = {field: [images.inspect(upload.read(), param=field, filename=upload.name or field)
-                                 for upload in uploads.getlist(field)] for field in uploads.keys()}
-            return fields, inspected, post, uploads
 
-        fields, inspected, self._post, self._uploads = await asyncio.to_thread(parse)
+        self._post, self._uploads = await asyncio.to_thread(parse)
+        fields = {key: self._post.get(key) for key in self._post.keys()}
+        spec = catalog.get_model(fields.get("model") or catalog.DEFAULT_MODEL)
+        rules = spec.input_images if spec is not None else None
+        keep, limit = images.keep_policy(spec, fields.get("size"))
+        max_pixels = rules.max_pixels if rules is not None else images.MAX_PIXELS
+        uploads = []
+        for field in self._uploads.keys():  # every header first: refuse what is too large before decoding any
+            for upload in self._uploads.getlist(field):
+                data = upload.read()
+                uploads.append((field, data, upload.name or field, images.header(data, param=field,
+                                                                                 max_pixels=max_pixels)))
+        if keep:  # the built-in renderer's copies, reserved in one go before any decode
+            await images.current_kept().reserve(sum(images.kept_size(w, h, limit) for *_, (_, w, h) in uploads))
+        inspected: dict[str, list] = {}
+        for field, data, filename, known in uploads:
+            inspected.setdefault(field, []).append(await images.inspect(
+                data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=known))
         return fields, inspected
 
     def _fingerprint_body(self, data, files):

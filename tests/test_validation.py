@@ -1,11 +1,18 @@
 """Validation against the model catalog, per model (pure functions: no database, no server)."""
+import asyncio
+
 import pytest
 
 from generation import catalog
+from generation import images as _images
 from generation.errors import InvalidRequest, ModelNotFound
-from generation.images import inspect
 from generation.validation import validate
 from tests.images_util import jpeg, png
+
+
+def inspect(data, *, param):
+    """An input image checked and decoded as the endpoints do (generation/images.py)."""
+    return asyncio.run(_images.inspect(data, param=param))
 
 
 def err(endpoint, data, **kw) -> InvalidRequest:

@@ -9,13 +9,17 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class InputImage:
-    """An input image as checked by the gateway: bytes, the sniffed type and its pixel size."""
+    """An input image as checked by the gateway: bytes, the sniffed type and its pixel size (pixels). `pixels`, when
+    set, is the image decoded once and scaled down to what the model can produce (a PIL RGBA image): the built-in
+    renderer draws from it instead of decoding the bytes again for every output image; upstream adapters send
+    `data`, the bytes as uploaded."""
 
     data: bytes
     content_type: str
     width: int
     height: int
     filename: str = "image.png"
+    pixels: object | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from .base import GeneratedImage, ImageRequest, ProviderResult
+from .base import GeneratedImage, ImageRequest, InputImage, ProviderResult
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
@@ -43,13 +43,27 @@ def _encode(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def _fit(data: bytes, width: int, height: int) -> Image.Image:
-    """An input image scaled and centre-cropped to width × height, as RGBA."""
+def _fit(image: "InputImage | bytes", width: int, height: int) -> Image.Image:
+    """An input image scaled and centre-cropped to width × height, as RGBA: from the copy the gateway decoded once
+    (InputImage.pixels), or decoded here when there is none."""
+    pixels = getattr(image, "pixels", None)
+    if pixels is not None:
+        return ImageOps.fit(pixels, (width, height), method=Image.Resampling.LANCZOS)
+    data = image.data if isinstance(image, InputImage) else image
     with Image.open(io.BytesIO(data)) as source:
         return ImageOps.fit(source.convert("RGBA"), (width, height), method=Image.Resampling.LANCZOS)
 
 
-def render_edit_png(prompt: str, seed: int, width: int, height: int, images: list[bytes], mask: bytes | None) -> bytes:
+def _alpha(mask: "InputImage | bytes", width: int, height: int) -> Image.Image:
+    pixels = getattr(mask, "pixels", None)
+    if pixels is not None:
+        return pixels.resize((width, height)).getchannel("A")
+    data = mask.data if isinstance(mask, InputImage) else mask
+    with Image.open(io.BytesIO(data)) as m:
+        return m.convert("RGBA").resize((width, height)).getchannel("A")
+
+
+def render_edit_png(prompt: str, seed: int, width: int, height: int, images: list, mask) -> bytes:
     """Edit: the prompt's picture painted into the input image where the mask is transparent (alpha 0); with no
     mask, blended over the whole image. Several input images are layered first, as references."""
     base = _fit(images[0], width, height)
@@ -57,18 +71,16 @@ def render_edit_png(prompt: str, seed: int, width: int, height: int, images: lis
         base = Image.blend(base, _fit(extra, width, height), 0.3)
     painted = _render(prompt, seed, width, height)
     if mask is not None:
-        with Image.open(io.BytesIO(mask)) as m:
-            alpha = m.convert("RGBA").resize((width, height)).getchannel("A")
-        edit_area = ImageOps.invert(alpha)  # alpha 0 → 255: paint here
+        edit_area = ImageOps.invert(_alpha(mask, width, height))  # alpha 0 → 255: paint here
         base.paste(painted, (0, 0), edit_area)
         return _encode(base)
     return _encode(Image.blend(base, painted, 0.45))
 
 
-def render_variation_png(seed: int, width: int, height: int, image: bytes) -> bytes:
+def render_variation_png(seed: int, width: int, height: int, image) -> bytes:
     """Variation: the input image, reframed and recoloured, with shapes derived from its own content and the seed."""
     base = _fit(image, width, height)
-    fingerprint = hashlib.sha256(image).hexdigest()
+    fingerprint = hashlib.sha256(image.data if isinstance(image, InputImage) else image).hexdigest()
     rng = random.Random(_hash_int(f"{seed}\x00{fingerprint}"))
     shifted = ImageOps.mirror(base) if rng.random() < 0.5 else base
     overlay = _render(fingerprint[:16] + f" {seed}", seed, width, height)
@@ -132,12 +144,10 @@ class LocalProvider:
         for i in range(request.n):
             seed = base_seed + i
             if request.mode == "variation":
-                data = await asyncio.to_thread(render_variation_png, seed, w, h, request.images[0].data)
+                data = await asyncio.to_thread(render_variation_png, seed, w, h, request.images[0])
             elif request.mode == "edit":
-                data = await asyncio.to_thread(
-                    render_edit_png, request.prompt, seed, w, h, [img.data for img in request.images],
-                    request.mask.data if request.mask else None,
-                )
+                data = await asyncio.to_thread(render_edit_png, request.prompt, seed, w, h, list(request.images),
+                                               request.mask)
             else:
                 data = await asyncio.to_thread(render_png, request.prompt, seed, w, h)
             revised = request.prompt if request.mode != "variation" else None
