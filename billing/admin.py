@@ -3,7 +3,6 @@ reconciliation discrepancies, webhook events, invoices, alerts, prices (append-o
 
 Money is integer micro-USD; it is shown in dollars by exact decimal formatting, never through floats. Every custom
 action writes an audit row (accounts.admin_audit); the admin itself logs adds, changes and deletes."""
-import csv
 import json
 from decimal import Decimal
 
@@ -20,6 +19,7 @@ from django.utils.html import format_html
 
 from accounts.admin_audit import log_staff_action
 
+from .exports import csv_lines
 from .models import (
     BillingAccount,
     BillingAlert,
@@ -162,32 +162,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return [f.name for f in self.model._meta.fields]
 
 
-class Echo:
-    """A file-like object whose write returns the line (csv.writer into a streaming response)."""
-
-    def write(self, value):
-        return value
-
-
 def stream_ledger_csv(queryset, filename: str) -> StreamingHttpResponse:
     rows = queryset.order_by("created_at", "id").values_list(
         "created_at", "request_id", "organization__slug", "api_key__prefix", "endpoint", "model", "provider", "size",
         "quality", "n", "status", "error_code", "unit_price_micros", "cost_micros", "upstream_cost_micros",
         "latency_ms", "seal__sequence", "seal__entry_hash",
     )
-    writer = csv.writer(Echo())
-
-    def lines():
-        yield writer.writerow(CSV_HEADER)
+    lines = csv_lines(CSV_HEADER, (
+        [created_at.isoformat(), request_id, org, prefix or "", endpoint, model, provider, size, quality, n, status,
+         error_code, unit, cost, usd(cost), "" if upstream is None else upstream, latency,
+         "" if sequence is None else sequence, entry_hash or ""]
         for (created_at, request_id, org, prefix, endpoint, model, provider, size, quality, n, status, error_code,
-             unit, cost, upstream, latency, sequence, entry_hash) in rows.iterator(chunk_size=2000):
-            yield writer.writerow([
-                created_at.isoformat(), request_id, org, prefix or "", endpoint, model, provider, size, quality, n,
-                status, error_code, unit, cost, usd(cost), "" if upstream is None else upstream, latency,
-                "" if sequence is None else sequence, entry_hash or "",
-            ])
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+             unit, cost, upstream, latency, sequence, entry_hash) in rows.iterator(chunk_size=2000)))
+    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 

@@ -4,7 +4,6 @@ upstream attempts and still-live images) and the CSV export of the filtered log,
 Here rather than in billing because the detail reads generation's attempts and images (billing never imports
 generation). Ledger reads go through billing.selectors; every query is scoped to the member's organization."""
 import base64
-import csv
 import itertools
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -20,6 +19,7 @@ from django.utils import timezone
 from accounts.selectors import api_keys_for_organization
 from accounts.views import membership_or_404
 from billing import selectors as billing_selectors
+from billing.exports import csv_lines
 from billing.models import LedgerEntry
 
 from . import storage
@@ -141,25 +141,16 @@ def request_detail(request, request_id: str):
     })
 
 
-class Echo:
-    """A file-like object whose write returns what it was given: csv.writer formats, the response streams."""
-
-    def write(self, value):
-        return value
-
-
 def _cost_usd(micros: int) -> str:
     return f"{Decimal(micros) / Decimal(1_000_000):.6f}"
 
 
 def _csv_lines(rows):
-    writer = csv.writer(Echo())
-    yield writer.writerow(EXPORT_COLUMNS)
-    for created_at, request_id, key_name, model, provider, size, quality, n, status, error_code, cost, latency in rows:
-        yield writer.writerow([
-            created_at.isoformat(), request_id, key_name or "", model, provider, size, quality, n, status,
-            error_code, cost, _cost_usd(cost), latency,
-        ])
+    return csv_lines(EXPORT_COLUMNS, (
+        [created_at.isoformat(), request_id, key_name or "", model, provider, size, quality, n, status, error_code,
+         cost, _cost_usd(cost), latency]
+        for created_at, request_id, key_name, model, provider, size, quality, n, status, error_code, cost, latency
+        in rows))
 
 
 async def _async_chunks(lines, lines_per_chunk: int = 500):
