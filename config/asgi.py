@@ -2,8 +2,8 @@
 
 Two Django handlers share one process: the API (/v1 and signed image URLs) runs through `APIHandler` and a lean
 middleware list (settings.API_MIDDLEWARE: request ids and rate-limit headers, both async), the pages through
-Django's stock handler and the full list (sessions, CSRF, auth, messages, allauth). Oversized API bodies are refused
-before Django reads them (generation/body_limit.py).
+Django's stock handler and the full list (sessions, CSRF, auth, messages, allauth). Oversized bodies are refused on
+every path before Django reads them, with a limit per route (generation/body_limit.py, settings.BODY_LIMITS).
 """
 import os
 
@@ -59,10 +59,13 @@ class APIHandler(ASGIHandler):
             body_file.close()
 
 
-api_application = BodyLimitMiddleware(APIHandler(), max_bytes=settings.API_MAX_BODY_BYTES)
+api_application = APIHandler()
 
 
-async def application(scope, receive, send):
+async def _route(scope, receive, send):
     if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
         return await api_application(scope, receive, send)
     return await django_application(scope, receive, send)
+
+
+application = BodyLimitMiddleware(_route, limits=settings.BODY_LIMITS)

@@ -229,11 +229,22 @@ REST_FRAMEWORK = {
 }
 
 # --- Product settings ------------------------------------------------------------------------------------------------
-# /v1 request bodies above this are refused with 413 before Django reads them (edits carry up to 16 images).
+# Request bodies above their route's limit are refused with 413 before Django reads them (generation/body_limit.py):
+# the image upload endpoints take up to API_MAX_BODY_BYTES (edits carry up to 16 images), the rest of /v1 JSON,
+# pages forms, webhooks Stripe's events. The longest matching prefix wins.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024 * 1024)
-# Uploaded files above this are spooled to disk instead of memory while a request is parsed.
+BODY_LIMITS = [
+    ("/v1/images/edits", API_MAX_BODY_BYTES),
+    ("/v1/images/variations", API_MAX_BODY_BYTES),
+    ("/v1/", 1024 * 1024),  # JSON: a 32,000-character prompt is at most 128 KB
+    ("/billing/stripe/webhook/", 1024 * 1024),
+    ("/admin/", 2 * 1024 * 1024),
+    ("/", 256 * 1024),  # every other page: forms
+]
+# Uploaded files above this are spooled to disk instead of memory while a request is parsed; form fields and JSON
+# bodies read into memory are capped at Django's default (the route limits above are smaller anyway).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
-DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # Signed image URLs live this long (OpenAI's own image URLs last 60 minutes).
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
 # A ledger row waiting longer than this for the sealer (billing/sealing.py) is a fault in `verify_ledger`.

@@ -165,8 +165,8 @@ class _MultipartImageEndpoint(_ImageEndpoint):
         and within the process's decode budget."""
         content_type = request.content_type or ""
         self._post, self._uploads = {}, {}
-        if not request.headers.get("content-length") and not request.body:
-            return {}, {}
+        if not content_type and request.META.get("CONTENT_LENGTH") in (None, "", "0"):
+            return {}, {}  # validation names what is missing
         if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             raise APIError(f'Unsupported media type "{content_type}" in request. Send multipart/form-data.',
                            status=415, code="unsupported_media_type")

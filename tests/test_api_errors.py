@@ -110,7 +110,7 @@ def test_405_method_not_allowed(live_url, api_key):
 def test_413_body_too_large(live_url, api_key, monkeypatch):
     from config import asgi
 
-    monkeypatch.setattr(asgi.api_application, "max_bytes", 1024)
+    monkeypatch.setattr(asgi.application, "limits", [("/v1/", 1024)])
     response = httpx.post(f"{live_url}/v1/images/generations", headers={"Authorization": f"Bearer {api_key[1]}"},
                           json={"prompt": "x" * 4000})
     assert response.status_code == 413

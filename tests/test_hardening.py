@@ -52,3 +52,56 @@ def test_the_staff_ledger_export_is_safe_to_open(client, hostile_rows):
     cells = _cells(b"".join(response.streaming_content))
     for value in hostile_rows:
         assert "'" + value in cells and value not in cells
+
+
+# --- Body limits on every path, before the body is read -----------------------------------------------------------
+
+class _Counting:
+    """A request body that counts how much of it the server read before answering."""
+
+    def __init__(self, total: int, chunk: int = 64 * 1024):
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    def __iter__(self):
+        while self.sent < self.total:
+            self.sent += self.chunk
+            yield b"x" * self.chunk
+
+
+@pytest.mark.parametrize("path, limit", [
+    ("/billing/stripe/webhook/", 1024 * 1024), ("/accounts/login/", 256 * 1024), ("/dashboard/keys/", 256 * 1024),
+    ("/admin/login/", 2 * 1024 * 1024), ("/v1/images/generations", 1024 * 1024),
+    ("/v1/images/edits", 64 * 1024 * 1024),
+])
+def test_every_path_refuses_a_body_over_its_limit_before_reading_it(live_url, path, limit):
+    status, body_text = _declare_huge_body(live_url, path)
+    assert status == 413, path  # refused on the declared length: nothing was read
+    body = _Counting(300 * 1024 * 1024)
+    try:
+        chunked = httpx.post(f"{live_url}{path}", content=iter(body), timeout=30,
+                             headers={"Content-Type": "application/octet-stream"})
+        assert chunked.status_code == 413, path
+    except httpx.WriteError:  # the server answered 413 and closed while the client was still sending
+        pass
+    assert body.sent <= limit + 4 * 1024 * 1024, (path, body.sent)  # stopped at the limit, not after 300 MB
+    if path.startswith("/v1/"):
+        assert '"code": "request_too_large"' in body_text
+
+
+def _declare_huge_body(base: str, path: str) -> tuple[int, str]:
+    """POST with `Content-Length: 300 MB` and 16 bytes of it; the server's status line and body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {300 * 1024 * 1024}\r\n\r\n").encode() + b"x" * 16)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 20:
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
