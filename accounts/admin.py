@@ -1,5 +1,8 @@
+from django import forms
 from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.forms.models import BaseInlineFormSet
 
 from . import admin_site  # noqa: F401  (staff sign in through allauth with a second factor)
 from . import services
@@ -21,8 +24,59 @@ class UserAdmin(DjangoUserAdmin):
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
-class MembershipInline(admin.TabularInline):
+class SafeAutocompleteSelect(AutocompleteSelect):
+    """Django's autocomplete widget queries the submitted value to show it again; a value that is not an id (a
+    mistyped or hostile form) made that query raise (a 500) instead of showing the form's "Select a valid choice"."""
+
+    def optgroups(self, name, value, attr=None):
+        ids = [v for v in value if str(v).isdigit() and len(str(v)) < 19]
+        return super().optgroups(name, ids, attr)
+
+
+class SafeAutocomplete:
+    """For admins with `autocomplete_fields`: their widgets show an invalid submitted value as an error."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        widget = getattr(field, "widget", None)
+        inner = getattr(widget, "widget", widget)  # RelatedFieldWidgetWrapper around it, usually
+        if type(inner) is AutocompleteSelect:
+            inner.__class__ = SafeAutocompleteSelect
+        return field
+
+
+class BoundedInlineFormSet(BaseInlineFormSet):
+    """A forged management form (INITIAL_FORMS below zero or beyond the rows) made Django's inline formset slice its
+    queryset with it and fail; the count is kept to what exists."""
+
+    def initial_form_count(self):
+        count = super().initial_form_count()
+        if self.is_bound:
+            return max(0, min(count, len(self.get_queryset())))
+        return count
+
+
+class MembershipInlineFormSet(BoundedInlineFormSet):
+    """One membership per person and organization: Django's own check leaves out the organization (the inline's
+    parent), so a stale form adding someone who is already a member reached the database's constraint (a 500)."""
+
+    def clean(self):
+        super().clean()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            user = data.get("user")
+            if user is None or data.get("DELETE"):
+                continue
+            existing = Membership.unscoped.filter(organization=self.instance, user=user)
+            if form.instance.pk is not None:
+                existing = existing.exclude(pk=form.instance.pk)
+            if existing.exists():
+                form.add_error("user", f"{user} is already a member of this organization.")
+
+
+class MembershipInline(SafeAutocomplete, admin.TabularInline):
     model = Membership
+    formset = MembershipInlineFormSet
     extra = 0
     autocomplete_fields = ["user"]
 
@@ -35,7 +89,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(SafeAutocomplete, admin.ModelAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role"]
     list_select_related = ["user", "organization"]
@@ -43,10 +97,36 @@ class MembershipAdmin(admin.ModelAdmin):
     autocomplete_fields = ["user", "organization"]
 
 
+class ApiKeyAdminForm(forms.ModelForm):
+    """The key's allowed models as text (comma or newline separated; empty: every model), checked by the same rule as
+    the keys page (accounts.services.normalize_allowed_models) instead of raw JSON that could be null."""
+
+    allowed_models = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
+                                     help_text="Model ids, comma or newline separated. Empty: every model.")
+
+    class Meta:
+        model = ApiKey
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance is not None and not self.is_bound:
+            self.initial["allowed_models"] = ", ".join(self.instance.allowed_models or [])
+
+    def clean_allowed_models(self):
+        raw = self.cleaned_data.get("allowed_models") or ""
+        try:
+            return services.normalize_allowed_models(raw.replace("\n", ",").split(","))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are created by their organization (the raw secret is shown once) and never deleted: staff may rename,
     set the rate limit, or revoke."""
+
+    form = ApiKeyAdminForm
 
     list_display = ["name", "prefix", "organization", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]

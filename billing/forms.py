@@ -1,6 +1,38 @@
+from datetime import date
 from decimal import Decimal
 
 from django import forms
+
+FIRST_DAY = date(2020, 1, 1)  # no usage can be older: the product did not exist
+LAST_DAY = date(2099, 12, 31)  # a range end beyond this is a typo (and 9999-12-31 + 1 day overflows)
+
+
+class UsageDateField(forms.DateField):
+    """A day of a usage range (dashboard, request log, exports): YYYY-MM-DD between FIRST_DAY and LAST_DAY."""
+
+    default_error_messages = {"invalid": "Enter a date as YYYY-MM-DD."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("widget", forms.DateInput(attrs={"type": "date", "min": FIRST_DAY.isoformat(),
+                                                           "max": LAST_DAY.isoformat()}))
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        try:
+            day = super().to_python(value)
+        except (OverflowError, ValueError) as exc:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from exc
+        if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+            raise forms.ValidationError(f"Choose a date between {FIRST_DAY:%Y-%m-%d} and {LAST_DAY:%Y-%m-%d}.",
+                                        code="out_of_range")
+        return day
+
+
+class UsageRangeForm(forms.Form):
+    """?from=YYYY-MM-DD&to=YYYY-MM-DD of the dashboard's overview."""
+
+    date_from = UsageDateField(required=False, label="From")
+    date_to = UsageDateField(required=False, label="To")
 
 
 class SpendLimitForm(forms.Form):

@@ -19,6 +19,8 @@ def stripe_webhook(request):
         event = webhooks.verify(request.body, request.headers.get("Stripe-Signature", ""))
     except webhooks.BadSignature:
         return HttpResponseBadRequest("invalid signature")
+    except webhooks.BadEvent as exc:
+        return HttpResponseBadRequest(f"invalid event: {exc}")
     duplicate = not webhooks.receive(event)
     return HttpResponse("duplicate" if duplicate else "ok")
 
@@ -72,7 +74,8 @@ def overview(request):
     from datetime import datetime, time as dt_time, timedelta
 
     from django.utils import timezone
-    from django.utils.dateparse import parse_date
+
+    from .forms import UsageRangeForm
 
     from accounts.selectors import api_keys_for_organization
 
@@ -84,20 +87,14 @@ def overview(request):
     default_from, default_to = today.replace(day=1), today
     range_errors = []
 
-    def _date(name, default):
-        raw = request.GET.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = parse_date(raw)
-        except ValueError:
-            value = None
-        if value is None:
-            range_errors.append(f"“{raw}” is not a date (YYYY-MM-DD).")
-            return default
-        return value
-
-    date_from, date_to = _date("from", default_from), _date("to", default_to)
+    form = UsageRangeForm({"date_from": request.GET.get("from", "").strip()[:40],
+                           "date_to": request.GET.get("to", "").strip()[:40]})
+    form.is_valid()
+    for name, errors in form.errors.items():
+        raw = request.GET.get("from" if name == "date_from" else "to", "")[:40]
+        range_errors.append(f"“{raw}”: {' '.join(errors)}")
+    date_from = form.cleaned_data.get("date_from") or default_from
+    date_to = form.cleaned_data.get("date_to") or default_to
     if date_from > date_to:
         range_errors.append("The start date is after the end date.")
         date_from, date_to = default_from, default_to

@@ -24,6 +24,10 @@ HANDLED = {
 }
 
 
+class BadEvent(Exception):
+    """A correctly signed body that is not a Stripe event object."""
+
+
 class BadSignature(Exception):
     pass
 
@@ -33,12 +37,26 @@ def _ts(value) -> datetime | None:
 
 
 def verify(payload: bytes, signature: str) -> dict:
-    """The event, if the signature is Stripe's and fresh (5 minutes); BadSignature otherwise."""
+    """The event, if the signature is Stripe's and fresh (5 minutes), else BadSignature; BadEvent if the signed body
+    is not an event object (a JSON object with a string `id` and `type` and an object `data.object`)."""
     try:
         stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET, tolerance=300)
-        return json.loads(payload)  # the verified bytes, as plain JSON (no StripeObject, no Decimals)
-    except (ValueError, stripe.SignatureVerificationError) as exc:
+    except stripe.SignatureVerificationError as exc:
         raise BadSignature(str(exc)) from exc
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # signed, but not a JSON object stripe reads
+        raise BadEvent(f"the body is not a Stripe event object ({type(exc).__name__})") from exc
+    try:
+        event = json.loads(payload)  # the verified bytes, as plain JSON (no StripeObject, no Decimals)
+    except ValueError as exc:
+        raise BadEvent("the body is not JSON") from exc
+    data = event.get("data") if isinstance(event, dict) else None
+    if not (isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]
+            and isinstance(event.get("type"), str) and isinstance(data, dict) and isinstance(data.get("object"), dict)):
+        raise BadEvent("the body is not a Stripe event object: it needs a string id and type and an object "
+                       "data.object")
+    if len(event["id"]) > 255 or len(event["type"]) > 100:
+        raise BadEvent("the event's id or type is too long")
+    return event
 
 
 def _account_for_customer(customer_id: str | None) -> BillingAccount | None:

@@ -20,6 +20,7 @@ from accounts.selectors import api_keys_for_organization
 from accounts.views import membership_or_404
 from billing import selectors as billing_selectors
 from billing.exports import csv_lines
+from billing.forms import UsageDateField
 from billing.models import LedgerEntry
 
 from . import storage
@@ -31,8 +32,8 @@ EXPORT_COLUMNS = ["created_at", "request_id", "api_key", "model", "provider", "s
 
 
 class RequestFilterForm(forms.Form):
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = UsageDateField(required=False, label="From")
+    date_to = UsageDateField(required=False, label="To")
     key = forms.ModelChoiceField(queryset=None, required=False, label="API key", empty_label="Any key")
     model = forms.CharField(required=False, max_length=100)
     provider = forms.CharField(required=False, max_length=50)

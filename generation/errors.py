@@ -5,7 +5,8 @@ sees HTML or a stack trace.
 """
 import logging
 
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import (DisallowedHost, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent,
+                                    TooManyFilesSent)
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions as drf
@@ -148,6 +149,12 @@ def error_parts(exc: Exception, *, where: str = "", request_id: str = "?") -> tu
                              code="invalid_request_body"), headers
     if isinstance(exc, Http404):
         return 404, envelope("Not found.", type="invalid_request_error", code="not_found"), headers
+    if isinstance(exc, DisallowedHost):
+        return 400, envelope("Invalid Host header: this server does not answer for that host name. Send the request "
+                             "to the API's own address.", type="invalid_request_error", code="invalid_host"), headers
+    if isinstance(exc, SuspiciousOperation):
+        return 400, envelope(f"The request could not be read: {str(exc)[:200] or type(exc).__name__}.",
+                             type="invalid_request_error", code="invalid_request_body"), headers
     log.error("Unhandled error in %s (request %s)", where, request_id, exc_info=exc)
     return 500, envelope(
         "The server had an error while processing your request. Sorry about that! You can retry your request, "

@@ -78,6 +78,7 @@ class _ImageEndpoint(V1APIView):
 
     async def serve(self, request) -> HttpResponse:
         try:
+            request.get_host()  # DisallowedHost → 400 before anything else (image URLs are built from it)
             principal = await authenticate(request)
             await ratelimit.enforce(request, principal.api_key, principal.organization)
             if request.method != "POST":

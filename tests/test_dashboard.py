@@ -110,7 +110,7 @@ def test_overview_defaults_to_this_month_and_reports_bad_dates(signed_in, monkey
     response = signed_in.get(reverse("dashboard"), {"from": "nonsense", "to": "2025-01-01"})
     assert response.status_code == 200
     html = response.content.decode()
-    assert "is not a date" in html and "after the end date" in html
+    assert "Enter a date as YYYY-MM-DD" in html and "after the end date" in html
     assert response.context["date_from"] == timezone.localdate().replace(day=1)
 
 

@@ -105,3 +105,39 @@ def _declare_huge_body(base: str, path: str) -> tuple[int, str]:
             answer += part
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode(errors="replace")
+
+
+# --- No 500 from input ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["/dashboard/requests/?date_to=9999-12-31", "/dashboard/requests/export.csv?date_to=9999-12-31",
+                                 "/dashboard/?to=9999-12-31", "/dashboard/?from=0001-01-01&to=9999-12-31",
+                                 "/dashboard/requests/?date_from=99999-01-01", "/dashboard/?from=2024-02-30"])
+def test_far_and_impossible_dates_get_a_clear_message(client, user, organization, url):
+    client.force_login(user)
+    response = client.get(url)
+    assert response.status_code in (200, 400), url
+    text = (b"".join(response.streaming_content) if response.streaming else response.content).decode()
+    assert "between 2020-01-01 and 2099-12-31" in text or "YYYY-MM-DD" in text, url
+
+
+def test_a_generation_for_another_host_is_a_400(live_url, api_key):
+    response = httpx.post(f"{live_url}/v1/images/generations", headers={"Authorization": f"Bearer {api_key[1]}",
+                                                                        "Host": "evil.example"},
+                          json={"model": "local-preview", "prompt": "x", "size": "256x256"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_host"
+
+
+@pytest.mark.parametrize("body", [b'[{"id": "evt_1"}]', b'{"type": "invoice.paid", "data": {"object": {}}}',
+                                  b'{"id": "evt_2", "type": "invoice.paid"}', b'"just a string"', b"not json",
+                                  b'{"id": 5, "type": [], "data": {"object": {}}}'])
+def test_a_validly_signed_webhook_that_is_not_an_event_is_a_400(client, settings, body):
+    import hmac
+    import time as _time
+    from hashlib import sha256
+
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_test"
+    stamp = int(_time.time())
+    signature = hmac.new(b"whsec_test", f"{stamp}.".encode() + body, sha256).hexdigest()
+    response = client.post("/billing/stripe/webhook/", data=body, content_type="application/json",
+                           HTTP_STRIPE_SIGNATURE=f"t={stamp},v1={signature}")
+    assert response.status_code == 400 and b"invalid event" in response.content
