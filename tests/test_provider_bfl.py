@@ -1,4 +1,5 @@
-"""BFLProvider against the BFL emulator over loopback: the real httpx client, no mocks, no database."""
+"""BFLProvider against the BFL emulator over loopback: the real HTTP client (the shared transport), no mocks, no
+database."""
 import asyncio
 import base64
 import io
@@ -373,7 +374,7 @@ def test_real_concurrency_limit_gives_429(bfl):
     limited = [o for o in outcomes if isinstance(o, Exception)]
     assert len(limited) == 1 and isinstance(limited[0], UpstreamRateLimited)
     assert "rate_limit_exceeded" in limited[0].message and "retry after 1" in limited[0].message
-    assert limited[0].retryable
+    assert limited[0].retryable and limited[0].retry_after_seconds == 1.0
     assert sum(1 for o in outcomes if not isinstance(o, Exception)) == 2
 
 
@@ -384,6 +385,7 @@ def test_injected_429(bfl):
     with pytest.raises(UpstreamRateLimited) as err:
         run(provider(bfl), req())
     assert "Too many active tasks" in err.value.message and "retry after 3" in err.value.message
+    assert err.value.retry_after_seconds == 3.0
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -398,7 +400,7 @@ def test_connection_refused(bfl):
     p = BFLProvider(api_key=API_KEY, base_url=f"http://127.0.0.1:{free_port()}", timeout=1, deadline=3)
     with pytest.raises(UpstreamUnavailable) as err:
         run(p, req())
-    assert "ConnectError" in err.value.message
+    assert "could not reach" in err.value.message and "submit" in err.value.message
 
 
 def test_deadline_passes_while_polling(bfl):
