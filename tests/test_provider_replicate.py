@@ -264,6 +264,14 @@ def test_429_rate_limit(emu):
     assert info.value.retry_after_seconds >= 1  # Replicate's Retry-After, for the gateway to pass on
 
 
+def test_429_wait_from_the_body_when_the_header_says_nothing_usable(emu):
+    emu.faults.set("create", Fault(status=429, headers={"retry-after": "later"}, body={
+        "detail": "Request was throttled. Your rate limit resets in ~12s.", "status": 429}))
+    with pytest.raises(UpstreamRateLimited) as info:
+        run(provider(emu), req())
+    assert info.value.retry_after_seconds == 12.0 and "retry after 12 s" in info.value.message
+
+
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_5xx(emu, status):
     emu.faults.set("create", Fault(status=status))

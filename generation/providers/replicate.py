@@ -69,6 +69,8 @@ _RUNNING = {"starting", "processing"}
 # Replicate's safety checker wording (flux/SD: "NSFW content detected…", newer models: "flagged as sensitive (E005)").
 _REFUSAL = re.compile(r"nsfw|flagged as sensitive|\(E005\)|safety checker", re.IGNORECASE)
 _POLL_RETRIES = 3  # consecutive transient failures (429, 5xx, connection) tolerated while polling
+# Replicate's 429 body: {"detail": "Request was throttled. Your rate limit resets in ~30s."}
+_RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,15 @@ MODELS: dict[str, _Model] = {
 }
 
 
+
+
+def _retry_after(reply: Reply, reason: str) -> float | None:
+    """A 429's wait in seconds: the retry-after headers, else the "resets in ~Ns" of Replicate's body."""
+    wait = reply.retry_after()
+    if wait is None:
+        match = _RESETS_IN.search(reason)
+        wait = float(match.group(1)) if match else None
+    return wait
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -249,7 +260,7 @@ class ReplicateProvider:
             return UpstreamUnavailable(f"Replicate refused to {action} for billing reasons (HTTP 402: {reason})",
                                        provider=p)
         if status == 429:
-            wait = reply.retry_after()
+            wait = _retry_after(reply, reason)
             hint = f"; retry after {wait:g} s" if wait is not None else ""
             return UpstreamRateLimited(f"Replicate is rate limiting requests (HTTP 429: {reason}){hint}", provider=p,
                                        retry_after_seconds=wait, transient=True)
