@@ -1,4 +1,5 @@
-"""Provider `bfl`: Black Forest Labs' Flux API (https://api.bfl.ai), REFERENCE.md §3.
+"""Provider `bfl`: Black Forest Labs' Flux API (https://api.bfl.ai): FLUX.1 and FLUX.2. Wire facts, sources and the
+dates they were read: docs/providers/bfl.md.
 
 Every BFL call is asynchronous: POST /v1/<model> submits a task and answers {id, polling_url, cost, input_mp,
 output_mp}; the task is polled (GET polling_url, or /v1/get_result?id=) until its status is final; a Ready task's
@@ -6,8 +7,8 @@ output_mp}; the task is polled (GET polling_url, or /v1/get_result?id=) until it
 are n tasks. Moderation is a poll status on HTTP 200 ("Request Moderated", "Content Moderated"), not an HTTP error.
 We poll rather than pass `webhook_url` (the gateway has no public endpoint for BFL to call back).
 
-The submit reply's `cost` (credits, 1 credit = $0.01) is what the task cost us; the published price is the fallback
-when it is missing.
+FLUX.1 models are priced per image; FLUX.2 models per megapixel of output (`flux2_price_micros`). The submit reply's
+`cost` (credits, 1 credit = $0.01) is what the task cost us; the published price is the fallback when it is missing.
 
 HTTP goes through the shared transport (transport.py: pools, capped reads, timeouts, transport errors); this module
 maps BFL's wire format only. Depends on base.py, transport.py and the standard library; configuration arrives in the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from urllib.parse import quote
 
@@ -36,7 +38,7 @@ from .base import (
 
 MICROS_PER_CREDIT = 10_000  # BFL reports `cost` in credits; 1 credit = $0.01 = 10,000 micro-USD
 
-# BFL's published prices, micro-USD per image (REFERENCE.md §3).
+# --- FLUX.1: flat prices, micro-USD per image -------------------------------------------------------------------------
 FLUX1_PRICES_MICROS = {
     "flux-pro-1.1": 40_000,
     "flux-pro-1.1-ultra": 60_000,
@@ -46,8 +48,40 @@ FLUX1_PRICES_MICROS = {
 }
 
 
+# --- FLUX.2: per-megapixel prices -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MegapixelTariff:
+    """BFL's FLUX.2 text-to-image price: `first_mp_micros` for the first megapixel (also the price of anything
+    smaller) plus `extra_mp_micros` per further megapixel, pro rata. A megapixel is 1,000,000 pixels."""
+
+    first_mp_micros: int
+    extra_mp_micros: int
+
+    def price_micros(self, width: int, height: int) -> int:
+        """Micro-USD for one width x height image: first + extra x max(0, pixels - 10^6) / 10^6, rounded up to a
+        whole micro-dollar (exact integer arithmetic)."""
+        extra_pixels = max(0, width * height - 1_000_000)
+        return self.first_mp_micros + -(-self.extra_mp_micros * extra_pixels // 1_000_000)
+
+
+FLUX2_TARIFFS = {
+    "flux-2-klein-4b": MegapixelTariff(14_000, 1_000),  # 1.4 credits + 0.1 per extra MP
+    "flux-2-klein-9b": MegapixelTariff(15_000, 2_000),  # 1.5 + 0.2
+    "flux-2-pro": MegapixelTariff(30_000, 15_000),  # 3 + 1.5
+    "flux-2-flex": MegapixelTariff(50_000, 50_000),  # 5 + 5
+    "flux-2-max": MegapixelTariff(70_000, 30_000),  # 7 + 3
+}
+# FLUX.2 dimensions: multiples of 16, at least 64, at most 4 megapixels (BFL's own example of the maximum: 2048x2048).
+FLUX2_STEP, FLUX2_MIN_SIDE, FLUX2_MAX_PIXELS = 16, 64, 2048 * 2048
+
+
+def flux2_price_micros(model: str, width: int, height: int) -> int:
+    """BFL's price of one FLUX.2 text-to-image image of width x height, micro-USD (KeyError for other models)."""
+    return FLUX2_TARIFFS[model].price_micros(width, height)
+
+
 # Our catalog id -> BFL submit path (the same names upstream).
-ENDPOINTS = {model: f"/v1/{model}" for model in FLUX1_PRICES_MICROS}
+ENDPOINTS = {model: f"/v1/{model}" for model in (*FLUX1_PRICES_MICROS, *FLUX2_TARIFFS)}
 
 # FLUX.1 models that take width/height (multiples of 32, 256–1440) ...
 PIXEL_MODELS = {"flux-pro-1.1", "flux-dev"}
@@ -65,10 +99,11 @@ ASPECT_RATIO_MODELS = {
 }
 EDIT_MODELS = {"flux-kontext-pro", "flux-kontext-max"}  # `input_image`
 
-# flux-dev defaults (BFL's own); request.options may override them.
+# flux-dev defaults (BFL's own); request.options may override them. FLUX.2 [flex] takes `steps`/`guidance` from
+# request.options when given (BFL's defaults otherwise).
 DEV_STEPS = 28
 DEV_GUIDANCE = 3.0
-SAFETY_TOLERANCE = 2
+SAFETY_TOLERANCE = 2  # FLUX.1 takes 0–6, FLUX.2 0–5
 
 PENDING_STATUSES = {"Pending", "Processing", "Queued"}
 MODERATED_STATUSES = {"Request Moderated", "Content Moderated"}
@@ -100,7 +135,8 @@ def _credits_to_micros(credits) -> int | None:
 
 
 class BFLProvider:
-    """Provider `bfl`: FLUX1.1 [pro], [pro] ultra, FLUX.1 [dev], Kontext [pro]/[max] on Black Forest Labs' API."""
+    """Provider `bfl`: FLUX1.1 [pro], [pro] ultra, FLUX.1 [dev], Kontext [pro]/[max], and FLUX.2 [klein] 4B/9B,
+    [pro], [flex], [max] on Black Forest Labs' API."""
 
     name = "bfl"
     max_download_bytes = 50 * 1024 * 1024
@@ -120,8 +156,8 @@ class BFLProvider:
         return set(ENDPOINTS)
 
     def upstream_cost_micros(self, request: ImageRequest) -> int:
-        """BFL's published price of `request` (all n images), micro-USD; UpstreamInvalidRequest for a model it does
-        not serve."""
+        """BFL's published price of `request` (all n images), micro-USD: flat for FLUX.1, per megapixel of the
+        requested size for FLUX.2. UpstreamInvalidRequest for a model or size BFL cannot price."""
         return self._unit_price(request) * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
@@ -163,6 +199,9 @@ class BFLProvider:
         return UpstreamInvalidRequest(message, provider=self.name)
 
     def _unit_price(self, request: ImageRequest) -> int:
+        if request.model in FLUX2_TARIFFS:
+            width, height = self._flux2_dimensions(request)
+            return flux2_price_micros(request.model, width, height)
         try:
             return FLUX1_PRICES_MICROS[request.model]
         except KeyError:
@@ -175,6 +214,8 @@ class BFLProvider:
                                 "flux-kontext-max instead")
         if request.mode not in ("generate", "edit"):
             raise self._invalid(f"unknown mode {request.mode!r}")
+        if model in FLUX2_TARIFFS:
+            return self._flux2_body(request)
         body: dict = {"prompt": request.prompt}
         if model in PIXEL_MODELS:
             width, height = self._dimensions(request)
@@ -207,6 +248,27 @@ class BFLProvider:
         body["prompt_upsampling"] = False
         return body
 
+    def _flux2_body(self, request: ImageRequest) -> dict:
+        """FLUX.2: prompt, width/height (multiples of 16), seed, safety_tolerance (0–5), output_format (jpeg|png);
+        [flex] also steps/guidance (from options) and prompt_upsampling."""
+        if request.mode == "edit":
+            # FLUX.2 edits (input_image…input_image_8) are charged per input megapixel too, which our per-size
+            # price list cannot express yet.
+            raise self._invalid(f"{request.model} is offered for generation only here; edit with flux-kontext-pro "
+                                "or flux-kontext-max")
+        width, height = self._flux2_dimensions(request)
+        body: dict = {"prompt": request.prompt, "width": width, "height": height}
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.model == "flux-2-flex":
+            for key in ("steps", "guidance"):
+                if request.options.get(key) is not None:
+                    body[key] = request.options[key]
+            body["prompt_upsampling"] = False
+        body["safety_tolerance"] = SAFETY_TOLERANCE
+        body["output_format"] = "png"
+        return body
+
     def _pixels(self, request: ImageRequest) -> tuple[int, int]:
         try:
             return request.width, request.height
@@ -220,6 +282,16 @@ class BFLProvider:
             raise self._invalid(f"{request.model} takes width and height that are multiples of {DIMENSION_STEP} "
                                 f"from {DIMENSION_MIN} to {DIMENSION_MAX} (e.g. 1024x1024, 1344x768, 768x1344, "
                                 f"1440x1440), not {request.size!r}")
+        return width, height
+
+    def _flux2_dimensions(self, request: ImageRequest) -> tuple[int, int]:
+        width, height = self._pixels(request)
+        ok = (all(v >= FLUX2_MIN_SIDE and v % FLUX2_STEP == 0 for v in (width, height))
+              and width * height <= FLUX2_MAX_PIXELS)
+        if not ok:
+            raise self._invalid(f"{request.model} takes width and height that are multiples of {FLUX2_STEP}, at "
+                                f"least {FLUX2_MIN_SIDE}, at most 4 megapixels in all (e.g. 1024x1024, 1920x1088, "
+                                f"2048x2048), not {request.size!r}")
         return width, height
 
     # --- HTTP ------------------------------------------------------------------------------------------------------
