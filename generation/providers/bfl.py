@@ -161,6 +161,10 @@ class BFLProvider:
         return self._unit_price(request) * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
+        """n tasks (one image each) submitted, polled and downloaded within `deadline` seconds; the result's
+        `upstream_cost_micros` is the sum of what BFL reported per task (the published price where it did not).
+        Raises UpstreamInvalidRequest (model, size or mode BFL cannot do; BFL's 422), ContentRefused (moderation
+        status), UpstreamRateLimited (429, with `retry_after_seconds`), UpstreamTimeout, UpstreamUnavailable."""
         path = ENDPOINTS.get(request.model)
         if path is None:
             raise UpstreamInvalidRequest(f"bfl does not serve model {request.model!r}; it serves "
@@ -419,24 +423,24 @@ class BFLProvider:
                                       provider=self.name)
 
     async def _download(self, url: str, task_id: str) -> tuple[bytes, str]:
-        """The sample (pre-signed on BFL's delivery host: no x-key), at most `max_download_bytes`, tried again once
-        after a transient failure; (bytes, sniffed content type)."""
+        """The sample (pre-signed on BFL's delivery host: no x-key), at most `max_download_bytes`; (bytes, sniffed
+        content type). A transient failure (connection, timeout, 408/429/5xx) is tried once more; 403/404/410 says
+        the URL may have expired (it lives ~10 minutes). Raises UpstreamUnavailable or UpstreamTimeout."""
         label = f"the image of BFL task {task_id}"
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 data = await self.transport.download(url, label=label, max_bytes=self.max_download_bytes,
                                                      follow_redirects=True)
                 break
-            except DownloadFailed as exc:
+            except ProviderError as exc:
                 if exc.transient and attempt < DOWNLOAD_ATTEMPTS:
+                    attempt += 1
                     continue
-                if exc.status in (403, 404, 410):
+                if isinstance(exc, DownloadFailed) and exc.status in (403, 404, 410):
                     raise UpstreamUnavailable(f"{exc.message} (the result URL may have expired)",
                                               provider=self.name) from exc
                 raise
-            except ProviderError as exc:
-                if not (exc.transient and attempt < DOWNLOAD_ATTEMPTS):
-                    raise
         content_type = sniff_image_type(data)
         if content_type is None:
             raise UpstreamUnavailable(f"downloading {label} failed: the body is not a PNG, JPEG or WebP image "

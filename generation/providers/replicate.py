@@ -140,6 +140,10 @@ class ReplicateProvider:
         return self._model(request).price_micros * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
+        """One prediction of n outputs (1–4), created with Prefer: wait, polled to the end within `deadline`
+        seconds, its files downloaded. Raises UpstreamInvalidRequest (what Replicate cannot do; its 4xx),
+        ContentRefused (its safety checker), UpstreamRateLimited (429, with `retry_after_seconds`), UpstreamTimeout
+        (the deadline; the prediction is cancelled), UpstreamUnavailable."""
         model = self._model(request)
         path, body = self._build(model, request)
         images = await self._run(path, body)
@@ -245,6 +249,7 @@ class ReplicateProvider:
         return self.base_url + fallback_path
 
     async def _send(self, method: str, url: str, **kwargs) -> Reply:
+        """One exchange with the API (our token unless `headers` says otherwise), at most MAX_REPLY_BYTES back."""
         return await self.transport.request(method, url, headers=kwargs.pop("headers", self._auth()),
                                             max_bytes=MAX_REPLY_BYTES, label="Replicate", **kwargs)
 

@@ -114,6 +114,10 @@ class StabilityProvider:
         return COST_PER_IMAGE_MICROS[request.model] * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
+        """n images: one v1 call (up to 10 samples) or n parallel v2beta calls, within `timeout` seconds. Raises
+        UpstreamInvalidRequest (what Stability cannot do; its 400/404/413/422), ContentRefused (content moderation,
+        CONTENT_FILTERED), UpstreamRateLimited (429, with `retry_after_seconds` when a header gives one),
+        UpstreamTimeout, UpstreamUnavailable."""
         if request.model not in COST_PER_IMAGE_MICROS:
             raise UpstreamInvalidRequest(
                 f"Stability does not serve model '{request.model}'; it serves {', '.join(sorted(self.serves()))}.",
