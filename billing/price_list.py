@@ -46,7 +46,8 @@ def _pixels(size: str) -> int:
     return int(w) * int(h)
 
 
-# Upstream models: upstream list price + 10% (REFERENCE.md), the same at every size unless the upstream's differs.
+# Upstream models: upstream list price + 10%, the same at every size unless the upstream's differs. Upstream prices:
+# docs/providers/stability.md, bfl.md and replicate.md; Bedrock's from REFERENCE.md §5.
 # Sizes here mirror generation/catalog.py; tests check that every catalog model, size and quality has a price.
 _SDXL_SIZES = ("1024x1024", "1152x896", "896x1152", "1216x832", "1344x768", "768x1344", "1536x640", "640x1536")
 _STABLE_IMAGE_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1280x1024", "1024x1280",
@@ -59,6 +60,32 @@ _ASPECT_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1
                  "672x1568", "1024x768", "768x1024")
 _TITAN_SIZES = ("1024x1024", "768x768", "512x512", "1152x768", "768x1152", "1280x768", "768x1280", "1152x896",
                 "896x1152", "1408x768", "768x1408")
+
+# FLUX.2 (Black Forest Labs) is priced per megapixel of output (docs/providers/bfl.md: BFL's pricing page and the
+# formula in BFL's API guide, read 2026-11-30). One w x h image costs BFL's first-megapixel price plus its
+# per-megapixel price for each pixel beyond 1,000,000, pro rata (micro-USD):
+#     upstream = first + extra * max(0, w * h - 1_000_000) / 1_000_000
+#     ours     = ceil(upstream * 1.1)   (one rounding up, on the exact value, to a whole micro-dollar)
+# (first, extra) mirror generation/providers/bfl.py's FLUX2_TARIFFS (billing cannot import generation; a test checks).
+_FLUX2_TARIFFS_MICROS = {
+    "flux-2-klein-4b": (14_000, 1_000),
+    "flux-2-klein-9b": (15_000, 2_000),
+    "flux-2-pro": (30_000, 15_000),
+    "flux-2-flex": (50_000, 50_000),
+    "flux-2-max": (70_000, 30_000),
+}
+_FLUX2_SIZES = ("1024x1024", "512x512", "768x768", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768",
+                "768x1024", "1536x1536", "1920x1088", "1088x1920", "2048x2048")
+_FLUX2_FROM = datetime(2026, 11, 30, tzinfo=timezone.utc)  # when the gateway began to serve FLUX.2
+
+
+def flux2_list_price_micros(model: str, size: str) -> int:
+    """Our price for one FLUX.2 image of `size` (WIDTHxHEIGHT), micro-USD: BFL's per-megapixel price + 10%, rounded
+    up. E.g. flux-2-pro 1024x1024: BFL 30,000 + 15,000 x 0.048576 = 30,728.64 → ours ceil(33,801.504) = 33,802."""
+    first, extra = _FLUX2_TARIFFS_MICROS[model]
+    upstream_times_million = first * 1_000_000 + extra * max(0, _pixels(size) - 1_000_000)
+    return -(-upstream_times_million * 11 // 10_000_000)
+
 
 PRICE_LIST += [
     *_flat("sdxl-1.0", _SDXL_SIZES, 11_000),
@@ -73,6 +100,8 @@ PRICE_LIST += [
     *_flat("flux-dev", _FLUX_SIZES, 27_500),
     *_flat("flux-kontext-pro", _KONTEXT_SIZES, 44_000),
     *_flat("flux-kontext-max", _KONTEXT_SIZES, 88_000),
+    *[(m, size, "standard", flux2_list_price_micros(m, size), _FLUX2_FROM)
+      for m in _FLUX2_TARIFFS_MICROS for size in _FLUX2_SIZES],
     *_flat("flux-schnell", _ASPECT_SIZES, 3_300),
     *_flat("stable-diffusion-2.1", ("512x512", "768x768", "1024x1024", "768x512", "512x768"), 4_000),
     # Titan: $0.008 / $0.010 standard and $0.010 / $0.012 premium, at up to 512x512 / above.

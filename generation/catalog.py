@@ -206,6 +206,30 @@ FLUX_SCHNELL = ModelSpec(
     max_n=10, native_max_n=4, max_prompt_chars=10000, capabilities=frozenset({"generate"}),
     description="FLUX.1 [schnell] on Replicate: fast, four steps.",
 )
+# FLUX.2 on BFL (docs/providers/bfl.md): width/height in multiples of 16, at least 64, at most 4 megapixels; priced per
+# megapixel, so the larger sizes here cost more (billing/price_list.py). One task per image; generation only (FLUX.2
+# edits are also charged per input megapixel, which a per-size price cannot express).
+FLUX2_SIZES = ("1024x1024", "512x512", "768x768", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768",
+               "768x1024", "1536x1536", "1920x1088", "1088x1920", "2048x2048")
+
+
+def _flux2(model_id: str, created: int, description: str) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="black-forest-labs", created=created, providers=("bfl",),
+        sizes=FLUX2_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+        max_n=10, native_max_n=1, max_prompt_chars=10000, capabilities=frozenset({"generate"}),
+        description=description,
+    )
+
+
+# `created`: the day BFL's API served each model (reported; see docs/providers/bfl.md).
+FLUX_2_PRO = _flux2("flux-2-pro", 1764028800, "FLUX.2 [pro] from Black Forest Labs: production quality, priced per "
+                                              "megapixel.")
+FLUX_2_FLEX = _flux2("flux-2-flex", 1764028800, "FLUX.2 [flex]: typography and fine detail, priced per megapixel.")
+FLUX_2_MAX = _flux2("flux-2-max", 1764547200, "FLUX.2 [max]: the highest-quality FLUX.2 model, priced per "
+                                              "megapixel.")
+FLUX_2_KLEIN_4B = _flux2("flux-2-klein-4b", 1768435200, "FLUX.2 [klein] 4B: sub-second, the cheapest FLUX.2 model.")
+FLUX_2_KLEIN_9B = _flux2("flux-2-klein-9b", 1768435200, "FLUX.2 [klein] 9B: fast, between [klein] 4B and [pro].")
 SD_2_1 = ModelSpec(
     id="stable-diffusion-2.1", owned_by="stability-ai", created=1670198400, providers=("replicate",),
     sizes=("512x512", "768x768", "1024x1024", "768x512", "512x768"), default_size="768x768",
@@ -241,7 +265,8 @@ MODELS: dict[str, ModelSpec] = {
     for spec in [
         LOCAL_PREVIEW, DALL_E_2, DALL_E_3, GPT_IMAGE_1,
         SDXL, SD_1_6, STABLE_IMAGE_CORE, STABLE_IMAGE_ULTRA, SD3_5_LARGE, SD3_5_LARGE_TURBO, SD3_5_MEDIUM,
-        FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX, FLUX_SCHNELL, SD_2_1,
+        FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX,
+        FLUX_2_PRO, FLUX_2_FLEX, FLUX_2_MAX, FLUX_2_KLEIN_4B, FLUX_2_KLEIN_9B, FLUX_SCHNELL, SD_2_1,
         TITAN_V1, TITAN_V2, NOVA_CANVAS,
     ]
 }

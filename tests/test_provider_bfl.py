@@ -1,4 +1,5 @@
-"""BFLProvider against the BFL emulator over loopback: the real httpx client, no mocks, no database."""
+"""BFLProvider against the BFL emulator over loopback: the real HTTP client (the shared transport), no mocks, no
+database."""
 import asyncio
 import base64
 import io
@@ -23,7 +24,10 @@ from tests.emulators.base import Fault, free_port, make_png
 from tests.emulators.bfl import API_KEY, emulator
 
 DEFAULT_SIZE = {"flux-pro-1.1": "1024x1024", "flux-dev": "1024x1024", "flux-pro-1.1-ultra": "2048x2048",
-                "flux-kontext-pro": "1024x1024", "flux-kontext-max": "1024x1024"}
+                "flux-kontext-pro": "1024x1024", "flux-kontext-max": "1024x1024", "flux-2-pro": "1024x1024",
+                "flux-2-flex": "1024x1024", "flux-2-max": "1024x1024", "flux-2-klein-4b": "1024x1024",
+                "flux-2-klein-9b": "1024x1024"}
+FLUX2 = ["flux-2-klein-4b", "flux-2-klein-9b", "flux-2-pro", "flux-2-flex", "flux-2-max"]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +122,8 @@ def test_every_model_happy_path(bfl, model, credits):
 def test_serves_and_cost_table():
     p = BFLProvider(api_key="k")
     assert p.name == "bfl"
-    assert p.serves() == {"flux-pro-1.1", "flux-dev", "flux-pro-1.1-ultra", "flux-kontext-pro", "flux-kontext-max"}
+    assert p.serves() == {"flux-pro-1.1", "flux-dev", "flux-pro-1.1-ultra", "flux-kontext-pro", "flux-kontext-max",
+                          *FLUX2}
     assert p.upstream_cost_micros(req("flux-pro-1.1", n=3)) == 120_000
     assert p.upstream_cost_micros(req("flux-pro-1.1-ultra", n=2)) == 120_000
     assert p.upstream_cost_micros(req("flux-kontext-pro")) == 40_000
@@ -373,7 +378,7 @@ def test_real_concurrency_limit_gives_429(bfl):
     limited = [o for o in outcomes if isinstance(o, Exception)]
     assert len(limited) == 1 and isinstance(limited[0], UpstreamRateLimited)
     assert "rate_limit_exceeded" in limited[0].message and "retry after 1" in limited[0].message
-    assert limited[0].retryable
+    assert limited[0].retryable and limited[0].retry_after_seconds == 1.0
     assert sum(1 for o in outcomes if not isinstance(o, Exception)) == 2
 
 
@@ -384,6 +389,7 @@ def test_injected_429(bfl):
     with pytest.raises(UpstreamRateLimited) as err:
         run(provider(bfl), req())
     assert "Too many active tasks" in err.value.message and "retry after 3" in err.value.message
+    assert err.value.retry_after_seconds == 3.0
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -398,7 +404,7 @@ def test_connection_refused(bfl):
     p = BFLProvider(api_key=API_KEY, base_url=f"http://127.0.0.1:{free_port()}", timeout=1, deadline=3)
     with pytest.raises(UpstreamUnavailable) as err:
         run(p, req())
-    assert "ConnectError" in err.value.message
+    assert "could not reach" in err.value.message and "submit" in err.value.message
 
 
 def test_deadline_passes_while_polling(bfl):
@@ -549,3 +555,172 @@ def test_emulator_ready_shape(bfl):
         image = httpx.get(ready["result"]["sample"])
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert image.content == make_png(f"{task['id']}:shape:3", 64, 64)
+
+
+# --- FLUX.2 ---------------------------------------------------------------------------------------------------------
+
+# BFL's FLUX.2 prices at 1024x1024 (1.048576 MP), worked by hand from docs/providers/bfl.md's formula
+# first + per-MP x (MP - 1), in micro-USD, rounded up: e.g. [pro] 30,000 + 15,000 x 0.048576 = 30,728.64 → 30,729.
+FLUX2_1024_MICROS = {"flux-2-klein-4b": 14_049, "flux-2-klein-9b": 15_098, "flux-2-pro": 30_729,
+                     "flux-2-flex": 52_429, "flux-2-max": 71_458}
+
+
+@pytest.mark.parametrize("model", FLUX2)
+def test_flux2_every_model_happy_path(bfl, model):
+    p = provider(bfl)
+    result = run(p, req(model, seed=7))
+
+    [sent] = submits(bfl)
+    assert sent.path == f"/v1/{model}" and sent.headers["x-key"] == API_KEY
+    expected = {"prompt": "a red fox in snow", "width": 1024, "height": 1024, "seed": 7, "safety_tolerance": 2,
+                "output_format": "png"}
+    if model == "flux-2-flex":
+        expected["prompt_upsampling"] = False
+    assert json.loads(sent.body) == expected
+    [image] = result.images
+    assert image.content_type == "image/png" and image.data.startswith(b"\x89PNG")
+    assert "x-key" not in downloads(bfl)[0].headers
+    # The cost BFL reported for the task (credits → micro-USD) is what the published formula says.
+    assert result.upstream_cost_micros == FLUX2_1024_MICROS[model] == p.upstream_cost_micros(req(model))
+
+
+@pytest.mark.parametrize("size, micros", [("512x512", 30_000), ("1024x768", 30_000), ("1024x1024", 30_729),
+                                          ("1920x1088", 46_335), ("2048x2048", 77_915)])
+def test_flux2_price_grows_with_megapixels(bfl, size, micros):
+    """[pro]: 3 credits for the first megapixel (also for less), 1.5 per further megapixel, pro rata."""
+    p = provider(bfl)
+    result = run(p, req("flux-2-pro", size=size))
+    assert result.upstream_cost_micros == micros == p.upstream_cost_micros(req("flux-2-pro", size=size))
+    width, height = map(int, size.split("x"))
+    assert (json.loads(submits(bfl)[0].body)["width"], json.loads(submits(bfl)[0].body)["height"]) == (width, height)
+    assert p.upstream_cost_micros(req("flux-2-pro", size=size, n=3)) == 3 * micros
+
+
+def test_flux2_n_tasks_and_cost(bfl):
+    result = run(provider(bfl), req("flux-2-klein-4b", size="2048x2048", n=3, seed=1))
+    assert len(result.images) == 3
+    assert sorted(json.loads(r.body)["seed"] for r in submits(bfl)) == [1, 2, 3]
+    assert result.upstream_cost_micros == 3 * 17_195  # 14,000 + 1,000 x 3.194304, rounded up
+
+
+@pytest.mark.parametrize("size", ["1000x1000", "1024x1000", "48x1024", "4096x4096", "2064x2048", "auto"])
+def test_flux2_sizes_the_upstream_cannot_do_are_refused_before_any_call(bfl, size):
+    with pytest.raises(UpstreamInvalidRequest) as err:
+        run(provider(bfl), req("flux-2-max", size=size))
+    assert "multiples of 16" in err.value.message and size in err.value.message
+    assert bfl.requests == []
+
+
+def test_flux2_flex_steps_and_guidance_from_options(bfl):
+    run(provider(bfl), req("flux-2-flex", options={"steps": 30, "guidance": 6.5}))
+    body = json.loads(submits(bfl)[0].body)
+    assert (body["steps"], body["guidance"], body["prompt_upsampling"]) == (30, 6.5, False)
+    bfl.reset()
+    with pytest.raises(UpstreamInvalidRequest) as err:  # the emulator's own validation, BFL's 422 shape
+        run(provider(bfl), req("flux-2-flex", options={"steps": 80}))
+    assert "steps: Input should be less than or equal to 50" in err.value.message
+
+
+@pytest.mark.parametrize("model", ["flux-2-pro", "flux-2-klein-9b"])
+def test_flux2_edits_are_refused(bfl, model):
+    with pytest.raises(UpstreamInvalidRequest) as err:
+        run(provider(bfl), req(model, mode="edit", images=(input_image(),)))
+    assert "generation only" in err.value.message and "flux-kontext-pro" in err.value.message
+    assert bfl.requests == []
+
+
+def test_flux2_moderation_statuses_are_refusals(bfl):
+    with pytest.raises(ContentRefused) as err:
+        run(provider(bfl), req("flux-2-pro", prompt="a forbidden-upstream scene"))
+    assert "Request Moderated" in err.value.message
+    bfl.state["delay"] = 0.03
+    with pytest.raises(ContentRefused) as err:
+        run(provider(bfl), req("flux-2-klein-4b", prompt="forbidden-output please"))
+    assert "Content Moderated" in err.value.message and downloads(bfl) == []
+
+
+def test_flux2_slow_and_malformed_answers(bfl):
+    bfl.faults.set("submit", Fault(delay=1.0, times=1))
+    with pytest.raises(UpstreamTimeout):
+        run(provider(bfl, timeout=0.2), req("flux-2-max"))
+    bfl.faults.set("poll", Fault(kind="malformed"))
+    with pytest.raises(UpstreamUnavailable) as err:
+        run(provider(bfl), req("flux-2-max"))
+    assert "not JSON" in err.value.message and len(polls(bfl)) == 3  # polled through twice, then given up
+
+
+def test_flux2_over_24_active_tasks_is_rate_limited(bfl):
+    bfl.state["delay"] = 0.5
+    p = provider(bfl, poll_interval=0.05, deadline=10.0)
+
+    async def burst():
+        return await asyncio.gather(*(p.run(req("flux-2-klein-4b", seed=i)) for i in range(26)),
+                                    return_exceptions=True)
+
+    outcomes = asyncio.run(burst())
+    limited = [o for o in outcomes if isinstance(o, UpstreamRateLimited)]
+    assert len(limited) == 2 and all(o.retry_after_seconds == 1.0 for o in limited)
+    assert sum(1 for o in outcomes if not isinstance(o, Exception)) == 24
+
+
+def test_flux2_cost_without_a_reported_cost_is_the_published_price(bfl):
+    bfl.faults.set("submit", Fault(kind="no_cost", times=1))
+    assert run(provider(bfl), req("flux-2-flex", size="1536x1536")).upstream_cost_micros == 117_965
+
+
+def test_our_flux2_list_prices_are_bfls_plus_ten_percent_rounded_up_at_every_catalog_size():
+    """billing/price_list.py mirrors the adapter's tariffs (billing cannot import generation) and adds 10 % to the
+    exact per-megapixel price, rounding up once; larger sizes cost more."""
+    from fractions import Fraction
+    from math import ceil
+
+    from billing.price_list import _FLUX2_TARIFFS_MICROS, PRICE_LIST
+    from generation import catalog
+    from generation.providers.bfl import FLUX2_TARIFFS
+
+    assert _FLUX2_TARIFFS_MICROS == {m: (t.first_mp_micros, t.extra_mp_micros) for m, t in FLUX2_TARIFFS.items()}
+    ours = {(m, s): micros for m, s, q, micros, _ in PRICE_LIST if q == "standard"}
+    p = BFLProvider(api_key="k")
+    for model in FLUX2:
+        tariff = FLUX2_TARIFFS[model]
+        by_pixels = []
+        for size in catalog.MODELS[model].sizes:
+            width, height = map(int, size.split("x"))
+            exact = tariff.first_mp_micros + Fraction(tariff.extra_mp_micros * max(0, width * height - 10**6), 10**6)
+            assert p.upstream_cost_micros(req(model, size=size)) == ceil(exact), (model, size)
+            assert ours[(model, size)] == ceil(exact * Fraction(11, 10)), (model, size)
+            by_pixels.append((width * height, ours[(model, size)]))
+        by_pixels.sort()
+        assert all(a[1] <= b[1] for a, b in zip(by_pixels, by_pixels[1:]))
+        assert by_pixels[-1][1] > by_pixels[0][1]
+
+
+def test_emulator_validates_flux2_like_bfl(bfl):
+    with httpx.Client(base_url=bfl.url, headers={"x-key": API_KEY}) as c:
+        r = c.post("/v1/flux-2-pro", json={"prompt": "x", "width": 1000, "height": 32, "safety_tolerance": 6,
+                                           "output_format": "webp", "webhook_url": "ftp://example.com/hook"})
+        assert r.status_code == 422
+        assert {(d["loc"][1], d["msg"]) for d in r.json()["detail"]} == {
+            ("width", "Input should be a multiple of 16"),
+            ("height", "Input should be greater than or equal to 64"),
+            ("safety_tolerance", "Input should be less than or equal to 5"),
+            ("output_format", "Input should be 'jpeg' or 'png'"),
+            ("webhook_url", "URL scheme should be 'http' or 'https'")}
+        r = c.post("/v1/flux-2-flex", json={"prompt": "x", "steps": 0, "guidance": 11, "prompt_upsampling": "yes"})
+        assert r.status_code == 422 and {d["loc"][1] for d in r.json()["detail"]} == {"steps", "guidance",
+                                                                                      "prompt_upsampling"}
+        r = c.post("/v1/flux-2-klein-4b", json={"width": 1024})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"]
+        r = c.post("/v1/flux-2-max", json={"prompt": "x", "input_image_2": "bm90IGFuIGltYWdl"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input_image_2"]
+        # Output and input megapixels are both charged: 1920x1088 out (2.08896 MP) + a 48x32 input (0.001536 MP).
+        image = base64.b64encode(input_image().data).decode()
+        r = c.post("/v1/flux-2-pro", json={"prompt": "x", "width": 1920, "height": 1088, "input_image": image,
+                                           "webhook_url": "https://example.com/hook", "webhook_secret": "s"})
+        assert r.status_code == 200
+        task = r.json()
+        assert (task["output_mp"], task["input_mp"]) == (2.09, 0.0)
+        assert task["cost"] == 4.6358  # 3 + 1.5 x 1.08896 + 1.5 x 0.001536 = 4.635744, rounded up to 0.0001
+        assert c.get(task["polling_url"]).json()["status"] == "Ready"
+        r = c.post("/v1/flux-2-pro", json={"prompt": "x"})  # no size: 1024x1024
+        assert r.json()["cost"] == 3.0729 and r.json()["output_mp"] == 1.05

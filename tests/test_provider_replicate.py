@@ -1,4 +1,5 @@
-"""The Replicate adapter against the Replicate emulator, over loopback with the real httpx client (no mocks)."""
+"""The Replicate adapter against the Replicate emulator, over loopback with the real HTTP client (the shared
+transport; no mocks)."""
 import asyncio
 import base64
 import json
@@ -145,7 +146,7 @@ def test_string_output_and_several_loops(emu):
     p = provider(emu)
     emu.faults.set("create", Fault(kind="string_output", times=1))
     assert len(run(p, req()).images) == 1
-    assert len(run(p, req()).images) == 1  # another event loop, another client
+    assert len(run(p, req()).images) == 1  # another event loop, another HTTP session
 
 
 def test_polls_when_prefer_wait_runs_out(emu):
@@ -260,6 +261,15 @@ def test_429_rate_limit(emu):
     with pytest.raises(UpstreamRateLimited) as info:
         run(p, req())
     assert "Request was throttled" in info.value.message and "retry after" in info.value.message
+    assert info.value.retry_after_seconds >= 1  # Replicate's Retry-After, for the gateway to pass on
+
+
+def test_429_wait_from_the_body_when_the_header_says_nothing_usable(emu):
+    emu.faults.set("create", Fault(status=429, headers={"retry-after": "later"}, body={
+        "detail": "Request was throttled. Your rate limit resets in ~12s.", "status": 429}))
+    with pytest.raises(UpstreamRateLimited) as info:
+        run(provider(emu), req())
+    assert info.value.retry_after_seconds == 12.0 and "retry after 12 s" in info.value.message
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -342,10 +352,9 @@ def test_data_uri_output_and_foreign_poll_url(emu):
     png = make_png("data-uri")
 
     async def go():
-        client = p._client()
         prediction = {"id": "x", "status": "succeeded",
                       "output": ["data:image/png;base64," + base64.b64encode(png).decode()]}
-        return await p._outputs(client, prediction, 1)
+        return await p._outputs(prediction, 1)
 
     (image,) = asyncio.run(go())
     assert image.data == png and image.content_type == "image/png"

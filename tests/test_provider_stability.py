@@ -1,4 +1,5 @@
-"""The `stability` provider against the Stability AI emulator: real httpx over loopback, no mocks, no database."""
+"""The `stability` provider against the Stability AI emulator: real HTTP over loopback (the shared transport), no
+mocks, no database."""
 import asyncio
 import base64
 import json
@@ -295,8 +296,9 @@ def test_real_rate_limiter_429(emu):
 
 def test_429_fault_with_retry_after(emu):
     emu.faults.set("generate", Fault(status=429, headers={"retry-after": "60"}))
-    with pytest.raises(UpstreamRateLimited, match="retry after 60"):
+    with pytest.raises(UpstreamRateLimited, match="retry after 60") as err:
         run(provider(emu), req("sd-1.6", size="512x512"))
+    assert err.value.retry_after_seconds == 60.0  # for the gateway to pass on
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -311,7 +313,7 @@ def test_5xx_is_unavailable(emu, status):
 
 def test_connection_refused_is_unavailable():
     p = StabilityProvider(api_key=API_KEY, base_url=f"http://127.0.0.1:{free_port()}", timeout=2)
-    with pytest.raises(UpstreamUnavailable, match="Could not reach Stability"):
+    with pytest.raises(UpstreamUnavailable, match="could not reach Stability"):
         run(p, req("sdxl-1.0"))
 
 
@@ -360,12 +362,12 @@ def test_missing_artifacts_is_unavailable(emu):
         run(provider(emu), req("sdxl-1.0"))
 
 
-# --- client per event loop ----------------------------------------------------------------------------------------------
+# --- HTTP session per event loop ----------------------------------------------------------------------------------------------
 def test_one_provider_across_event_loops(emu):
     p = provider(emu)
     for _ in range(3):
         assert len(asyncio.run(p.run(req("sd3.5-large-turbo"))).images) == 1
-    assert len(p._clients) == 1  # clients of closed loops are dropped
+    assert len(p.transport) == 1  # sessions of closed loops are dropped
 
 
 def test_concurrent_calls_on_one_loop(emu):

@@ -2,6 +2,7 @@
 
 Providers are switched on by configuration (their keys and base URLs), exactly as in production."""
 import base64
+import json
 
 import openai
 import pytest
@@ -95,8 +96,8 @@ def test_self_hosted_openai_compatible_server(configured, openai_client, api_key
     assert _rows(api_key)[0].provider == "openai_compatible" and _rows(api_key)[0].cost_micros == 2_000
 
 
-@pytest.mark.parametrize("model", ["dall-e-3", "sdxl-1.0", "stable-image-core", "flux-pro-1.1", "flux-schnell",
-                                   "nova-canvas"])
+@pytest.mark.parametrize("model", ["dall-e-3", "sdxl-1.0", "stable-image-core", "flux-pro-1.1", "flux-2-pro",
+                                   "flux-schnell", "nova-canvas"])
 def test_upstream_refusals_are_content_policy_violations_and_free(configured, openai_client, api_key, model):
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.images.generate(model=model, prompt="a forbidden-upstream scene")
@@ -173,3 +174,47 @@ def test_dall_e_3_refuses_an_input_image(configured, openai_client):
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.images.generate(model="dall-e-3", prompt="x", extra_body={"image": "https://example.com/a.png"})
     assert info.value.param == "image"
+
+
+# --- FLUX.2 on BFL: per-megapixel prices ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, size, ours, bfl_cost", [
+    # ours = ceil(BFL's price x 1.1); BFL's price = first + per-MP x (MP - 1), rounded up (docs/providers/bfl.md).
+    ("flux-2-pro", "1024x1024", 33_802, 30_729),
+    ("flux-2-pro", "2048x2048", 85_707, 77_915),
+    ("flux-2-klein-4b", "512x512", 15_400, 14_000),
+    ("flux-2-klein-9b", "1920x1088", 18_896, 17_178),
+    ("flux-2-flex", "1536x1536", 129_762, 117_965),
+    ("flux-2-max", "1088x1920", 112_936, 102_669),
+])
+def test_flux2_is_billed_per_megapixel_through_the_sdk(configured, openai_client, api_key, model, size, ours,
+                                                       bfl_cost):
+    raw = openai_client.images.with_raw_response.generate(model=model, prompt="a lighthouse at dusk", size=size,
+                                                          n=2, response_format="b64_json")
+    body = raw.http_response.json()
+    assert raw.headers["x-provider"] == "bfl" and len(body["data"]) == 2
+    assert all(base64.b64decode(item["b64_json"])[:4] == b"\x89PNG" for item in body["data"])
+    submits = [r for r in configured["bfl"].requests if r.method == "POST"]
+    assert [r.path for r in submits] == [f"/v1/{model}"] * 2  # one task per image
+    width, height = map(int, size.split("x"))
+    assert all((json.loads(r.body)["width"], json.loads(r.body)["height"]) == (width, height) for r in submits)
+    (row,) = _rows(api_key)
+    assert row.cost_micros == 2 * ours == 2 * current_price(model=model, size=size, quality="standard").unit_price_micros
+    assert row.upstream_cost_micros == 2 * bfl_cost  # what BFL reported for the two tasks
+    assert body["usage"]["cost"] == pytest.approx(2 * ours / 1e6)
+
+
+def test_flux2_sizes_outside_the_catalog_are_refused_before_bfl(configured, openai_client, api_key):
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.images.generate(model="flux-2-max", prompt="x", size="1000x1000")
+    assert info.value.code == "invalid_size" and "2048x2048" in info.value.message
+    assert configured["bfl"].requests == []
+
+
+def test_flux2_rate_limit_over_24_active_tasks_is_our_429_and_free(configured, openai_client, api_key):
+    configured["bfl"].state["max_concurrent"] = 0  # every active-task slot is taken
+    with pytest.raises(openai.RateLimitError) as info:
+        openai_client.images.generate(model="flux-2-klein-9b", prompt="x")
+    assert info.value.code == "rate_limit_exceeded"
+    (row,) = _rows(api_key)
+    assert row.cost_micros == 0

@@ -84,14 +84,17 @@ class Provider(Protocol):
 
 
 class ProviderError(Exception):
-    """Base of every adapter error. `retryable` errors may fail over to another provider."""
+    """Base of every adapter error. `retryable` errors may fail over to another provider; `transient` ones are worth
+    another attempt at the same upstream within the same call (a poll or a download that failed in passing: a
+    connection dropped, a timeout, a 5xx), which the adapter decides (transport.py marks its own failures)."""
 
     retryable = False
 
-    def __init__(self, message: str, *, provider: str = ""):
+    def __init__(self, message: str, *, provider: str = "", transient: bool = False):
         super().__init__(message)
         self.message = message
         self.provider = provider
+        self.transient = transient
 
 
 class ContentRefused(ProviderError):
@@ -103,7 +106,15 @@ class UpstreamInvalidRequest(ProviderError):
 
 
 class UpstreamRateLimited(ProviderError):
+    """The upstream refused for rate (HTTP 429). `retry_after_seconds` (float, or None) is the wait the upstream asked
+    for (`retry-after-ms`, `retry-after`, or a hint in its body), for the gateway to pass on."""
+
     retryable = True
+
+    def __init__(self, message: str, *, provider: str = "", transient: bool = False,
+                 retry_after_seconds: float | None = None):
+        super().__init__(message, provider=provider, transient=transient)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class UpstreamTimeout(ProviderError):
@@ -114,6 +125,21 @@ class UpstreamUnavailable(ProviderError):
     """5xx, connection errors, malformed replies."""
 
     retryable = True
+
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def upload_filename(filename: str, content_type: str, stem: str = "image") -> str:
+    """The name to upload an input image under: `filename` (or `stem`) with the extension of its sniffed
+    `content_type` (png, jpg/jpeg, webp), since upstreams read the type from the name. "photo" + image/jpeg →
+    "photo.jpg"; "a.png" + image/webp → "a.webp"; "" + image/png, stem "mask" → "mask.png"."""
+    ext = EXTENSIONS.get(content_type, "png")
+    name = filename or f"{stem}.{ext}"
+    current = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if current == ext or (ext == "jpg" and current == "jpeg"):
+        return name
+    return f"{name.rsplit('.', 1)[0] if current else name}.{ext}"
 
 
 def sniff_image_type(data: bytes) -> str | None:

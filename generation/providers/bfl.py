@@ -1,23 +1,28 @@
-"""Provider `bfl`: Black Forest Labs' Flux API (https://api.bfl.ai), REFERENCE.md §3.
+"""Provider `bfl`: Black Forest Labs' Flux API (https://api.bfl.ai): FLUX.1 and FLUX.2. Wire facts, sources and the
+dates they were read: docs/providers/bfl.md.
 
-Every BFL call is asynchronous: POST /v1/<model> submits a task and answers {id, polling_url, cost}; the task is
-polled (GET polling_url, or /v1/get_result?id=) until its status is final; a Ready task's `result.sample` is a
-short-lived URL (~10 minutes) that we download at once. One task makes one image, so n images are n tasks.
+Every BFL call is asynchronous: POST /v1/<model> submits a task and answers {id, polling_url, cost, input_mp,
+output_mp}; the task is polled (GET polling_url, or /v1/get_result?id=) until its status is final; a Ready task's
+`result.sample` is a short-lived URL (~10 minutes) that we download at once. One task makes one image, so n images
+are n tasks. Moderation is a poll status on HTTP 200 ("Request Moderated", "Content Moderated"), not an HTTP error.
+We poll rather than pass `webhook_url` (the gateway has no public endpoint for BFL to call back).
 
-Moderation is a poll status on HTTP 200 ("Request Moderated", "Content Moderated"), not an HTTP error.
+FLUX.1 models are priced per image; FLUX.2 models per megapixel of output (`flux2_price_micros`). The submit reply's
+`cost` (credits, 1 credit = $0.01) is what the task cost us; the published price is the fallback when it is missing.
 
-Depends only on the provider interface in base.py, the standard library and httpx; configuration arrives in the
+HTTP goes through the shared transport (transport.py: pools, capped reads, timeouts, transport errors); this module
+maps BFL's wire format only. Depends on base.py, transport.py and the standard library; configuration arrives in the
 constructor.
 """
+from __future__ import annotations
+
 import asyncio
 import base64
-import itertools
-import threading
-import weakref
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from urllib.parse import quote
 
-import httpx
-
+from .transport import DownloadFailed, Reply, Transport
 from .base import (
     sniff_image_type,
     ContentRefused,
@@ -31,28 +36,54 @@ from .base import (
     UpstreamUnavailable,
 )
 
-USER_AGENT = "imagegate/1.0"
+MICROS_PER_CREDIT = 10_000  # BFL reports `cost` in credits; 1 credit = $0.01 = 10,000 micro-USD
 
-# Our catalog id -> BFL submit path.
-ENDPOINTS = {
-    "flux-pro-1.1": "/v1/flux-pro-1.1",
-    "flux-dev": "/v1/flux-dev",
-    "flux-pro-1.1-ultra": "/v1/flux-pro-1.1-ultra",
-    "flux-kontext-pro": "/v1/flux-kontext-pro",
-    "flux-kontext-max": "/v1/flux-kontext-max",
-}
-
-# BFL's published prices, micro-USD per image (REFERENCE.md §3).
-PRICES_MICROS = {
+# --- FLUX.1: flat prices, micro-USD per image -------------------------------------------------------------------------
+FLUX1_PRICES_MICROS = {
     "flux-pro-1.1": 40_000,
     "flux-pro-1.1-ultra": 60_000,
     "flux-kontext-pro": 40_000,
     "flux-kontext-max": 80_000,
     "flux-dev": 25_000,
 }
-MICROS_PER_CREDIT = 10_000  # BFL reports `cost` in credits; 1 credit = $0.01
 
-# Models that take width/height (multiples of 32, 256–1440) ...
+
+# --- FLUX.2: per-megapixel prices -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MegapixelTariff:
+    """BFL's FLUX.2 text-to-image price: `first_mp_micros` for the first megapixel (also the price of anything
+    smaller) plus `extra_mp_micros` per further megapixel, pro rata. A megapixel is 1,000,000 pixels."""
+
+    first_mp_micros: int
+    extra_mp_micros: int
+
+    def price_micros(self, width: int, height: int) -> int:
+        """Micro-USD for one width x height image: first + extra x max(0, pixels - 10^6) / 10^6, rounded up to a
+        whole micro-dollar (exact integer arithmetic)."""
+        extra_pixels = max(0, width * height - 1_000_000)
+        return self.first_mp_micros + -(-self.extra_mp_micros * extra_pixels // 1_000_000)
+
+
+FLUX2_TARIFFS = {
+    "flux-2-klein-4b": MegapixelTariff(14_000, 1_000),  # 1.4 credits + 0.1 per extra MP
+    "flux-2-klein-9b": MegapixelTariff(15_000, 2_000),  # 1.5 + 0.2
+    "flux-2-pro": MegapixelTariff(30_000, 15_000),  # 3 + 1.5
+    "flux-2-flex": MegapixelTariff(50_000, 50_000),  # 5 + 5
+    "flux-2-max": MegapixelTariff(70_000, 30_000),  # 7 + 3
+}
+# FLUX.2 dimensions: multiples of 16, at least 64, at most 4 megapixels (BFL's own example of the maximum: 2048x2048).
+FLUX2_STEP, FLUX2_MIN_SIDE, FLUX2_MAX_PIXELS = 16, 64, 2048 * 2048
+
+
+def flux2_price_micros(model: str, width: int, height: int) -> int:
+    """BFL's price of one FLUX.2 text-to-image image of width x height, micro-USD (KeyError for other models)."""
+    return FLUX2_TARIFFS[model].price_micros(width, height)
+
+
+# Our catalog id -> BFL submit path (the same names upstream).
+ENDPOINTS = {model: f"/v1/{model}" for model in (*FLUX1_PRICES_MICROS, *FLUX2_TARIFFS)}
+
+# FLUX.1 models that take width/height (multiples of 32, 256–1440) ...
 PIXEL_MODELS = {"flux-pro-1.1", "flux-dev"}
 DIMENSION_MIN, DIMENSION_MAX, DIMENSION_STEP = 256, 1440, 32
 # ... and models that take an aspect ratio: each of our sizes names the ratio it stands for
@@ -68,58 +99,20 @@ ASPECT_RATIO_MODELS = {
 }
 EDIT_MODELS = {"flux-kontext-pro", "flux-kontext-max"}  # `input_image`
 
-# flux-dev defaults (BFL's own); request.options may override them.
+# flux-dev defaults (BFL's own); request.options may override them. FLUX.2 [flex] takes `steps`/`guidance` from
+# request.options when given (BFL's defaults otherwise).
 DEV_STEPS = 28
 DEV_GUIDANCE = 3.0
-SAFETY_TOLERANCE = 2
+SAFETY_TOLERANCE = 2  # FLUX.1 takes 0–6, FLUX.2 0–5
 
 PENDING_STATUSES = {"Pending", "Processing", "Queued"}
 MODERATED_STATUSES = {"Request Moderated", "Content Moderated"}
 
-# A poll that fails transiently (5xx, connection error, malformed reply, 429) is retried this many times in a
-# row before the task is given up: the task is already paid for upstream.
+# A poll that fails transiently (5xx, connection error, timeout, 429) is retried this many times in a row before the
+# task is given up: the task is already paid for upstream. A download that fails transiently is tried twice.
 MAX_POLL_FAILURES = 3
 DOWNLOAD_ATTEMPTS = 2
-
-
-
-
-def _reason(response: httpx.Response) -> str:
-    """BFL's own reason from an error body: FastAPI `detail` (a string or a list of {loc, msg}), or
-    {error, message}; falls back to a snippet of the raw body."""
-    try:
-        body = response.json()
-    except ValueError:
-        text = response.text.strip().replace("\n", " ")
-        return text[:300] or response.reason_phrase or "no details"
-    if isinstance(body, dict):
-        detail = body.get("detail")
-        if isinstance(detail, list):
-            parts = []
-            for item in detail:
-                if isinstance(item, dict):
-                    loc = [str(p) for p in item.get("loc") or () if p not in ("body", "query")]
-                    msg = str(item.get("msg") or item.get("type") or item)
-                    parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-                else:
-                    parts.append(str(item))
-            if parts:
-                return "; ".join(parts)
-        if isinstance(detail, (str, dict)) and detail:
-            return str(detail)
-        message = body.get("message")
-        error = body.get("error")
-        if message and error:
-            return f"{error}: {message}"
-        if message or error:
-            return str(message or error)
-    return str(body)[:300]
-
-
-def _transient(exc: ProviderError) -> ProviderError:
-    """Mark an error as passing (worth another poll or download attempt)."""
-    exc.transient = True
-    return exc
+MAX_REPLY_BYTES = 1024 * 1024  # a submit or poll reply (small JSON)
 
 
 def _details(data: dict) -> str:
@@ -131,26 +124,31 @@ def _details(data: dict) -> str:
     return str(details)
 
 
+def _credits_to_micros(credits) -> int | None:
+    """BFL's `cost` (credits, a JSON number) in micro-USD, rounded up; None when absent or not a number."""
+    if isinstance(credits, bool) or not isinstance(credits, (int, float)) or credits < 0:
+        return None
+    try:
+        return int((Decimal(str(credits)) * MICROS_PER_CREDIT).to_integral_value(rounding=ROUND_CEILING))
+    except InvalidOperation:  # inf, nan
+        return None
+
+
 class BFLProvider:
-    """Provider `bfl`: FLUX1.1 [pro], [pro] ultra, FLUX.1 [dev], Kontext [pro]/[max] on Black Forest Labs' API."""
+    """Provider `bfl`: FLUX1.1 [pro], [pro] ultra, FLUX.1 [dev], Kontext [pro]/[max], and FLUX.2 [klein] 4B/9B,
+    [pro], [flex], [max] on Black Forest Labs' API."""
 
     name = "bfl"
     max_download_bytes = 50 * 1024 * 1024
-    max_connections = 1000  # per event loop, over all its clients
-    client_shards = 64
 
     def __init__(self, *, api_key: str, base_url: str = "https://api.bfl.ai", timeout: float = 30.0,
                  deadline: float = 120.0, poll_interval: float = 0.5):
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.deadline = deadline
+        self.timeout = timeout  # one HTTP exchange (submit, poll, download), seconds
+        self.deadline = deadline  # the whole call: every task submitted, polled and downloaded, seconds
         self.poll_interval = poll_interval
-        # Clients per running event loop (an httpx client is bound to the loop that opened its connections);
-        # dropped with their loop.
-        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
-        self._clients_lock = threading.Lock()
-        self._ssl_context = None
+        self.transport = Transport(provider=self.name, timeout=timeout)
 
     # --- interface -------------------------------------------------------------------------------------------------
 
@@ -158,12 +156,15 @@ class BFLProvider:
         return set(ENDPOINTS)
 
     def upstream_cost_micros(self, request: ImageRequest) -> int:
-        try:
-            return PRICES_MICROS[request.model] * request.n
-        except KeyError:
-            raise UpstreamInvalidRequest(f"bfl does not serve model {request.model!r}", provider=self.name) from None
+        """BFL's published price of `request` (all n images), micro-USD: flat for FLUX.1, per megapixel of the
+        requested size for FLUX.2. UpstreamInvalidRequest for a model or size BFL cannot price."""
+        return self._unit_price(request) * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
+        """n tasks (one image each) submitted, polled and downloaded within `deadline` seconds; the result's
+        `upstream_cost_micros` is the sum of what BFL reported per task (the published price where it did not).
+        Raises UpstreamInvalidRequest (model, size or mode BFL cannot do; BFL's 422), ContentRefused (moderation
+        status), UpstreamRateLimited (429, with `retry_after_seconds`), UpstreamTimeout, UpstreamUnavailable."""
         path = ENDPOINTS.get(request.model)
         if path is None:
             raise UpstreamInvalidRequest(f"bfl does not serve model {request.model!r}; it serves "
@@ -171,12 +172,12 @@ class BFLProvider:
         if request.n < 1:
             raise UpstreamInvalidRequest("n must be at least 1", provider=self.name)
         body = self._body(request)
-        client = self._client()
+        unit_price = self._unit_price(request)
         try:
             async with asyncio.timeout(self.deadline):
                 # One task per image; the gateway normally sends n=1 (native_max_n), seed+offset otherwise.
                 if request.n == 1:
-                    outcomes = [await self._one_task(client, path, body)]
+                    outcomes = [await self._one_task(path, body)]
                 else:
                     bodies = []
                     for i in range(request.n):
@@ -184,27 +185,31 @@ class BFLProvider:
                         if request.seed is not None:
                             b["seed"] = request.seed + i
                         bodies.append(b)
-                    outcomes = await self._gather([self._one_task(client, path, b) for b in bodies])
+                    outcomes = await self._gather([self._one_task(path, b) for b in bodies])
         except TimeoutError:
             raise UpstreamTimeout(f"BFL did not finish the {request.model} task within the {self.deadline:g} s "
                                   "deadline", provider=self.name) from None
         images = [image for image, _ in outcomes]
-        cost = sum(c if c is not None else PRICES_MICROS[request.model] for _, c in outcomes)
+        cost = sum(c if c is not None else unit_price for _, c in outcomes)
         return ProviderResult(images=images, upstream_cost_micros=cost)
 
     async def aclose(self) -> None:
-        """Close the clients of the running loop (others are dropped with their loops)."""
-        loop = asyncio.get_running_loop()
-        with self._clients_lock:
-            entry = self._clients.pop(loop, None)
-        if entry is not None:
-            for client in entry[0]:
-                await client.aclose()
+        """Close the running event loop's HTTP session (others are dropped with their loops)."""
+        await self.transport.aclose()
 
     # --- request mapping -------------------------------------------------------------------------------------------
 
     def _invalid(self, message: str) -> UpstreamInvalidRequest:
         return UpstreamInvalidRequest(message, provider=self.name)
+
+    def _unit_price(self, request: ImageRequest) -> int:
+        if request.model in FLUX2_TARIFFS:
+            width, height = self._flux2_dimensions(request)
+            return flux2_price_micros(request.model, width, height)
+        try:
+            return FLUX1_PRICES_MICROS[request.model]
+        except KeyError:
+            raise self._invalid(f"bfl does not serve model {request.model!r}") from None
 
     def _body(self, request: ImageRequest) -> dict:
         model = request.model
@@ -213,6 +218,8 @@ class BFLProvider:
                                 "flux-kontext-max instead")
         if request.mode not in ("generate", "edit"):
             raise self._invalid(f"unknown mode {request.mode!r}")
+        if model in FLUX2_TARIFFS:
+            return self._flux2_body(request)
         body: dict = {"prompt": request.prompt}
         if model in PIXEL_MODELS:
             width, height = self._dimensions(request)
@@ -245,11 +252,35 @@ class BFLProvider:
         body["prompt_upsampling"] = False
         return body
 
-    def _dimensions(self, request: ImageRequest) -> tuple[int, int]:
+    def _flux2_body(self, request: ImageRequest) -> dict:
+        """FLUX.2: prompt, width/height (multiples of 16), seed, safety_tolerance (0–5), output_format (jpeg|png);
+        [flex] also steps/guidance (from options) and prompt_upsampling."""
+        if request.mode == "edit":
+            # FLUX.2 edits (input_image…input_image_8) are charged per input megapixel too, which our per-size
+            # price list cannot express yet.
+            raise self._invalid(f"{request.model} is offered for generation only here; edit with flux-kontext-pro "
+                                "or flux-kontext-max")
+        width, height = self._flux2_dimensions(request)
+        body: dict = {"prompt": request.prompt, "width": width, "height": height}
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.model == "flux-2-flex":
+            for key in ("steps", "guidance"):
+                if request.options.get(key) is not None:
+                    body[key] = request.options[key]
+            body["prompt_upsampling"] = False
+        body["safety_tolerance"] = SAFETY_TOLERANCE
+        body["output_format"] = "png"
+        return body
+
+    def _pixels(self, request: ImageRequest) -> tuple[int, int]:
         try:
-            width, height = request.width, request.height
+            return request.width, request.height
         except (ValueError, IndexError):
-            width = height = -1
+            return -1, -1
+
+    def _dimensions(self, request: ImageRequest) -> tuple[int, int]:
+        width, height = self._pixels(request)
         ok = all(DIMENSION_MIN <= v <= DIMENSION_MAX and v % DIMENSION_STEP == 0 for v in (width, height))
         if not ok:
             raise self._invalid(f"{request.model} takes width and height that are multiples of {DIMENSION_STEP} "
@@ -257,35 +288,17 @@ class BFLProvider:
                                 f"1440x1440), not {request.size!r}")
         return width, height
 
+    def _flux2_dimensions(self, request: ImageRequest) -> tuple[int, int]:
+        width, height = self._pixels(request)
+        ok = (all(v >= FLUX2_MIN_SIDE and v % FLUX2_STEP == 0 for v in (width, height))
+              and width * height <= FLUX2_MAX_PIXELS)
+        if not ok:
+            raise self._invalid(f"{request.model} takes width and height that are multiples of {FLUX2_STEP}, at "
+                                f"least {FLUX2_MIN_SIDE}, at most 4 megapixels in all (e.g. 1024x1024, 1920x1088, "
+                                f"2048x2048), not {request.size!r}")
+        return width, height
+
     # --- HTTP ------------------------------------------------------------------------------------------------------
-
-    def _client(self) -> httpx.AsyncClient:
-        """A client of the running loop's set, round-robin: one task's calls all go through the client picked here.
-
-        The set shares `max_connections` (1000 in all). It is a set rather than one client because httpcore's pool
-        does work quadratic in its connection count on every request and response (its keep-alive bookkeeping): 1,000
-        concurrent tasks against an emulator answering after 5 s took ~100 s through one pool of 1,000 connections
-        and ~11 s through 64 pools of 16."""
-        loop = asyncio.get_running_loop()
-        with self._clients_lock:
-            entry = self._clients.get(loop)
-            if entry is None or any(c.is_closed for c in entry[0]):
-                per_shard = -(-self.max_connections // self.client_shards)
-                if self._ssl_context is None:  # loading CA certificates takes tens of ms: once, not per client
-                    self._ssl_context = httpx.create_ssl_context()
-                clients = tuple(
-                    httpx.AsyncClient(
-                        verify=self._ssl_context,
-                        timeout=httpx.Timeout(self.timeout),
-                        limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-                        headers={"User-Agent": USER_AGENT},
-                    )
-                    for _ in range(self.client_shards)
-                )
-                entry = (clients, itertools.count())
-                self._clients[loop] = entry
-            clients, counter = entry
-            return clients[next(counter) % len(clients)]
 
     @staticmethod
     async def _gather(coros):
@@ -298,105 +311,97 @@ class BFLProvider:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _call(self, client: httpx.AsyncClient, method: str, url: str, what: str, **kwargs) -> httpx.Response:
-        headers = {"x-key": self.api_key, "Accept": "application/json"}
+    async def _call(self, method: str, url: str, what: str, **kwargs) -> dict:
+        """One exchange with the API (`what`: "submit" or "poll"): an error status becomes our error (transient for
+        429 and 5xx), the reply must be a JSON object."""
+        reply = await self.transport.request(method, url, headers={"x-key": self.api_key, "Accept": "application/json"},
+                                             max_bytes=MAX_REPLY_BYTES, label=f"BFL {what}", **kwargs)
+        if not reply.ok:
+            raise self._error(reply, what, url)
         try:
-            return await client.request(method, url, headers=headers, **kwargs)
-        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-            raise _transient(UpstreamTimeout(f"BFL {what} timed out after {self.timeout:g} s "
-                                             f"({type(exc).__name__})", provider=self.name)) from None
-        except httpx.HTTPError as exc:
-            raise _transient(UpstreamUnavailable(f"BFL {what} failed: {type(exc).__name__}: {exc}".rstrip(": "),
-                                                 provider=self.name)) from None
+            data = reply.json()
+        except ValueError:
+            raise UpstreamUnavailable(f"BFL {what} answered HTTP {reply.status} with a body that is not JSON: "
+                                      f"{reply.snippet(120)}", provider=self.name, transient=True) from None
+        if not isinstance(data, dict):
+            raise UpstreamUnavailable(f"BFL {what} answered JSON that is not an object: {str(data)[:120]}",
+                                      provider=self.name, transient=True)
+        return data
 
-    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        reason = _reason(response)
+    def _error(self, reply: Reply, what: str, url: str) -> ProviderError:
+        status = reply.status
+        reason = reply.error_text()
         if status in (401, 403):
-            raise UpstreamUnavailable(f"BFL rejected the gateway's credentials (HTTP {status} on {what}: {reason}); "
-                                      "check the configured BFL API key", provider=self.name)
+            return UpstreamUnavailable(f"BFL rejected the gateway's credentials (HTTP {status} on {what}: {reason}); "
+                                       "check the configured BFL API key", provider=self.name)
         if status == 402:
-            raise UpstreamUnavailable(f"BFL account is out of credits (HTTP 402 on {what}: {reason})",
-                                      provider=self.name)
+            return UpstreamUnavailable(f"BFL account is out of credits (HTTP 402 on {what}: {reason})",
+                                       provider=self.name)
         if status == 429:
-            retry = response.headers.get("retry-after")
-            try:
-                body = response.json()
-                if isinstance(body, dict) and body.get("retry_after") is not None:
-                    retry = body["retry_after"]
-            except ValueError:
-                pass
-            hint = f"; retry after {retry} s" if retry not in (None, "") else ""
-            raise _transient(UpstreamRateLimited(f"BFL rate limit on {what} (HTTP 429: {reason}{hint})",
-                                                 provider=self.name))
+            wait = self._retry_after(reply)
+            hint = f"; retry after {wait:g} s" if wait is not None else ""
+            return UpstreamRateLimited(f"BFL rate limit on {what} (HTTP 429: {reason}{hint})", provider=self.name,
+                                       retry_after_seconds=wait, transient=True)
         if status in (400, 422):
             if "Moderated" in reason:
-                raise ContentRefused(f"BFL refused the request: {reason}", provider=self.name)
-            raise UpstreamInvalidRequest(f"BFL rejected the request: {reason}", provider=self.name)
+                return ContentRefused(f"BFL refused the request: {reason}", provider=self.name)
+            return UpstreamInvalidRequest(f"BFL rejected the request: {reason}", provider=self.name)
         if status == 404 and what == "submit":
-            raise UpstreamUnavailable(f"BFL does not know the endpoint {response.request.url.path} "
-                                      f"(HTTP 404: {reason})", provider=self.name)
-        exc = UpstreamUnavailable(f"BFL {what} failed with HTTP {status}: {reason}", provider=self.name)
-        raise _transient(exc) if status >= 500 else exc
+            return UpstreamUnavailable(f"BFL does not know the endpoint {url} (HTTP 404: {reason})",
+                                       provider=self.name)
+        return UpstreamUnavailable(f"BFL {what} failed with HTTP {status}: {reason}", provider=self.name,
+                                   transient=status >= 500)
 
-    def _json(self, response: httpx.Response, what: str) -> dict:
+    @staticmethod
+    def _retry_after(reply: Reply) -> float | None:
+        """BFL's 429 body says `retry_after` (seconds); the Retry-After header is the fallback."""
         try:
-            data = response.json()
+            body = reply.json()
         except ValueError:
-            snippet = response.text[:120].replace("\n", " ")
-            raise _transient(UpstreamUnavailable(f"BFL {what} answered HTTP {response.status_code} with a body that "
-                                                 f"is not JSON: {snippet!r}", provider=self.name)) from None
-        if not isinstance(data, dict):
-            raise _transient(UpstreamUnavailable(f"BFL {what} answered JSON that is not an object: "
-                                                 f"{str(data)[:120]}", provider=self.name))
-        return data
+            body = None
+        hint = body.get("retry_after") if isinstance(body, dict) else None
+        if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint >= 0:
+            return float(hint)
+        return reply.retry_after()
 
     # --- one task: submit, poll, download -----------------------------------------------------------------------------
 
-    async def _one_task(self, client: httpx.AsyncClient, path: str, body: dict) -> tuple[GeneratedImage, int | None]:
-        response = await self._call(client, "POST", self.base_url + path, "submit", json=body)
-        self._raise_for_status(response, "submit")
-        submitted = self._json(response, "submit")
+    async def _one_task(self, path: str, body: dict) -> tuple[GeneratedImage, int | None]:
+        """Submit, poll until final, download: (image, what BFL says it charged in micro-USD or None)."""
+        submitted = await self._call("POST", self.base_url + path, "submit", json=body)
         task_id = submitted.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise UpstreamUnavailable(f"BFL submit reply has no task id: {str(submitted)[:200]}", provider=self.name)
         polling_url = submitted.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
             polling_url = f"{self.base_url}/v1/get_result?id={quote(task_id, safe='')}"
-        cost = None
-        credits = submitted.get("cost")
-        if isinstance(credits, (int, float)) and not isinstance(credits, bool) and credits >= 0:
-            cost = round(credits * MICROS_PER_CREDIT)
+        cost = _credits_to_micros(submitted.get("cost"))
 
-        result = await self._poll(client, task_id, polling_url)
+        result = await self._poll(task_id, polling_url)
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
             raise UpstreamUnavailable(f"BFL task {task_id} is Ready but its result has no sample URL",
                                       provider=self.name)
-        data, content_type = await self._download(client, sample, task_id)
+        data, content_type = await self._download(sample, task_id)
         revised = result.get("prompt")
         revised = revised if isinstance(revised, str) and revised and revised != body.get("prompt") else None
         return GeneratedImage(data=data, content_type=content_type, revised_prompt=revised), cost
 
-    async def _poll(self, client: httpx.AsyncClient, task_id: str, polling_url: str) -> dict:
+    async def _poll(self, task_id: str, polling_url: str) -> dict:
         failures = 0
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                response = await self._call(client, "GET", polling_url, "poll")
-                self._raise_for_status(response, "poll")
-                data = self._json(response, "poll")
+                data = await self._call("GET", polling_url, "poll")
                 status = data.get("status")
                 if not isinstance(status, str):
-                    raise _transient(UpstreamUnavailable(f"BFL poll reply for task {task_id} has no status: "
-                                                         f"{str(data)[:200]}", provider=self.name))
+                    raise UpstreamUnavailable(f"BFL poll reply for task {task_id} has no status: {str(data)[:200]}",
+                                              provider=self.name, transient=True)
             except ProviderError as exc:
-                # A passing failure (5xx, connection, malformed reply, 429): the task is paid for and may still
-                # finish, so poll again a few times before giving up.
+                # A passing failure (5xx, connection, timeout, malformed reply, 429): the task is paid for and may
+                # still finish, so poll again a few times before giving up.
                 failures += 1
-                if not getattr(exc, "transient", False) or failures >= MAX_POLL_FAILURES:
+                if not exc.transient or failures >= MAX_POLL_FAILURES:
                     raise
                 continue
             failures = 0
@@ -417,49 +422,27 @@ class BFLProvider:
             raise UpstreamUnavailable(f"BFL task {task_id} has an unexpected status {status!r}{suffix}",
                                       provider=self.name)
 
-    async def _download(self, client: httpx.AsyncClient, url: str, task_id: str) -> tuple[bytes, str]:
-        last: ProviderError | None = None
-        for _ in range(DOWNLOAD_ATTEMPTS):
+    async def _download(self, url: str, task_id: str) -> tuple[bytes, str]:
+        """The sample (pre-signed on BFL's delivery host: no x-key), at most `max_download_bytes`; (bytes, sniffed
+        content type). A transient failure (connection, timeout, 408/429/5xx) is tried once more; 403/404/410 says
+        the URL may have expired (it lives ~10 minutes). Raises UpstreamUnavailable or UpstreamTimeout."""
+        label = f"the image of BFL task {task_id}"
+        attempt = 1
+        while True:
             try:
-                return await self._download_once(client, url, task_id)
+                data = await self.transport.download(url, label=label, max_bytes=self.max_download_bytes,
+                                                     follow_redirects=True)
+                break
             except ProviderError as exc:
-                last = exc
-                if not getattr(exc, "transient", False):
-                    raise
-        assert last is not None
-        raise last
-
-    async def _download_once(self, client: httpx.AsyncClient, url: str, task_id: str) -> tuple[bytes, str]:
-        limit = self.max_download_bytes
-
-        def fail(message: str, *, transient: bool = False, cls=UpstreamUnavailable):
-            exc = cls(f"downloading the image of BFL task {task_id} failed: {message}", provider=self.name)
-            return _transient(exc) if transient else exc
-
-        try:
-            # The sample URL is pre-signed on BFL's delivery host: no x-key.
-            async with client.stream("GET", url, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    reason = response.text[:200].replace("\n", " ")
-                    expired = " (the result URL may have expired)" if response.status_code in (403, 404, 410) else ""
-                    raise fail(f"HTTP {response.status_code}{expired}: {reason}",
-                               transient=response.status_code >= 500)
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limit:
-                    raise fail(f"the image is {int(declared)} bytes, over the {limit}-byte limit")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise fail(f"the image is over the {limit}-byte limit")
-                    chunks.append(chunk)
-        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-            raise fail(f"timed out ({type(exc).__name__})", transient=True, cls=UpstreamTimeout) from None
-        except httpx.HTTPError as exc:
-            raise fail(f"{type(exc).__name__}: {exc}", transient=True) from None
-        data = b"".join(chunks)
+                if exc.transient and attempt < DOWNLOAD_ATTEMPTS:
+                    attempt += 1
+                    continue
+                if isinstance(exc, DownloadFailed) and exc.status in (403, 404, 410):
+                    raise UpstreamUnavailable(f"{exc.message} (the result URL may have expired)",
+                                              provider=self.name) from exc
+                raise
         content_type = sniff_image_type(data)
         if content_type is None:
-            raise fail(f"the body is not a PNG, JPEG or WebP image ({len(data)} bytes starting {data[:16]!r})")
+            raise UpstreamUnavailable(f"downloading {label} failed: the body is not a PNG, JPEG or WebP image "
+                                      f"({len(data)} bytes starting {data[:16]!r})", provider=self.name)
         return data, content_type

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass, fields
 from urllib.parse import urljoin, urlsplit
 
 from .transport import Reply, Transport
 from .base import (
     sniff_image_type as sniff_image,
+    upload_filename,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -83,7 +83,6 @@ _GPT_IMAGE_AUTO_QUALITY = "medium"
 _GPT_IMAGE_1_SIZES_RESOLVED = ("1024x1024", "1024x1536", "1536x1024")
 
 _RESULT_FIELDS = {f.name for f in fields(ProviderResult)}
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _REFUSAL_CODES = {"content_policy_violation", "moderation_blocked"}
 _ACCOUNT_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "account_deactivated"}
 
@@ -247,11 +246,11 @@ class OpenAIProvider:
             data["user"] = request.user
         images = request.images if request.mode == "edit" else request.images[:1]
         field = "image" if len(images) == 1 else "image[]"
-        files = [(field, (_filename(img.filename, img.content_type, f"image_{i}"), img.data, img.content_type))
-                 for i, img in enumerate(images)]
+        files = [(field, (upload_filename(img.filename, img.content_type, f"image_{i}"), img.data,
+                          img.content_type)) for i, img in enumerate(images)]
         if request.mode == "edit" and request.mask is not None:
-            files.append(("mask", (_filename("mask.png", request.mask.content_type, "mask"), request.mask.data,
-                                   request.mask.content_type)))
+            files.append(("mask", (upload_filename("mask.png", request.mask.content_type, "mask"),
+                                   request.mask.data, request.mask.content_type)))
         path = "/images/edits" if request.mode == "edit" else "/images/variations"
         return path, {"data": data, "files": files}
 
@@ -291,10 +290,10 @@ class OpenAIProvider:
         if status in (401, 403):
             return UpstreamUnavailable(f"{self.name} rejected the gateway's credentials: {text}", provider=self.name)
         if status == 429:
-            err = UpstreamRateLimited(f"{self.name} rate limit: {text}" + _retry_after_text(response),
-                                      provider=self.name)
-            err.retry_after_seconds = _retry_after(response)
-            return err
+            wait = response.retry_after()
+            return UpstreamRateLimited(f"{self.name} rate limit: {text}"
+                                       + (f"; retry after {wait:g} s" if wait is not None else ""),
+                                       provider=self.name, retry_after_seconds=wait)
         if status in (400, 422) and (code in _REFUSAL_CODES or etype == "image_generation_user_error"
                                      or "safety system" in low):
             return ContentRefused(f"{self.name} refused the request: {text}", provider=self.name)
@@ -374,16 +373,6 @@ def _form_value(value) -> str:
     return str(value)
 
 
-def _filename(filename: str, content_type: str, stem: str) -> str:
-    """The upload's file name, with an extension that matches its content type (OpenAI reads the type from it)."""
-    ext = _EXTENSIONS.get(content_type, "png")
-    name = filename or f"{stem}.{ext}"
-    current = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if current == ext or (ext == "jpg" and current == "jpeg"):
-        return name
-    return f"{name.rsplit('.', 1)[0] if current else name}.{ext}"
-
-
 def _parse_error(response: Reply) -> tuple[str, str | None, str | None, str | None]:
     """(message, type, code, param) from OpenAI's error envelope; tolerant of compatible servers' variants
     ({"error": "text"}, FastAPI's {"detail": ...}, plain text)."""
@@ -397,31 +386,10 @@ def _parse_error(response: Reply) -> tuple[str, str | None, str | None, str | No
         if isinstance(error, dict):
             message, etype, code, param = (error.get("message"), error.get("type"), error.get("code"),
                                            error.get("param"))
-        elif isinstance(error, str):
-            message = error
-        elif "detail" in body:
-            detail = body["detail"]
-            message = detail if isinstance(detail, str) else json.dumps(detail)[:500]
-        elif isinstance(body.get("message"), str):
-            message = body["message"]
+        else:
+            message = response.error_text(500)
     if not message:
         message = (f"{response.reason or 'error'}: {response.snippet()}" if body is None
                    else response.reason or "error")
     as_str = lambda v: str(v) if v is not None else None  # noqa: E731 (codes are sometimes numbers)
     return str(message), as_str(etype), as_str(code), as_str(param)
-
-
-def _retry_after(response: Reply) -> float | None:
-    ms = response.headers.get("retry-after-ms")
-    try:
-        if ms is not None:
-            return float(ms) / 1000.0
-        value = response.headers.get("retry-after")
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _retry_after_text(response: Reply) -> str:
-    seconds = _retry_after(response)
-    return f"; retry after {seconds:g} s" if seconds is not None else ""

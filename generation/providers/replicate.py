@@ -1,6 +1,6 @@
 """Provider `replicate`: FLUX.1 [schnell], FLUX.1 [dev], Stable Diffusion 2.1 and SDXL hosted on Replicate.
 
-Wire format (https://replicate.com/docs/reference/http):
+Wire format (docs/providers/replicate.md, from https://replicate.com/docs/reference/http):
 - Official models (the two FLUX models) run at `POST /v1/models/{owner}/{name}/predictions` with `{"input": {...}}`.
   Community models (stability-ai/stable-diffusion, stability-ai/sdxl) are versioned: `POST /v1/predictions` with
   `{"version": "<id>", "input": {...}}`; the version ids are pinned below, so an upstream update never changes what
@@ -10,8 +10,8 @@ Wire format (https://replicate.com/docs/reference/http):
   `urls.get` every `poll_interval` until `succeeded`, `failed` or `canceled`; past `deadline` it is cancelled
   (best effort, `POST urls.cancel`) and the call fails with UpstreamTimeout.
 - A succeeded prediction's `output` is a list of file URLs (or one URL string for some models; `data:` URIs are
-  accepted too). Each file is downloaded with the same client (no credentials are sent to file hosts), limited to
-  50 MB and sniffed (PNG, JPEG, WebP); anything else is a malformed reply.
+  accepted too). Each file is downloaded through the same transport (no credentials are sent to file hosts), limited
+  to 50 MB and sniffed (PNG, JPEG, WebP); anything else is a malformed reply.
 - Errors are problem+json `{title, detail, status}`; 422 adds `invalid_fields`. Safety refusals arrive as a `failed`
   prediction whose error reads like "NSFW content detected. Try running it again, or try a different prompt."
 
@@ -19,24 +19,21 @@ Upstream prices (what Replicate charges us): flux-schnell $0.003 and flux-dev $0
 published per-image prices for these official models). The community Stable Diffusion models are billed by GPU
 time, not per image: we use flat estimates of $0.0025 (stable-diffusion-2.1) and $0.004 (sdxl-1.0) per image.
 
-Like every adapter this module reads no settings: configuration arrives in the constructor.
+HTTP goes through the shared transport (transport.py: pools, capped reads, timeouts, transport errors); this module
+maps Replicate's wire format only. Like every adapter it depends on base.py, transport.py and the standard library,
+and reads no settings: configuration arrives in the constructor.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import contextvars
-import itertools
 import re
-import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
-
-from .http import download_capped
+from .transport import Reply, Transport
 from .base import (
     sniff_image_type as sniff_image,
     ContentRefused,
@@ -50,8 +47,8 @@ from .base import (
     UpstreamUnavailable,
 )
 
-USER_AGENT = "imagegate/1.0"
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_REPLY_BYTES = 4 * 1024 * 1024  # one prediction object (its `logs` grow while it runs)
 MAX_OUTPUTS = 4  # every model here takes num_outputs 1–4
 
 # Pinned versions of the community models (Replicate model pages, "Versions" tab).
@@ -72,35 +69,8 @@ _RUNNING = {"starting", "processing"}
 # Replicate's safety checker wording (flux/SD: "NSFW content detected…", newer models: "flagged as sensitive (E005)").
 _REFUSAL = re.compile(r"nsfw|flagged as sensitive|\(E005\)|safety checker", re.IGNORECASE)
 _POLL_RETRIES = 3  # consecutive transient failures (429, 5xx, connection) tolerated while polling
-MAX_CONNECTIONS = 1000
-_POOL_SHARDS = 16
-
-
-# The pool shard a run() uses: one per call, so its create, polls and downloads reuse the same keep-alive connections.
-_SHARD: contextvars.ContextVar[int | None] = contextvars.ContextVar("replicate_pool_shard", default=None)
-
-
-class _ShardedTransport(httpx.AsyncBaseTransport):
-    """httpcore's pool scans every connection each time it places a request, which costs O(connections²) under load
-    (1,000 concurrent requests through one pool spend most of their time there). The same connection budget is
-    split over a few pools: each run() sticks to one (so its keep-alive connections are reused), runs take them in
-    turn. Still one AsyncClient per event loop."""
-
-    def __init__(self, *, max_connections: int, shards: int, verify: ssl.SSLContext):
-        per_shard = max(1, -(-max_connections // shards))
-        self._pools = [httpx.AsyncHTTPTransport(verify=verify, limits=httpx.Limits(
-            max_connections=per_shard, max_keepalive_connections=per_shard)) for _ in range(shards)]
-        self._turn = itertools.count()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        shard = _SHARD.get()
-        if shard is None:
-            shard = next(self._turn)
-        return await self._pools[shard % len(self._pools)].handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+# Replicate's 429 body: {"detail": "Request was throttled. Your rate limit resets in ~30s."}
+_RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -124,31 +94,18 @@ MODELS: dict[str, _Model] = {
 
 
 
+def _retry_after(reply: Reply, reason: str) -> float | None:
+    """A 429's wait in seconds: the retry-after headers, else the "resets in ~Ns" of Replicate's body."""
+    wait = reply.retry_after()
+    if wait is None:
+        match = _RESETS_IN.search(reason)
+        wait = float(match.group(1)) if match else None
+    return wait
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
-
-
-def _problem(response: httpx.Response) -> str:
-    """Replicate's own reason from an error reply: problem+json `detail` (and `title`), else the raw text."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        detail = body.get("detail")
-        title = body.get("title")
-        if isinstance(detail, str) and detail.strip():
-            # 422 details are "- input.x: reason\n- input.y: reason\n": one line each → "; "-joined.
-            lines = [line.strip().lstrip("-").strip() for line in detail.strip().splitlines() if line.strip()]
-            text = "; ".join(lines)
-            if isinstance(title, str) and title and title.lower() not in text.lower():
-                return f"{title}: {text}"
-            return text
-        if isinstance(title, str) and title:
-            return title
-    text = response.text.strip()
-    return text[:300] if text else f"HTTP {response.status_code} with an empty body"
 
 
 class ReplicateProvider:
@@ -172,9 +129,7 @@ class ReplicateProvider:
         self.deadline = deadline
         self.poll_interval = poll_interval
         self.wait_seconds = wait_seconds
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-        self._ssl: ssl.SSLContext | None = None  # loading the CA bundle is slow: once per provider
-        self._turn = itertools.count()
+        self.transport = Transport(provider=self.name, timeout=timeout)
 
     # --- interface ---------------------------------------------------------------------------------------------
 
@@ -185,34 +140,33 @@ class ReplicateProvider:
         return self._model(request).price_micros * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
+        """One prediction of n outputs (1–4), created with Prefer: wait, polled to the end within `deadline`
+        seconds, its files downloaded. Raises UpstreamInvalidRequest (what Replicate cannot do; its 4xx),
+        ContentRefused (its safety checker), UpstreamRateLimited (429, with `retry_after_seconds`), UpstreamTimeout
+        (the deadline; the prediction is cancelled), UpstreamUnavailable."""
         model = self._model(request)
         path, body = self._build(model, request)
-        shard = _SHARD.set(next(self._turn))  # this call's connection pool (see _ShardedTransport)
-        try:
-            images = await self._run(path, body)
-        finally:
-            _SHARD.reset(shard)
+        images = await self._run(path, body)
         return ProviderResult(images=images, upstream_cost_micros=self.upstream_cost_micros(request))
 
     async def _run(self, path: str, body: dict) -> list[GeneratedImage]:
-        client = self._client()
         started = time.monotonic()
         running: dict = {}  # the prediction while it runs: for a best-effort cancel if we give up on it
         try:
             async with asyncio.timeout(self.deadline):
-                prediction = await self._create(client, path, body, started)
+                prediction = await self._create(path, body, started)
                 running.update(prediction)
-                prediction = await self._until_done(client, prediction)
+                prediction = await self._until_done(prediction)
                 running.clear()
-                return await self._outputs(client, prediction, body["input"]["num_outputs"])
+                return await self._outputs(prediction, body["input"]["num_outputs"])
         except TimeoutError:
-            await self._cancel(client, running)
+            await self._cancel(running)
             where = f"prediction {running.get('id')} " if running.get("id") else ""
             raise UpstreamTimeout(
                 f"Replicate {where}did not finish within the {self.deadline:g} s deadline", provider=self.name
             ) from None
         except ProviderError:
-            await self._cancel(client, running)
+            await self._cancel(running)
             raise
 
     # --- request mapping ---------------------------------------------------------------------------------------
@@ -280,29 +234,9 @@ class ReplicateProvider:
 
     # --- HTTP --------------------------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        """One client per running event loop (clients cannot cross loops)."""
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            for old in [lp for lp in self._clients if lp.is_closed()]:
-                del self._clients[old]
-            if self._ssl is None:
-                self._ssl = httpx.create_ssl_context()
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                transport=_ShardedTransport(max_connections=MAX_CONNECTIONS, shards=_POOL_SHARDS, verify=self._ssl),
-                headers={"User-Agent": USER_AGENT},
-                follow_redirects=False,
-            )
-            self._clients[loop] = client
-        return client
-
     async def aclose(self) -> None:
-        """Close the current loop's client (optional; tests and shutdown hooks)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the running event loop's HTTP session (optional; tests and shutdown hooks)."""
+        await self.transport.aclose()
 
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.api_token}"}
@@ -314,23 +248,15 @@ class ReplicateProvider:
             return url
         return self.base_url + fallback_path
 
-    async def _send(self, client: httpx.AsyncClient, method: str, url: str, **kwargs) -> httpx.Response:
-        try:
-            return await client.request(method, url, **kwargs)
-        except httpx.ConnectTimeout as exc:
-            raise UpstreamUnavailable(f"could not connect to Replicate: connect timeout ({exc!r})",
-                                      provider=self.name) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"Replicate did not answer in time ({type(exc).__name__})",
-                                  provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"could not reach Replicate: {type(exc).__name__}: {exc}",
-                                      provider=self.name) from exc
+    async def _send(self, method: str, url: str, **kwargs) -> Reply:
+        """One exchange with the API (our token unless `headers` says otherwise), at most MAX_REPLY_BYTES back."""
+        return await self.transport.request(method, url, headers=kwargs.pop("headers", self._auth()),
+                                            max_bytes=MAX_REPLY_BYTES, label="Replicate", **kwargs)
 
-    def _error(self, response: httpx.Response, action: str) -> ProviderError:
-        """The error for a non-2xx reply from the API, with Replicate's own reason."""
-        status = response.status_code
-        reason = _problem(response)
+    def _error(self, reply: Reply, action: str) -> ProviderError:
+        """The error for a non-2xx reply from the API, with Replicate's own reason (problem+json)."""
+        status = reply.status
+        reason = reply.error_text()
         p = self.name
         if status in (401, 403):
             return UpstreamUnavailable(f"Replicate rejected the gateway's credentials (HTTP {status}: {reason}); "
@@ -339,51 +265,49 @@ class ReplicateProvider:
             return UpstreamUnavailable(f"Replicate refused to {action} for billing reasons (HTTP 402: {reason})",
                                        provider=p)
         if status == 429:
-            retry = response.headers.get("retry-after")
-            hint = f"; retry after {retry} s" if retry else ""
-            return UpstreamRateLimited(f"Replicate is rate limiting requests (HTTP 429: {reason}){hint}", provider=p)
+            wait = _retry_after(reply, reason)
+            hint = f"; retry after {wait:g} s" if wait is not None else ""
+            return UpstreamRateLimited(f"Replicate is rate limiting requests (HTTP 429: {reason}){hint}", provider=p,
+                                       retry_after_seconds=wait, transient=True)
         if status >= 500:
-            return UpstreamUnavailable(f"Replicate failed to {action} (HTTP {status}: {reason})", provider=p)
+            return UpstreamUnavailable(f"Replicate failed to {action} (HTTP {status}: {reason})", provider=p,
+                                       transient=True)
         return UpstreamUnavailable(f"Replicate answered HTTP {status} when asked to {action}: {reason}", provider=p)
 
-    def _json(self, response: httpx.Response, action: str) -> dict:
+    def _json(self, reply: Reply, action: str) -> dict:
         """A prediction object from a 2xx reply, or UpstreamUnavailable for anything malformed."""
         try:
-            body = response.json()
+            body = reply.json()
         except ValueError:
             raise UpstreamUnavailable(f"Replicate sent a malformed reply to {action} (not JSON): "
-                                      f"{response.text[:200]!r}", provider=self.name) from None
+                                      f"{reply.snippet(200)}", provider=self.name) from None
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not isinstance(body.get("status"), str):
             raise UpstreamUnavailable(f"Replicate sent a malformed reply to {action} (no prediction id/status): "
                                       f"{str(body)[:200]}", provider=self.name)
         return body
 
-    async def _create(self, client: httpx.AsyncClient, path: str, body: dict, started: float) -> dict:
+    async def _create(self, path: str, body: dict, started: float) -> dict:
         headers = self._auth()
         # Prefer: wait=N (Replicate accepts 1–60) within what is left of our deadline; below 1 s, plain async.
         wait = min(int(self.wait_seconds), 60, int(self.deadline - (time.monotonic() - started)))
         timeout = None
         if wait >= 1:
             headers["Prefer"] = f"wait={wait}"
-            # The read must outlast the hold, whatever the configured timeout.
-            timeout = httpx.Timeout(max(self.timeout, wait + 5.0), connect=min(self.timeout, 10.0))
-        kwargs = {"json": body, "headers": headers}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
-        response = await self._send(client, "POST", self.base_url + path, **kwargs)
-        if response.is_success:
-            return self._json(response, "create a prediction")
-        status = response.status_code
-        if status == 404:
+            timeout = max(self.timeout, wait + 5.0)  # the answer must be allowed to outlast the hold
+        reply = await self._send("POST", self.base_url + path, json=body, headers=headers, timeout=timeout)
+        if reply.ok:
+            return self._json(reply, "create a prediction")
+        if reply.status == 404:
             raise UpstreamInvalidRequest(f"Replicate does not know this model or version (HTTP 404: "
-                                         f"{_problem(response)})", provider=self.name)
-        if status in (400, 422):
-            raise UpstreamInvalidRequest(f"Replicate rejected the input (HTTP {status}): {_problem(response)}",
+                                         f"{reply.error_text()})", provider=self.name)
+        if reply.status in (400, 422):
+            raise UpstreamInvalidRequest(f"Replicate rejected the input (HTTP {reply.status}): {reply.error_text()}",
                                          provider=self.name)
-        raise self._error(response, "create a prediction")
+        raise self._error(reply, "create a prediction")
 
-    async def _until_done(self, client: httpx.AsyncClient, prediction: dict) -> dict:
-        """Poll urls.get until the prediction is terminal (the deadline is enforced by the caller)."""
+    async def _until_done(self, prediction: dict) -> dict:
+        """Poll urls.get until the prediction is terminal (the deadline is enforced by the caller). A transient
+        failure (connection, timeout, 429, 5xx) is polled through up to _POLL_RETRIES times in a row."""
         failures = 0
         while prediction["status"] not in _TERMINAL:
             if prediction["status"] not in _RUNNING:
@@ -393,38 +317,32 @@ class ReplicateProvider:
             urls = prediction.get("urls") if isinstance(prediction.get("urls"), dict) else {}
             url = self._api_url(urls.get("get"), f"/v1/predictions/{prediction['id']}")
             try:
-                response = await self._send(client, "GET", url, headers=self._auth())
-            except (UpstreamUnavailable, UpstreamTimeout):
+                reply = await self._send("GET", url)
+                if not reply.ok:
+                    raise self._error(reply, "report the prediction's status")
+            except ProviderError as exc:
                 failures += 1
-                if failures >= _POLL_RETRIES:
+                if not exc.transient or failures >= _POLL_RETRIES:
                     raise
                 continue
-            if response.is_success:
-                fresh = self._json(response, "a status poll")
-                prediction = {**prediction, **fresh}
-                failures = 0
-                continue
-            error = self._error(response, "report the prediction's status")
-            transient = response.status_code == 429 or response.status_code >= 500
-            failures += 1
-            if not transient or failures >= _POLL_RETRIES:
-                raise error
+            prediction = {**prediction, **self._json(reply, "a status poll")}
+            failures = 0
         return prediction
 
-    async def _cancel(self, client: httpx.AsyncClient, prediction: dict) -> None:
+    async def _cancel(self, prediction: dict) -> None:
         """Best effort: stop a prediction we gave up on, so it stops running (and billing)."""
         if not prediction.get("id") or prediction.get("status") in _TERMINAL:
             return
         urls = prediction.get("urls") if isinstance(prediction.get("urls"), dict) else {}
         url = self._api_url(urls.get("cancel"), f"/v1/predictions/{prediction['id']}/cancel")
         try:
-            await client.post(url, headers=self._auth(), timeout=min(self.timeout, 5.0))
-        except Exception:  # noqa: BLE001 - best effort only
+            await self._send("POST", url, timeout=min(self.timeout, 5.0))
+        except ProviderError:  # best effort only
             pass
 
     # --- outputs -----------------------------------------------------------------------------------------------
 
-    async def _outputs(self, client: httpx.AsyncClient, prediction: dict, n: int) -> list[GeneratedImage]:
+    async def _outputs(self, prediction: dict, n: int) -> list[GeneratedImage]:
         pid = prediction["id"]
         status = prediction["status"]
         if status == "failed":
@@ -445,20 +363,22 @@ class ReplicateProvider:
         if len(output) != n:
             raise UpstreamUnavailable(f"Replicate prediction {pid} returned {len(output)} images for {n} requested "
                                       f"(its safety checker may have withheld some)", provider=self.name)
-        results = await asyncio.gather(*(self._download(client, url) for url in output), return_exceptions=True)
+        results = await asyncio.gather(*(self._download(url) for url in output), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return [GeneratedImage(data=data, content_type=ctype, revised_prompt=None) for data, ctype in results]
 
-    async def _download(self, client: httpx.AsyncClient, url: str) -> tuple[bytes, str]:
+    async def _download(self, url: str) -> tuple[bytes, str]:
         if url.startswith("data:"):
             data = self._data_uri(url)
         else:
             if urlsplit(url).scheme.lower() not in ("http", "https"):
                 raise UpstreamUnavailable(f"Replicate returned an output that is not a URL: {url[:100]!r}",
                                           provider=self.name)
-            data = await self._fetch(client, url)
+            # No credentials: file hosts are not the API.
+            data = await self.transport.download(url, label=f"Replicate output {url[:100]}",
+                                                 max_bytes=MAX_IMAGE_BYTES)
         content_type = sniff_image(data)
         if content_type is None:
             raise UpstreamUnavailable(f"Replicate returned an output that is not a PNG, JPEG or WebP image "
@@ -474,9 +394,3 @@ class ReplicateProvider:
         except (binascii.Error, ValueError):
             raise UpstreamUnavailable("Replicate returned an undecodable data: URI output",
                                       provider=self.name) from None
-
-    async def _fetch(self, client: httpx.AsyncClient, url: str) -> bytes:
-        """GET an output file (no credentials: file hosts are not the API), at most MAX_IMAGE_BYTES."""
-        return await download_capped(client, url, label=f"Replicate output {url[:100]}", provider=self.name,
-                                     max_bytes=MAX_IMAGE_BYTES)
-

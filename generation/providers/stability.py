@@ -1,4 +1,4 @@
-"""Provider `stability`: Stability AI's REST API (REFERENCE.md §2).
+"""Provider `stability`: Stability AI's REST API (docs/providers/stability.md).
 
 Two API generations are spoken:
 
@@ -8,25 +8,24 @@ Two API generations are spoken:
   {core|ultra|sd3}`, multipart/form-data in; one image out, either as raw bytes (`accept: image/*`, with
   `finish-reason` / `seed` headers) or JSON (`{image, finish_reason, seed}`). We ask for raw bytes and parse both.
 
-Depends only on the provider interface (base.py), the standard library and httpx; all configuration arrives in the
-constructor.
+HTTP goes through the shared transport (transport.py: pools, capped reads, timeouts, transport errors); this module
+maps Stability's wire format only. Depends on base.py, transport.py and the standard library; all configuration
+arrives in the constructor.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import json
-import os
 
-import httpx
-
-from .http import LoopClients, shard_scope, sharded_client
+from .transport import Reply, Transport
 from .base import (
     sniff_image_type,
+    upload_filename,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
+    ProviderError,
     ProviderResult,
     UpstreamInvalidRequest,
     UpstreamRateLimited,
@@ -34,8 +33,7 @@ from .base import (
     UpstreamUnavailable,
 )
 
-USER_AGENT = "imagegate/1.0"
-MAX_RESPONSE_BYTES = 50 * 1024 * 1024
+MAX_RESPONSE_BYTES = 50 * 1024 * 1024  # one reply: up to 10 base64 artifacts, or one image
 
 # --- v1 engines -----------------------------------------------------------------------------------------------------
 V1_ENGINES = {"sdxl-1.0": "stable-diffusion-xl-1024-v1-0", "sd-1.6": "stable-diffusion-v1-6"}
@@ -97,47 +95,6 @@ def style_preset_for(style: str | None) -> str | None:
     return OPENAI_STYLES.get(style, style)
 
 
-def encode_multipart(fields: list[tuple[str, tuple]]) -> tuple[bytes, str]:
-    """multipart/form-data body and its Content-Type, from httpx-style `(name, (filename|None, value[, type]))`
-    pairs. Encoded in one buffer so the body leaves in one write (httpx streams each part separately)."""
-    boundary = os.urandom(16).hex()
-    out = bytearray()
-    for name, spec in fields:
-        filename, value = spec[0], spec[1]
-        out += f"--{boundary}\r\n".encode()
-        disposition = f'form-data; name="{_quote(name)}"'
-        if filename is not None:
-            disposition += f'; filename="{_quote(filename)}"'
-        out += f"Content-Disposition: {disposition}\r\n".encode()
-        if filename is not None:
-            content_type = spec[2] if len(spec) > 2 and spec[2] else "application/octet-stream"
-            out += f"Content-Type: {content_type}\r\n".encode()
-        out += b"\r\n"
-        out += value if isinstance(value, bytes) else str(value).encode("utf-8")
-        out += b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _error_reason(payload) -> tuple[str, str]:
-    """(name, reason) from Stability's error shape `{id, name, message | errors[]}`."""
-    if not isinstance(payload, dict):
-        return "", ""
-    name = str(payload.get("name") or "")
-    errors = payload.get("errors")
-    if isinstance(errors, list) and errors:
-        reason = "; ".join(str(e) for e in errors)
-    elif isinstance(errors, str) and errors:
-        reason = errors
-    else:
-        reason = str(payload.get("message") or "")
-    return name, reason
-
-
 class StabilityProvider:
     """Stability AI: SDXL 1.0 and SD 1.6 (v1), Stable Image Core/Ultra and SD 3.5 (v2beta)."""
 
@@ -147,8 +104,7 @@ class StabilityProvider:
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._clients = LoopClients(lambda: sharded_client(
-            timeout=self.timeout, headers={"Authorization": f"Bearer {self.api_key}"}))
+        self.transport = Transport(provider=self.name, timeout=timeout)
 
     # --- interface --------------------------------------------------------------------------------------------------
     def serves(self) -> set[str]:
@@ -158,6 +114,10 @@ class StabilityProvider:
         return COST_PER_IMAGE_MICROS[request.model] * request.n
 
     async def run(self, request: ImageRequest) -> ProviderResult:
+        """n images: one v1 call (up to 10 samples) or n parallel v2beta calls, within `timeout` seconds. Raises
+        UpstreamInvalidRequest (what Stability cannot do; its 400/404/413/422), ContentRefused (content moderation,
+        CONTENT_FILTERED), UpstreamRateLimited (429, with `retry_after_seconds` when a header gives one),
+        UpstreamTimeout, UpstreamUnavailable."""
         if request.model not in COST_PER_IMAGE_MICROS:
             raise UpstreamInvalidRequest(
                 f"Stability does not serve model '{request.model}'; it serves {', '.join(sorted(self.serves()))}.",
@@ -165,8 +125,7 @@ class StabilityProvider:
         if request.n < 1:
             raise UpstreamInvalidRequest("n must be at least 1.", provider=self.name)
         try:
-            with shard_scope():
-                images = await asyncio.wait_for(self._generate(request), self.timeout)
+            images = await asyncio.wait_for(self._generate(request), self.timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"Stability did not answer within {self.timeout:g} s.", provider=self.name) from None
         if len(images) != request.n:
@@ -183,65 +142,44 @@ class StabilityProvider:
         ]))
 
     # --- HTTP -------------------------------------------------------------------------------------------------------
-    def _client(self) -> httpx.AsyncClient:
-        """One AsyncClient per running event loop, its connections split over pool shards (providers/http.py)."""
-        return self._clients.get()
-
     async def aclose(self) -> None:
-        """Close the current loop's client (optional; tests and shutdown hooks)."""
-        await self._clients.aclose()
+        """Close the running event loop's HTTP session (optional; tests and shutdown hooks)."""
+        await self.transport.aclose()
 
-    async def _post(self, path: str, **kwargs) -> tuple[httpx.Response, bytes]:
-        """POST and read the body (capped at 50 MB); transport failures become provider errors."""
-        url = f"{self.base_url}{path}"
-        try:
-            async with self._client().stream("POST", url, **kwargs) as response:
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-                    raise UpstreamUnavailable(
-                        f"Stability's reply is larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MB.",
-                        provider=self.name)
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise UpstreamUnavailable(
-                            f"Stability's reply is larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MB.",
-                            provider=self.name)
-                    chunks.append(chunk)
-                return response, b"".join(chunks)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"Stability did not answer in time ({type(exc).__name__}).",
-                                  provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"Could not reach Stability: {type(exc).__name__}: {exc}",
-                                      provider=self.name) from exc
+    async def _post(self, path: str, *, accept: str, **kwargs) -> Reply:
+        """POST to the API (at most 50 MB back) and map an error status; transport failures arrive as provider
+        errors from the transport."""
+        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": accept}
+        reply = await self.transport.request("POST", f"{self.base_url}{path}", headers=headers,
+                                             max_bytes=MAX_RESPONSE_BYTES, label="Stability", **kwargs)
+        if not reply.ok:
+            raise self._error(reply)
+        return reply
 
-    def _raise_for_status(self, response: httpx.Response, body: bytes) -> None:
-        status = response.status_code
-        if 200 <= status < 300:
-            return
+    def _error(self, reply: Reply) -> ProviderError:
+        """Stability's error shape `{id, name, message | errors[]}` → our errors."""
+        status = reply.status
         try:
-            payload = json.loads(body)
+            payload = reply.json()
         except ValueError:
             payload = None
-        name, reason = _error_reason(payload)
-        if not reason:
-            reason = body[:200].decode("utf-8", "replace").strip() or response.reason_phrase or "no reason given"
+        name = str(payload.get("name") or "") if isinstance(payload, dict) else ""
+        reason = reply.error_text(200)
         detail = f"{name}: {reason}" if name else reason
         message = f"Stability answered {status}: {detail}"
         if status == 403 and name == "content_moderation":
-            raise ContentRefused(f"Stability's content moderation refused the request: {reason}", provider=self.name)
+            return ContentRefused(f"Stability's content moderation refused the request: {reason}", provider=self.name)
         if status in (401, 403):
-            raise UpstreamUnavailable(f"Stability rejected the gateway's credentials ({status}: {detail}).",
-                                      provider=self.name)
+            return UpstreamUnavailable(f"Stability rejected the gateway's credentials ({status}: {detail}).",
+                                       provider=self.name)
         if status == 429:
-            retry = response.headers.get("retry-after")
-            raise UpstreamRateLimited(message + (f" (retry after {retry} s)" if retry else ""), provider=self.name)
+            wait = reply.retry_after()
+            return UpstreamRateLimited(message + (f" (retry after {wait:g} s)" if wait is not None else ""),
+                                       provider=self.name, retry_after_seconds=wait)
         if status in (400, 404, 413, 422):
-            raise UpstreamInvalidRequest(message, provider=self.name)
+            return UpstreamInvalidRequest(message, provider=self.name)
         # 5xx, 402 (our account's balance), anything unexpected: the upstream is not usable right now.
-        raise UpstreamUnavailable(message, provider=self.name)
+        return UpstreamUnavailable(message, provider=self.name)
 
     def _image(self, data: bytes, where: str) -> GeneratedImage:
         content_type = sniff_image_type(data)
@@ -271,11 +209,11 @@ class StabilityProvider:
             raise UpstreamUnavailable(f"Stability returned an unknown finish reason '{reason}' ({where}).",
                                       provider=self.name)
 
-    def _json(self, body: bytes) -> dict:
+    def _json(self, reply: Reply) -> dict:
         try:
-            payload = json.loads(body)
+            payload = reply.json()
         except ValueError:
-            raise UpstreamUnavailable(f"Stability returned a reply that is not JSON: {body[:80]!r}",
+            raise UpstreamUnavailable(f"Stability returned a reply that is not JSON: {reply.snippet(80)}",
                                       provider=self.name) from None
         if not isinstance(payload, dict):
             raise UpstreamUnavailable("Stability returned JSON that is not an object.", provider=self.name)
@@ -324,13 +262,11 @@ class StabilityProvider:
     async def _run_v1(self, request: ImageRequest) -> list[GeneratedImage]:
         payload = self._v1_payload(request)
         path = f"/v1/generation/{V1_ENGINES[request.model]}/text-to-image"
-        response, body = await self._post(path, json=payload, headers={"Accept": "application/json"})
-        self._raise_for_status(response, body)
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type.startswith("image/"):  # Accept: image/png form: one image, finish reason in a header
-            self._check_finish(response.headers.get("finish-reason"), "Finish-Reason header")
-            return [self._image(body, "an image")]
-        artifacts = self._json(body).get("artifacts")
+        reply = await self._post(path, accept="application/json", json=payload)
+        if reply.content_type.startswith("image/"):  # Accept: image/png form: one image, finish reason in a header
+            self._check_finish(reply.headers.get("finish-reason"), "Finish-Reason header")
+            return [self._image(reply.body, "an image")]
+        artifacts = self._json(reply).get("artifacts")
         if not isinstance(artifacts, list):
             raise UpstreamUnavailable("Stability's v1 reply has no 'artifacts' list.", provider=self.name)
         if len(artifacts) != request.n:
@@ -349,11 +285,13 @@ class StabilityProvider:
         return images
 
     # --- v2beta -----------------------------------------------------------------------------------------------------
-    def _v2_form(self, request: ImageRequest, seed: int | None) -> tuple[str, list]:
+    def _v2_form(self, request: ImageRequest, seed: int | None) -> tuple[str, dict, list]:
+        """(path, form fields, file parts) of one v2beta call."""
         endpoint, sd3_model = V2_MODELS[request.model]
-        fields: list[tuple[str, tuple]] = [("prompt", (None, request.prompt))]
+        fields: dict[str, str] = {"prompt": request.prompt}
+        files: list = []
         if sd3_model:
-            fields.append(("model", (None, sd3_model)))
+            fields["model"] = sd3_model
         image_input = request.mode != "generate"
         if request.mode == "variation":
             raise UpstreamInvalidRequest(f"Stability's {request.model} does not make variations.", provider=self.name)
@@ -372,10 +310,11 @@ class StabilityProvider:
                     provider=self.name)
             strength = request.options.get("strength", V2_DEFAULT_STRENGTH)
             if sd3_model:
-                fields.append(("mode", (None, "image-to-image")))
+                fields["mode"] = "image-to-image"
             image = request.images[0]
-            fields.append(("image", (image.filename or "image.png", image.data, image.content_type)))
-            fields.append(("strength", (None, str(strength))))
+            files.append(("image", (upload_filename(image.filename, image.content_type), image.data,
+                                    image.content_type)))
+            fields["strength"] = str(strength)
         else:
             ratio = V2_ASPECT_RATIOS.get(request.size)
             if ratio is None:
@@ -383,30 +322,27 @@ class StabilityProvider:
                     f"Stability's {request.model} takes sizes {', '.join(V2_ASPECT_RATIOS)} (aspect ratios "
                     f"{', '.join(V2_ASPECT_RATIOS.values())}); got {request.size}.", provider=self.name)
             if sd3_model:
-                fields.append(("mode", (None, "text-to-image")))
-            fields.append(("aspect_ratio", (None, ratio)))
+                fields["mode"] = "text-to-image"
+            fields["aspect_ratio"] = ratio
         negative = request.options.get("negative_prompt")
         if negative and request.model != "sd3.5-large-turbo":  # turbo has no negative prompt
-            fields.append(("negative_prompt", (None, str(negative))))
+            fields["negative_prompt"] = str(negative)
         if seed is not None:
-            fields.append(("seed", (None, str(seed % V2_SEED_MODULUS))))
+            fields["seed"] = str(seed % V2_SEED_MODULUS)
         preset = style_preset_for(request.style)
         if preset:
-            fields.append(("style_preset", (None, preset)))
-        fields.append(("output_format", (None, "png")))
-        return f"/v2beta/stable-image/generate/{endpoint}", fields
+            fields["style_preset"] = preset
+        fields["output_format"] = "png"
+        return f"/v2beta/stable-image/generate/{endpoint}", fields, files
 
     async def _run_v2(self, request: ImageRequest, seed: int | None) -> GeneratedImage:
-        path, fields = self._v2_form(request, seed)
-        content, content_type = encode_multipart(fields)
-        response, body = await self._post(path, content=content,
-                                          headers={"Accept": "image/*", "Content-Type": content_type})
-        self._raise_for_status(response, body)
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "application/json":
-            payload = self._json(body)
+        path, fields, files = self._v2_form(request, seed)
+        # v2beta takes multipart/form-data even when no file is sent.
+        reply = await self._post(path, accept="image/*", data=fields, files=files, multipart=True)
+        if reply.content_type == "application/json":
+            payload = self._json(reply)
             self._check_finish(payload.get("finish_reason"), "finish_reason")
             return self._image(self._b64(payload.get("image"), "'image'"), "an image")
-        self._check_finish(response.headers.get("finish-reason"), "finish-reason header")
-        return self._image(body, "a body")
+        self._check_finish(reply.headers.get("finish-reason"), "finish-reason header")
+        return self._image(reply.body, "a body")
 

@@ -9,18 +9,24 @@ aiohttp's connector keeps idle connections in a per-host deque).
 One ClientSession per event loop (a session is bound to the loop that made it): tests and the gateway call from
 several loops. Errors become the provider interface's (base.py):
   * a connection that cannot be made (refused, DNS, TLS, connect timeout) → UpstreamUnavailable "could not reach";
-  * no complete answer within the request's timeout → UpstreamTimeout;
-  * a body over `max_bytes` (by Content-Length, then while reading) → UpstreamUnavailable "larger than";
+  * no complete answer within the request's timeout → UpstreamTimeout "did not answer in time";
+  * a body over `max_bytes` (by Content-Length, then while reading) → UpstreamUnavailable "larger than the … limit";
   * any other transport failure mid-answer → UpstreamUnavailable.
-HTTP error statuses are the adapter's to map: `request` returns every answer it could read.
+All but the size refusal are marked `transient` (another attempt may succeed: adapters that poll or download decide
+whether to make one). HTTP error statuses are the adapter's to map: `request` returns every answer it could read,
+and `Reply` offers what several adapters need to read one (content type, `retry_after`, `error_text`). `download`
+is a GET whose anything-but-200 is DownloadFailed (with the status).
 """
 from __future__ import annotations
 
 import asyncio
 import json as jsonlib
 import ssl
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import certifi
@@ -62,6 +68,50 @@ class Reply:
         text = self.body[:limit].decode("utf-8", "replace").replace("\n", " ").strip()
         return repr(text + ("…" if len(self.body) > limit else "")) if text else "(empty body)"
 
+    @property
+    def ok(self) -> bool:
+        """A 2xx answer."""
+        return 200 <= self.status < 300
+
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower case and without parameters ("" when none was sent)."""
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def retry_after(self) -> float | None:
+        """The wait the upstream asks for, in seconds: `retry-after-ms` (milliseconds, as OpenAI sends), else
+        `retry-after` (delay-seconds or an HTTP-date, RFC 9110 §10.2.3); None when absent or unreadable."""
+        try:
+            ms = self.headers.get("retry-after-ms")
+            if ms is not None:
+                return max(0.0, float(ms) / 1000.0)
+            value = self.headers.get("retry-after")
+            if value is None:
+                return None
+            if value.strip().replace(".", "", 1).isdigit():
+                return float(value)
+            when = parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+    def error_text(self, limit: int = 300) -> str:
+        """The upstream's own reason from an error body, in the shapes the upstreams use:
+        FastAPI/pydantic `{"detail": [{loc, msg}]}` ("width: Input should be …; …") or `{"detail": "…"}`;
+        problem+json `{title, detail}` (Replicate; one "- input.x: reason" line each, joined by "; ");
+        `{"error": {"message"}}` (OpenAI), `{"error": "code", "message": "…"}` (BFL's 429) → "code: …";
+        `{"errors": [...]}` (Stability v2beta) or `{"message"}`. Anything else: the start of the raw body, or
+        "HTTP <status> with an empty body"."""
+        try:
+            body = self.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        text = _reason_from(body) if isinstance(body, dict) else ""
+        if not text:
+            raw = self.body[:limit].decode("utf-8", "replace").replace("\n", " ").strip()
+            text = raw or f"HTTP {self.status} with an empty body"
+        return text[:limit]
+
 
 class Transport:
     """HTTP for one provider: `request` and `download`, each bounded in time and size."""
@@ -79,8 +129,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            for old in [lp for lp in self._sessions if lp.is_closed()]:
-                self._sessions.pop(old).detach()  # its loop is gone, and its connections with it
+            self._drop_dead_sessions()
             connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections,
                                              ssl=_ssl(), ttl_dns_cache=60, keepalive_timeout=30)
             session = aiohttp.ClientSession(connector=connector, headers=self.headers, auto_decompress=True,
@@ -91,6 +140,20 @@ class Transport:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def _drop_dead_sessions(self) -> None:
+        """Forget the sessions of closed event loops: their connections went with their loop, so there is nothing
+        to await; the connector is only marked closed (aiohttp's synchronous `_close`, which returns at once for a
+        closed loop) so that it is not reported as leaked when it is collected."""
+        for loop in [lp for lp in self._sessions if lp.is_closed()]:
+            session = self._sessions.pop(loop)
+            connector = session.connector
+            session.detach()
+            if connector is not None:
+                connector._close()
+
+    def __del__(self) -> None:
+        self._drop_dead_sessions()
+
     async def aclose(self) -> None:
         """Close the running loop's session (each loop has its own)."""
         session = self._sessions.pop(asyncio.get_running_loop(), None)
@@ -98,17 +161,20 @@ class Transport:
             await session.close()
 
     async def request(self, method: str, url: str, *, headers: dict | None = None, json: Any = None,
-                      data: dict | None = None, files: list | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-                      timeout: float | None = None, follow_redirects: bool = False, label: str = "") -> Reply:
-        """Send one request and read the whole answer. `files` is a list of (field, (filename, bytes, type)) as
-        httpx takes them; with `files` or `data` the body is multipart/form-data (form fields from `data`).
+                      data: dict | None = None, files: list | None = None, multipart: bool | None = None,
+                      max_bytes: int = DEFAULT_MAX_BYTES, timeout: float | None = None,
+                      follow_redirects: bool = False, label: str = "") -> Reply:
+        """Send one request and read the whole answer (at most `max_bytes`, within `timeout` seconds, default the
+        transport's). Body: `json`, or a form from `data` (field → str) and `files`, a list of
+        (field, (filename, bytes, content type)) in order. A form is multipart/form-data when it has `files` or
+        `multipart=True` (upstreams that take multipart even without a file), else urlencoded.
         `label` names the request in error messages (default: the provider)."""
         body: Any = None
-        if files is not None:
-            form = aiohttp.FormData(quote_fields=False)
+        if files is not None or multipart:
+            form = aiohttp.FormData(quote_fields=False, default_to_multipart=True)
             for name, value in (data or {}).items():
                 form.add_field(name, value)
-            for name, (filename, content, content_type) in files:
+            for name, (filename, content, content_type) in files or ():
                 form.add_field(name, content, filename=filename, content_type=content_type)
             body = form
         elif data is not None:
@@ -125,34 +191,41 @@ class Transport:
         except (UpstreamUnavailable, UpstreamTimeout):
             raise
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"could not reach {what} at {_origin(url)}: {_reason(exc)}.",
-                                      provider=self.provider) from exc
+            raise self._unreachable(what, url, _reason(exc)) from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                raise UpstreamUnavailable(f"could not reach {what} at {_origin(url)}: connect timeout.",
-                                          provider=self.provider) from exc
-            raise UpstreamTimeout(f"{what} did not answer within {limit:g} s.", provider=self.provider) from exc
+                raise self._unreachable(what, url, "connect timeout") from exc
+            raise UpstreamTimeout(f"{what} did not answer in time (timed out after {limit:g} s).",
+                                  provider=self.provider, transient=True) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"could not reach {what} at {_origin(url)}: {_reason(exc)}.",
-                                      provider=self.provider) from exc
+            raise self._unreachable(what, url, _reason(exc)) from exc
+
+    def _unreachable(self, what: str, url: str, reason: str) -> UpstreamUnavailable:
+        return UpstreamUnavailable(f"could not reach {what} at {_origin(url)}: {reason}.", provider=self.provider,
+                                   transient=True)
 
     async def download(self, url: str, *, label: str, max_bytes: int, headers: dict | None = None,
                        follow_redirects: bool = False, timeout: float | None = None) -> bytes:
-        """GET `url` and return its body, refusing more than `max_bytes`; anything but 200 is UpstreamUnavailable.
-        `label` names the thing in messages ("image 0 from openai")."""
+        """GET `url` and return its body (bytes), refusing more than `max_bytes`. `label` names the thing in
+        messages ("image 0 from openai"). Raises UpstreamTimeout "downloading … timed out", UpstreamUnavailable
+        "downloading … failed: …" for transport failures, and DownloadFailed (an UpstreamUnavailable carrying the
+        status; transient for 408, 429 and 5xx) for any answer but 200."""
         try:
             reply = await self.request("GET", url, headers=headers, max_bytes=max_bytes, timeout=timeout,
                                        follow_redirects=follow_redirects, label=label)
         except UpstreamTimeout as exc:
-            raise UpstreamTimeout(f"downloading {label} timed out.", provider=self.provider) from exc
+            raise UpstreamTimeout(f"downloading {label} timed out.", provider=self.provider,
+                                  transient=exc.transient) from exc
         except UpstreamUnavailable as exc:
-            raise UpstreamUnavailable(f"downloading {label} failed: {exc.message}", provider=self.provider) from exc
+            raise UpstreamUnavailable(f"downloading {label} failed: {exc.message}", provider=self.provider,
+                                      transient=exc.transient) from exc
         if reply.status != 200:
-            raise UpstreamUnavailable(f"downloading {label} failed: HTTP {reply.status}.", provider=self.provider)
+            raise DownloadFailed(f"downloading {label} failed: HTTP {reply.status}: {reply.error_text(200)}",
+                                 provider=self.provider, status=reply.status)
         return reply.body
 
     async def _read(self, response: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
-        too_large = f"the answer of {what} is larger than {max_bytes // (1024 * 1024)} MB."
+        too_large = f"the answer of {what} is larger than the {_size(max_bytes)} limit."
         declared = response.content_length
         if declared is not None and declared > max_bytes:
             raise UpstreamUnavailable(too_large, provider=self.provider)
@@ -165,9 +238,55 @@ class Transport:
         return b"".join(chunks)
 
 
-def _origin(url: str) -> str:
-    from urllib.parse import urlsplit
+class DownloadFailed(UpstreamUnavailable):
+    """A download answered something other than 200. `status` is the HTTP status; 408, 429 and 5xx are transient."""
 
+    def __init__(self, message: str, *, provider: str, status: int):
+        super().__init__(message, provider=provider, transient=status in (408, 429) or status >= 500)
+        self.status = status
+
+
+def _reason_from(body: dict) -> str:
+    """Reply.error_text's reading of a JSON object ("" when it has none of the known keys)."""
+    detail, title, error, message = body.get("detail"), body.get("title"), body.get("error"), body.get("message")
+    if isinstance(detail, list) and detail:
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = [str(p) for p in item.get("loc") or () if p not in ("body", "query")]
+                msg = str(item.get("msg") or item.get("type") or item)
+                parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    if isinstance(detail, str) and detail.strip():
+        lines = [line.strip().lstrip("-").strip() for line in detail.strip().splitlines() if line.strip()]
+        text = "; ".join(lines)
+        if isinstance(title, str) and title and title.lower() not in text.lower():
+            return f"{title}: {text}"
+        return text
+    if isinstance(detail, dict) and detail:
+        return jsonlib.dumps(detail)
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)
+    if isinstance(errors, str) and errors:
+        return errors
+    if isinstance(error, str) and error and isinstance(message, str) and message:
+        return f"{error}: {message}"
+    for value in (message, error, title):
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MB" if n >= 1024 * 1024 and n % (1024 * 1024) == 0 else f"{n}-byte"
+
+
+def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
 

@@ -1,4 +1,4 @@
-"""An in-memory Black Forest Labs Flux API (REFERENCE.md §3) for tests and the capacity benchmark.
+"""An in-memory Black Forest Labs Flux API (FLUX.1 and FLUX.2; docs/providers/bfl.md) for tests and the benchmarks.
 
     with emulator() as bfl:                 # bfl.url, bfl.faults, bfl.requests, bfl.state
         bfl.state["delay"] = 5.0            # seconds from submit until a task is Ready (default 0)
@@ -9,6 +9,13 @@
 
 Wire format: `x-key` auth (401 {"detail": ...}); POST /v1/<model> validates like BFL's FastAPI (422
 {"detail": [{type, loc, msg, input, ctx?}]}) and answers {id, polling_url, cost, input_mp, output_mp};
+FLUX.1 costs flat credits per image; FLUX.2 (flux-2-klein-4b, flux-2-klein-9b, flux-2-pro, flux-2-flex,
+flux-2-max) costs first-MP credits + per-MP credits for each output megapixel beyond the first and for each input
+megapixel (BFL's formula; MP = 10^6 pixels; `cost` rounded up to 0.0001 credit, one micro-dollar). FLUX.2 takes
+width/height (multiples of 16, at least 64; default 1024x1024), safety_tolerance 0–5, output_format jpeg|png,
+input_image … input_image_4 ([klein]) or … input_image_8, webhook_url (http(s), ≤ 2083 chars), webhook_secret;
+[flex] adds steps 1–50, guidance 1.5–10, prompt_upsampling. Webhooks are validated but never called (no test
+needs BFL to call back);
 GET /v1/get_result?id= answers {id, status, result, progress, details, preview} with status Pending, Ready
 (result.sample = a URL served by this emulator at /results/<id>.png), Request Moderated, Content Moderated, Error or
 Task not found (all on HTTP 200); over `max_concurrent` active tasks per key: 429 {error: "rate_limit_exceeded",
@@ -34,9 +41,13 @@ import contextlib
 import functools
 import heapq
 import json
+import io
 import re
 import time
 import uuid
+from decimal import ROUND_CEILING, Decimal
+
+from PIL import Image
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,7 +58,7 @@ from .base import Fault, Faults, Recorded, make_png, serve
 
 API_KEY = "bfl-test-key-0123456789"
 
-# Model -> credits per image (1 credit = $0.01), as BFL reports `cost`.
+# FLUX.1 model -> credits per image (1 credit = $0.01), as BFL reports `cost`.
 MODELS = {
     "flux-pro-1.1": 4.0,
     "flux-dev": 2.5,
@@ -55,6 +66,17 @@ MODELS = {
     "flux-kontext-pro": 4.0,
     "flux-kontext-max": 8.0,
 }
+# FLUX.2 model -> (credits for the first megapixel, credits per further output or input megapixel), and how many
+# input images its endpoint takes.
+FLUX2_MODELS = {
+    "flux-2-klein-4b": (Decimal("1.4"), Decimal("0.1")),
+    "flux-2-klein-9b": (Decimal("1.5"), Decimal("0.2")),
+    "flux-2-pro": (Decimal("3"), Decimal("1.5")),
+    "flux-2-flex": (Decimal("5"), Decimal("5")),
+    "flux-2-max": (Decimal("7"), Decimal("3")),
+}
+FLUX2_INPUT_IMAGES = {"flux-2-klein-4b": 4, "flux-2-klein-9b": 4}  # the others take 8
+FLUX2_DEFAULT_SIDE = 1024
 PIXEL_MODELS = {"flux-pro-1.1", "flux-dev"}
 DEFAULTS = {"delay": 0.0, "max_concurrent": 24, "sample_ttl": 600.0}
 _RATIO = re.compile(r"^(\d+):(\d+)$")
@@ -159,8 +181,75 @@ class _Validator:
             self.error(field, "value_error", "Value error, Invalid image: expected a base64-encoded PNG, JPEG or "
                                              "WebP image or an http(s) URL", value[:32], {"error": {}})
 
+    def url(self, field: str, *, max_length: int):
+        value = self.string(field)
+        if value is None:
+            return
+        if not value:
+            self.error(field, "string_too_short", "String should have at least 1 character", value, {"min_length": 1})
+        elif len(value) > max_length:
+            self.error(field, "string_too_long", f"String should have at most {max_length} characters", value[:32],
+                       {"max_length": max_length})
+        elif not value.startswith(("http://", "https://")):
+            self.error(field, "url_scheme", "URL scheme should be 'http' or 'https'", value[:32],
+                       {"expected_schemes": "'http' or 'https'"})
+
+
+def _input_image_fields(model: str) -> list[str]:
+    count = FLUX2_INPUT_IMAGES.get(model, 8)
+    return ["input_image"] + [f"input_image_{i}" for i in range(2, count + 1)]
+
+
+def validate_flux2(model: str, body: dict) -> list[dict]:
+    v = _Validator(body)
+    v.string("prompt", required=True)
+    for field in _input_image_fields(model):
+        v.image(field)
+    v.number("width", integer=True, ge=64, multiple_of=16)
+    v.number("height", integer=True, ge=64, multiple_of=16)
+    v.number("seed", integer=True)
+    v.number("safety_tolerance", integer=True, ge=0, le=5)
+    v.enum("output_format", ("jpeg", "png"))
+    v.url("webhook_url", max_length=2083)
+    v.string("webhook_secret")
+    if model == "flux-2-flex":
+        v.number("steps", integer=True, ge=1, le=50)
+        v.number("guidance", integer=False, ge=1.5, le=10)
+        v.boolean("prompt_upsampling")
+    return v.errors
+
+
+def _megapixels(width: int, height: int) -> Decimal:
+    return Decimal(width * height) / Decimal(1_000_000)
+
+
+def _input_megapixels(model: str, body: dict) -> Decimal:
+    """The input images' megapixels (base64 images measured; an image URL counted as one megapixel, since the
+    emulator does not fetch it)."""
+    total = Decimal(0)
+    for field in _input_image_fields(model):
+        value = body.get(field)
+        if not isinstance(value, str):
+            continue
+        if value.startswith(("http://", "https://")):
+            total += 1
+            continue
+        with Image.open(io.BytesIO(base64.b64decode(value))) as image:
+            total += _megapixels(*image.size)
+    return total
+
+
+def flux2_cost(model: str, width: int, height: int, input_mp: Decimal) -> Decimal:
+    """BFL's FLUX.2 price in credits: first + per_mp x (output MP - 1, at least 0) + per_mp x input MP, rounded up
+    to 0.0001 credit (one micro-dollar)."""
+    first, per_mp = FLUX2_MODELS[model]
+    credits = first + per_mp * max(Decimal(0), _megapixels(width, height) - 1) + per_mp * input_mp
+    return credits.quantize(Decimal("0.0001"), rounding=ROUND_CEILING)
+
 
 def validate(model: str, body: dict) -> list[dict]:
+    if model in FLUX2_MODELS:
+        return validate_flux2(model, body)
     v = _Validator(body)
     # [pro] and ultra may go without a prompt (an image prompt alone); the others need one.
     v.string("prompt", required=model not in ("flux-pro-1.1", "flux-pro-1.1-ultra"))
@@ -249,7 +338,7 @@ def build_app(faults: Faults, requests: list, state: dict) -> Starlette:
         denied = auth(request)
         if denied is not None:
             return denied
-        if model not in MODELS:
+        if model not in MODELS and model not in FLUX2_MODELS:
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         try:
             body = json.loads(raw)
@@ -275,7 +364,14 @@ def build_app(faults: Faults, requests: list, state: dict) -> Starlette:
                             "submitting another.",
                  "retry_after": 1},
                 status_code=429, headers={"Retry-After": "1"})
-        cost = MODELS[model]
+        if model in FLUX2_MODELS:
+            width = body.get("width") or FLUX2_DEFAULT_SIDE
+            height = body.get("height") or FLUX2_DEFAULT_SIDE
+            input_mp = _input_megapixels(model, body)
+            cost = float(flux2_cost(model, width, height, input_mp))
+            output_mp = round(width * height / 1e6, 2)
+        else:
+            cost, input_mp, output_mp = MODELS[model], 0, 1.05
         if "credits" in state:
             if state["credits"] < cost:
                 return JSONResponse({"detail": "Insufficient credits. Add credits at https://dashboard.bfl.ai"},
@@ -300,7 +396,7 @@ def build_app(faults: Faults, requests: list, state: dict) -> Starlette:
         if ready_at > now:
             heapq.heappush(heap, ready_at)
         answer = {"id": task_id, "polling_url": f"{base(request)}/v1/get_result?id={task_id}", "cost": cost,
-                  "input_mp": 0.0, "output_mp": 1.05}
+                  "input_mp": round(float(input_mp), 2), "output_mp": output_mp}
         if kind == "no_polling_url":
             del answer["polling_url"]
         if kind == "no_cost":

@@ -1,4 +1,4 @@
-"""An in-memory Replicate HTTP API (REFERENCE.md §4) for tests and the capacity benchmark.
+"""An in-memory Replicate HTTP API (docs/providers/replicate.md) for tests and the capacity benchmark.
 
     with emulator() as rep:                  # rep.url, rep.faults, rep.requests, rep.state
         rep.state["delay"] = 5.0             # seconds a prediction runs before it is done (default 0.05)

@@ -1,4 +1,5 @@
-"""An emulator of Stability AI's REST API (REFERENCE.md §2), for the `stability` provider's tests and the benchmark.
+"""An emulator of Stability AI's REST API (docs/providers/stability.md), for the `stability` provider's tests and the
+benchmark.
 
 Routes
   POST /v1/generation/{engine}/text-to-image        JSON; engines stable-diffusion-xl-1024-v1-0, stable-diffusion-v1-6
