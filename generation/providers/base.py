@@ -99,7 +99,11 @@ class UpstreamInvalidRequest(ProviderError):
 
 
 class UpstreamRateLimited(ProviderError):
+    """The upstream's rate limit or quota. `retry_after_seconds` is the upstream's own hint, when it gave one
+    (Retry-After, Google's RetryInfo.retryDelay, ...): the gateway passes it on to the client."""
+
     retryable = True
+    retry_after_seconds: float | None = None
 
 
 class UpstreamTimeout(ProviderError):

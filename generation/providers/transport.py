@@ -101,11 +101,12 @@ class Transport:
                       data: dict | None = None, files: list | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                       timeout: float | None = None, follow_redirects: bool = False, label: str = "") -> Reply:
         """Send one request and read the whole answer. `files` is a list of (field, (filename, bytes, type)) as
-        httpx takes them; with `files` or `data` the body is multipart/form-data (form fields from `data`).
+        httpx takes them; with `files` (even an empty list) the body is multipart/form-data, its form fields from
+        `data`; `data` alone is sent form-urlencoded.
         `label` names the request in error messages (default: the provider)."""
         body: Any = None
         if files is not None:
-            form = aiohttp.FormData(quote_fields=False)
+            form = aiohttp.FormData(quote_fields=False, default_to_multipart=True)
             for name, value in (data or {}).items():
                 form.add_field(name, value)
             for name, (filename, content, content_type) in files:
