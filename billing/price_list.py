@@ -88,6 +88,32 @@ PRICE_LIST += [
                               ("premium", 66_000 if _pixels(size) <= 1024 * 1024 else 88_000))],
 ]
 
+# Gemini (issue 13): upstream list price + 10%, effective 2026-11-30 (the upstream prices as read
+# on 2026-11-30; sources and dates in docs/providers/<provider>.md). Sizes mirror generation/catalog.py.
+_2026_11_30 = datetime(2026, 11, 30, tzinfo=timezone.utc)
+_GEMINI_1K = ("1024x1024", "848x1264", "1264x848", "896x1200", "1200x896", "928x1152", "1152x928", "768x1376",
+              "1376x768", "1584x672")
+_GEMINI_2K = ("2048x2048", "1696x2528", "2528x1696", "1792x2400", "2400x1792", "1856x2304", "2304x1856", "1536x2752",
+              "2752x1536", "3168x1344")
+_GEMINI_4K = ("4096x4096", "3392x5056", "5056x3392", "3584x4800", "4800x3584", "3712x4608", "4608x3712", "3072x5504",
+              "5504x3072", "6336x2688")
+
+
+def _from(model: str, sizes: tuple[str, ...], micros: int, quality: str = "standard"):
+    return [(model, size, quality, micros, _2026_11_30) for size in sizes]
+
+
+PRICE_LIST += [
+    # Gemini 3.1 Flash Image: image output $60 / 1M tokens; 1,120 / 1,680 / 2,520 tokens per 1K / 2K / 4K image
+    # ($0.0672 / $0.1008 / $0.1512).
+    *_from("gemini-3.1-flash-image", _GEMINI_1K, 73_920),
+    *_from("gemini-3.1-flash-image", _GEMINI_2K, 110_880),
+    *_from("gemini-3.1-flash-image", _GEMINI_4K, 166_320),
+    # Gemini 3 Pro Image: $120 / 1M tokens; 1,120 tokens per 1K or 2K image ($0.1344), 2,000 per 4K ($0.24).
+    *_from("gemini-3-pro-image", _GEMINI_1K + _GEMINI_2K, 147_840),
+    *_from("gemini-3-pro-image", _GEMINI_4K, 264_000),
+]
+
 
 def sync(price_model) -> int:
     """Insert the rows of PRICE_LIST that `price_model` lacks (one read, one bulk insert); returns how many."""

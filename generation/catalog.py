@@ -227,6 +227,33 @@ TITAN_V2 = _bedrock("titan-image-generator-v2", "Amazon Titan Image Generator G1
                     "mid-2026; Nova Canvas is its successor).", max_prompt_chars=512, created=1723075200)
 NOVA_CANVAS = _bedrock("nova-canvas", "Amazon Nova Canvas on Bedrock.", max_prompt_chars=1024, created=1733270400)
 
+# --- Google Gemini image models (docs/providers/gemini.md) -------------------------------------------------------
+# Each size is the exact output Google documents for an (aspectRatio, imageSize) pair: 1K, 2K and 4K tiers of the
+# ratios 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9. The size sets the tier, hence the price; one image
+# per upstream call.
+GEMINI_SIZES_1K = ("1024x1024", "848x1264", "1264x848", "896x1200", "1200x896", "928x1152", "1152x928", "768x1376",
+                   "1376x768", "1584x672")
+GEMINI_SIZES_2K = ("2048x2048", "1696x2528", "2528x1696", "1792x2400", "2400x1792", "1856x2304", "2304x1856",
+                   "1536x2752", "2752x1536", "3168x1344")
+GEMINI_SIZES_4K = ("4096x4096", "3392x5056", "5056x3392", "3584x4800", "4800x3584", "3712x4608", "4608x3712",
+                   "3072x5504", "5504x3072", "6336x2688")
+GEMINI_SIZES = GEMINI_SIZES_1K + GEMINI_SIZES_2K + GEMINI_SIZES_4K
+
+
+def _gemini(model_id: str, description: str) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="google", created=1779926400, providers=("gemini",),
+        sizes=GEMINI_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+        max_n=10, native_max_n=1, max_prompt_chars=32000, capabilities=frozenset({"generate"}),
+        description=description,
+    )
+
+
+GEMINI_3_1_FLASH_IMAGE = _gemini("gemini-3.1-flash-image", "Google Gemini 3.1 Flash Image (Nano Banana 2): 1K, 2K "
+                                 "or 4K by size. One image per upstream call; n > 1 runs calls in parallel.")
+GEMINI_3_PRO_IMAGE = _gemini("gemini-3-pro-image", "Google Gemini 3 Pro Image (Nano Banana Pro): thinks before it "
+                             "draws; 1K, 2K or 4K by size. One image per upstream call.")
+
 MODELS: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in [
@@ -234,6 +261,7 @@ MODELS: dict[str, ModelSpec] = {
         SDXL, SD_1_6, STABLE_IMAGE_CORE, STABLE_IMAGE_ULTRA, SD3_5_LARGE, SD3_5_LARGE_TURBO, SD3_5_MEDIUM,
         FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX, FLUX_SCHNELL, SD_2_1,
         TITAN_V1, TITAN_V2, NOVA_CANVAS,
+        GEMINI_3_1_FLASH_IMAGE, GEMINI_3_PRO_IMAGE,
     ]
 }
 
