@@ -254,6 +254,39 @@ GEMINI_3_1_FLASH_IMAGE = _gemini("gemini-3.1-flash-image", "Google Gemini 3.1 Fl
 GEMINI_3_PRO_IMAGE = _gemini("gemini-3-pro-image", "Google Gemini 3 Pro Image (Nano Banana Pro): thinks before it "
                              "draws; 1K, 2K or 4K by size. One image per upstream call.")
 
+# --- Recraft (docs/providers/recraft.md): raster models only; the vector (SVG) models are not served --------------
+RECRAFT_V3_SIZES = ("1024x1024", "2048x1024", "1024x2048", "1536x1024", "1024x1536", "1365x1024", "1024x1365",
+                    "1280x1024", "1024x1280", "1024x1707", "1434x1024", "1024x1434", "1820x1024", "1024x1820")
+RECRAFT_V4_SIZES = ("1024x1024", "1536x768", "768x1536", "1280x832", "832x1280", "1216x896", "896x1216", "1152x896",
+                    "896x1152", "832x1344", "1280x896", "896x1280", "1344x768", "768x1344")
+RECRAFT_V4_PRO_SIZES = ("2048x2048", "3072x1536", "1536x3072", "2560x1664", "1664x2560", "2432x1792", "1792x2432",
+                        "2304x1792", "1792x2304", "1664x2688", "2560x1792", "1792x2560", "2688x1536", "1536x2688")
+# Recraft V3's raster style families (vector_illustration and icon make SVG).
+RECRAFT_V3_STYLES = ("any", "realistic_image", "digital_illustration", "logo_raster")
+
+
+def _recraft(model_id: str, description: str, *, sizes: tuple[str, ...], created: int, max_prompt_chars: int = 10000,
+             styles: tuple[str, ...] = ()) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="recraft", created=created, providers=("recraft",),
+        sizes=sizes, default_size=sizes[0], qualities=("standard",), default_quality="standard", styles=styles,
+        max_n=10, native_max_n=6, max_prompt_chars=max_prompt_chars, capabilities=frozenset({"generate"}),
+        description=description,
+    )
+
+
+RECRAFT_V3 = _recraft("recraftv3", "Recraft V3: text placement and style families (any, realistic_image, "
+                      "digital_illustration, logo_raster); raster.", sizes=RECRAFT_V3_SIZES, created=1727740800,
+                      max_prompt_chars=1000, styles=RECRAFT_V3_STYLES)
+RECRAFT_V4 = _recraft("recraftv4", "Recraft V4: design-led raster images at 1K.", sizes=RECRAFT_V4_SIZES,
+                      created=1769904000)
+RECRAFT_V4_PRO = _recraft("recraftv4_pro", "Recraft V4 Pro: 2K raster images with finer detail.",
+                          sizes=RECRAFT_V4_PRO_SIZES, created=1769904000)
+RECRAFT_V4_1 = _recraft("recraftv4_1", "Recraft V4.1: Recraft's default model, raster at 1K.",
+                        sizes=RECRAFT_V4_SIZES, created=1778716800)
+RECRAFT_V4_1_PRO = _recraft("recraftv4_1_pro", "Recraft V4.1 Pro: 2K raster images.", sizes=RECRAFT_V4_PRO_SIZES,
+                            created=1778716800)
+
 MODELS: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in [
@@ -262,6 +295,7 @@ MODELS: dict[str, ModelSpec] = {
         FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX, FLUX_SCHNELL, SD_2_1,
         TITAN_V1, TITAN_V2, NOVA_CANVAS,
         GEMINI_3_1_FLASH_IMAGE, GEMINI_3_PRO_IMAGE,
+        RECRAFT_V3, RECRAFT_V4, RECRAFT_V4_PRO, RECRAFT_V4_1, RECRAFT_V4_1_PRO,
     ]
 }
 

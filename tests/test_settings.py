@@ -108,10 +108,12 @@ def _registry_with(env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_gemini_is_on_when_its_key_is_set():
+def test_gemini_and_recraft_are_on_when_their_keys_are_set():
     """The names in issue 13 are contracts: <PROVIDER>_API_KEY switches a provider on, <PROVIDER>_BASE_URL moves it."""
     assert set(_registry_with({})) == {"local"}
-    defaults = _registry_with({"GEMINI_API_KEY": "g"})
-    assert defaults == {"local": None, "gemini": "https://generativelanguage.googleapis.com"}
-    moved = _registry_with({"GEMINI_API_KEY": "g", "GEMINI_BASE_URL": "http://127.0.0.1:9/g/"})
-    assert moved["gemini"] == "http://127.0.0.1:9/g"
+    defaults = _registry_with({"GEMINI_API_KEY": "g", "RECRAFT_API_KEY": "r"})
+    assert defaults == {"local": None, "gemini": "https://generativelanguage.googleapis.com",
+                        "recraft": "https://external.api.recraft.ai"}
+    moved = _registry_with({"GEMINI_API_KEY": "g", "GEMINI_BASE_URL": "http://127.0.0.1:9/g/",
+                            "RECRAFT_API_KEY": "r", "RECRAFT_BASE_URL": "http://127.0.0.1:9/r"})
+    assert (moved["gemini"], moved["recraft"]) == ("http://127.0.0.1:9/g", "http://127.0.0.1:9/r")

@@ -37,6 +37,11 @@ def build_providers() -> dict[str, Provider]:
 
         providers["gemini"] = GeminiProvider(api_key=settings.GEMINI_API_KEY, base_url=settings.GEMINI_BASE_URL,
                                              timeout=timeout)
+    if settings.RECRAFT_API_KEY:
+        from .recraft import RecraftProvider
+
+        providers["recraft"] = RecraftProvider(api_key=settings.RECRAFT_API_KEY, base_url=settings.RECRAFT_BASE_URL,
+                                               timeout=timeout)
     if settings.BEDROCK_ENABLED:
         from .bedrock import BedrockProvider
 
