@@ -37,7 +37,7 @@ from .selectors import clear_price_cache
 # narrow by organization, date or another filter first.
 UNFILTERED_EXACT_LIMIT = 1_000_000
 KNOWN_PROVIDERS = ["local", "openai", "openai_compatible", "stability", "bfl", "replicate", "bedrock", "gemini",
-                   "recraft"]
+                   "recraft", "ideogram"]
 KNOWN_ENDPOINTS = ["generations", "edits", "variations"]
 CSV_HEADER = [
     "created_at", "request_id", "organization", "api_key_prefix", "endpoint", "model", "provider", "size", "quality",

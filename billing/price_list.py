@@ -88,7 +88,7 @@ PRICE_LIST += [
                               ("premium", 66_000 if _pixels(size) <= 1024 * 1024 else 88_000))],
 ]
 
-# Gemini, Recraft (issue 13): upstream list price + 10%, effective 2026-11-30 (the upstream prices as read
+# Gemini, Recraft, Ideogram (issue 13): upstream list price + 10%, effective 2026-11-30 (the upstream prices as read
 # on 2026-11-30; sources and dates in docs/providers/<provider>.md). Sizes mirror generation/catalog.py.
 _2026_11_30 = datetime(2026, 11, 30, tzinfo=timezone.utc)
 _GEMINI_1K = ("1024x1024", "848x1264", "1264x848", "896x1200", "1200x896", "928x1152", "1152x928", "768x1376",
@@ -103,6 +103,9 @@ _RECRAFT_V4_SIZES = ("1024x1024", "1536x768", "768x1536", "1280x832", "832x1280"
                      "1152x896", "896x1152", "832x1344", "1280x896", "896x1280", "1344x768", "768x1344")
 _RECRAFT_V4_PRO_SIZES = ("2048x2048", "3072x1536", "1536x3072", "2560x1664", "1664x2560", "2432x1792", "1792x2432",
                          "2304x1792", "1792x2304", "1664x2688", "2560x1792", "1792x2560", "2688x1536", "1536x2688")
+_IDEOGRAM_SIZES = ("1024x1024", "1312x736", "736x1312", "1344x768", "768x1344", "1248x832", "832x1248", "1216x832",
+                   "832x1216", "1152x864", "864x1152", "1120x896", "896x1120", "1280x800", "800x1280", "1408x704",
+                   "704x1408", "1536x512", "512x1536")
 
 
 def _from(model: str, sizes: tuple[str, ...], micros: int, quality: str = "standard"):
@@ -124,6 +127,10 @@ PRICE_LIST += [
     *_from("recraftv4_pro", _RECRAFT_V4_PRO_SIZES, 275_000),
     *_from("recraftv4_1", _RECRAFT_V4_SIZES, 38_500),
     *_from("recraftv4_1_pro", _RECRAFT_V4_PRO_SIZES, 231_000),
+    # Ideogram 3.0 per image: Turbo $0.03 (low), Default $0.06 (medium), Quality $0.09 (high).
+    *_from("ideogram-v3", _IDEOGRAM_SIZES, 33_000, "low"),
+    *_from("ideogram-v3", _IDEOGRAM_SIZES, 66_000, "medium"),
+    *_from("ideogram-v3", _IDEOGRAM_SIZES, 99_000, "high"),
 ]
 
 

@@ -263,6 +263,8 @@ GEMINI_API_KEY = env.str("GEMINI_API_KEY", default="")
 GEMINI_BASE_URL = env.str("GEMINI_BASE_URL", default="https://generativelanguage.googleapis.com")
 RECRAFT_API_KEY = env.str("RECRAFT_API_KEY", default="")
 RECRAFT_BASE_URL = env.str("RECRAFT_BASE_URL", default="https://external.api.recraft.ai")
+IDEOGRAM_API_KEY = env.str("IDEOGRAM_API_KEY", default="")
+IDEOGRAM_BASE_URL = env.str("IDEOGRAM_BASE_URL", default="https://api.ideogram.ai")
 # Bedrock is on with AWS credentials and a region (BEDROCK_ENABLED=off keeps it off, e.g. when AWS keys are for S3).
 AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")

@@ -287,6 +287,20 @@ RECRAFT_V4_1 = _recraft("recraftv4_1", "Recraft V4.1: Recraft's default model, r
 RECRAFT_V4_1_PRO = _recraft("recraftv4_1_pro", "Recraft V4.1 Pro: 2K raster images.", sizes=RECRAFT_V4_PRO_SIZES,
                             created=1778716800)
 
+# --- Ideogram (docs/providers/ideogram.md) --------------------------------------------------------------------------
+# quality low / medium / high = Ideogram's rendering speed TURBO / DEFAULT / QUALITY; style = its style_type.
+IDEOGRAM_SIZES = ("1024x1024", "1312x736", "736x1312", "1344x768", "768x1344", "1248x832", "832x1248", "1216x832",
+                  "832x1216", "1152x864", "864x1152", "1120x896", "896x1120", "1280x800", "800x1280", "1408x704",
+                  "704x1408", "1536x512", "512x1536")
+IDEOGRAM_V3 = ModelSpec(
+    id="ideogram-v3", owned_by="ideogram", created=1742947200, providers=("ideogram",),
+    sizes=IDEOGRAM_SIZES, default_size="1024x1024", qualities=("low", "medium", "high"), default_quality="medium",
+    styles=("auto", "general", "realistic", "design", "fiction"), max_n=10, native_max_n=8, max_prompt_chars=10000,
+    capabilities=frozenset({"generate"}),
+    description="Ideogram 3.0: legible text in images. quality low / medium / high = rendering speed Turbo / "
+                "Default / Quality.",
+)
+
 MODELS: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in [
@@ -296,6 +310,7 @@ MODELS: dict[str, ModelSpec] = {
         TITAN_V1, TITAN_V2, NOVA_CANVAS,
         GEMINI_3_1_FLASH_IMAGE, GEMINI_3_PRO_IMAGE,
         RECRAFT_V3, RECRAFT_V4, RECRAFT_V4_PRO, RECRAFT_V4_1, RECRAFT_V4_1_PRO,
+        IDEOGRAM_V3,
     ]
 }
 

@@ -108,12 +108,14 @@ def _registry_with(env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_gemini_and_recraft_are_on_when_their_keys_are_set():
+def test_gemini_recraft_and_ideogram_are_on_when_their_keys_are_set():
     """The names in issue 13 are contracts: <PROVIDER>_API_KEY switches a provider on, <PROVIDER>_BASE_URL moves it."""
     assert set(_registry_with({})) == {"local"}
-    defaults = _registry_with({"GEMINI_API_KEY": "g", "RECRAFT_API_KEY": "r"})
+    defaults = _registry_with({"GEMINI_API_KEY": "g", "RECRAFT_API_KEY": "r", "IDEOGRAM_API_KEY": "i"})
     assert defaults == {"local": None, "gemini": "https://generativelanguage.googleapis.com",
-                        "recraft": "https://external.api.recraft.ai"}
+                        "recraft": "https://external.api.recraft.ai", "ideogram": "https://api.ideogram.ai"}
     moved = _registry_with({"GEMINI_API_KEY": "g", "GEMINI_BASE_URL": "http://127.0.0.1:9/g/",
-                            "RECRAFT_API_KEY": "r", "RECRAFT_BASE_URL": "http://127.0.0.1:9/r"})
-    assert (moved["gemini"], moved["recraft"]) == ("http://127.0.0.1:9/g", "http://127.0.0.1:9/r")
+                            "RECRAFT_API_KEY": "r", "RECRAFT_BASE_URL": "http://127.0.0.1:9/r",
+                            "IDEOGRAM_API_KEY": "i", "IDEOGRAM_BASE_URL": "http://127.0.0.1:9/i"})
+    assert (moved["gemini"], moved["recraft"], moved["ideogram"]) == (
+        "http://127.0.0.1:9/g", "http://127.0.0.1:9/r", "http://127.0.0.1:9/i")

@@ -10,7 +10,7 @@ from billing.models import LedgerEntry
 from billing.selectors import current_price
 from generation import catalog, providers
 from generation.models import ProviderAttempt
-from tests.emulators import bedrock, bfl, gemini, recraft, replicate, stability
+from tests.emulators import bedrock, bfl, gemini, ideogram, recraft, replicate, stability
 from tests.emulators import openai as openai_emu
 from tests.emulators.base import Fault
 from tests.images_util import png
@@ -24,9 +24,9 @@ def upstreams():
     with openai_emu.emulator(extra_models={"sdxl-turbo-selfhosted": None}) as oa, stability.emulator() as st, \
             bfl.emulator() as bf, replicate.emulator() as rp, bedrock.emulator() as br, \
             openai_emu.emulator(api_key="selfhosted-key", extra_models={"sdxl-turbo-selfhosted": None}) as sh, \
-            gemini.emulator() as gm, recraft.emulator() as rc:
+            gemini.emulator() as gm, recraft.emulator() as rc, ideogram.emulator() as ig:
         yield {"openai": oa, "stability": st, "bfl": bf, "replicate": rp, "bedrock": br, "selfhosted": sh,
-               "gemini": gm, "recraft": rc}
+               "gemini": gm, "recraft": rc, "ideogram": ig}
 
 
 @pytest.fixture
@@ -43,6 +43,7 @@ def configured(upstreams, settings, live_url):
     settings.BEDROCK_ENDPOINT_URL = upstreams["bedrock"].url
     settings.GEMINI_API_KEY, settings.GEMINI_BASE_URL = gemini.API_KEY, upstreams["gemini"].url
     settings.RECRAFT_API_KEY, settings.RECRAFT_BASE_URL = recraft.API_KEY, upstreams["recraft"].url
+    settings.IDEOGRAM_API_KEY, settings.IDEOGRAM_BASE_URL = ideogram.API_KEY, upstreams["ideogram"].url
     settings.OPENAI_COMPATIBLE_BASE_URL = upstreams["selfhosted"].url + "/v1"
     settings.OPENAI_COMPATIBLE_API_KEY = "selfhosted-key"
     settings.OPENAI_COMPATIBLE_MODELS = ["sdxl-turbo-selfhosted"]
@@ -101,7 +102,8 @@ def test_self_hosted_openai_compatible_server(configured, openai_client, api_key
 
 
 @pytest.mark.parametrize("model", ["dall-e-3", "sdxl-1.0", "stable-image-core", "flux-pro-1.1", "flux-schnell",
-                                   "nova-canvas", "gemini-3.1-flash-image", "gemini-3-pro-image", "recraftv4_1"])
+                                   "nova-canvas", "gemini-3.1-flash-image", "gemini-3-pro-image", "recraftv4_1",
+                                   "ideogram-v3"])
 def test_upstream_refusals_are_content_policy_violations_and_free(configured, openai_client, api_key, model):
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.images.generate(model=model, prompt="a forbidden-upstream scene")
@@ -180,7 +182,7 @@ def test_dall_e_3_refuses_an_input_image(configured, openai_client):
     assert info.value.param == "image"
 
 
-# --- Gemini, Recraft (issue 13) --------------------------------------------------------------------------
+# --- Gemini, Recraft, Ideogram (issue 13) --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model,kwargs,micros,upstream", [
@@ -188,6 +190,8 @@ def test_dall_e_3_refuses_an_input_image(configured, openai_client):
     ("gemini-3.1-flash-image", {"size": "2752x1536"}, 110_880, 100_800),
     ("recraftv4_pro", {"size": "2688x1536", "n": 2}, 2 * 275_000, 2 * 250_000),
     ("recraftv3", {"size": "1820x1024", "style": "digital_illustration"}, 44_000, 40_000),
+    ("ideogram-v3", {"size": "1312x736", "quality": "high", "n": 2}, 2 * 99_000, 2 * 90_000),
+    ("ideogram-v3", {"quality": "low", "style": "realistic"}, 33_000, 30_000),
 ])
 def test_new_upstreams_charge_their_size_and_quality_with_the_cost_in_usage(configured, openai_client, api_key,
                                                                            model, kwargs, micros, upstream):
@@ -203,7 +207,8 @@ def test_new_upstreams_charge_their_size_and_quality_with_the_cost_in_usage(conf
     assert row.quality == kwargs.get("quality", catalog.MODELS[model].default_quality)
 
 
-@pytest.mark.parametrize("model,n,calls", [("gemini-3.1-flash-image", 3, 3), ("recraftv4_1", 8, 2)])
+@pytest.mark.parametrize("model,n,calls", [("gemini-3.1-flash-image", 3, 3), ("recraftv4_1", 8, 2),
+                                           ("ideogram-v3", 10, 2)])
 def test_new_upstreams_serve_n_beyond_their_native_max_by_parallel_calls(configured, openai_client, api_key, model,
                                                                          n, calls):
     provider = catalog.MODELS[model].providers[0]
@@ -224,6 +229,7 @@ def test_new_upstreams_serve_n_beyond_their_native_max_by_parallel_calls(configu
 @pytest.mark.parametrize("model,fault,retry_after", [
     ("gemini-3.1-flash-image", Fault(status=429), "38"),  # Google's RetryInfo.retryDelay "38s"
     ("recraftv4_1", Fault(status=429), "2"),
+    ("ideogram-v3", Fault(status=429), "3"),
 ])
 def test_new_upstreams_rate_limits_are_our_429_with_their_retry_hint_and_free(configured, openai_client, api_key,
                                                                              model, fault, retry_after):

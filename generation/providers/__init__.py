@@ -42,6 +42,11 @@ def build_providers() -> dict[str, Provider]:
 
         providers["recraft"] = RecraftProvider(api_key=settings.RECRAFT_API_KEY, base_url=settings.RECRAFT_BASE_URL,
                                                timeout=timeout)
+    if settings.IDEOGRAM_API_KEY:
+        from .ideogram import IdeogramProvider
+
+        providers["ideogram"] = IdeogramProvider(api_key=settings.IDEOGRAM_API_KEY,
+                                                 base_url=settings.IDEOGRAM_BASE_URL, timeout=timeout)
     if settings.BEDROCK_ENABLED:
         from .bedrock import BedrockProvider
 
