@@ -36,7 +36,8 @@ from .selectors import clear_price_cache
 # Above this many rows (PostgreSQL's estimate) an unfiltered ledger list neither counts exactly nor totals: staff
 # narrow by organization, date or another filter first.
 UNFILTERED_EXACT_LIMIT = 1_000_000
-KNOWN_PROVIDERS = ["local", "openai", "openai_compatible", "stability", "bfl", "replicate", "bedrock"]
+KNOWN_PROVIDERS = ["local", "openai", "openai_compatible", "stability", "bfl", "replicate", "bedrock", "gemini",
+                   "recraft", "ideogram"]
 KNOWN_ENDPOINTS = ["generations", "edits", "variations"]
 CSV_HEADER = [
     "created_at", "request_id", "organization", "api_key_prefix", "endpoint", "model", "provider", "size", "quality",

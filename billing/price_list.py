@@ -117,6 +117,51 @@ PRICE_LIST += [
                               ("premium", 66_000 if _pixels(size) <= 1024 * 1024 else 88_000))],
 ]
 
+# Gemini, Recraft, Ideogram (issue 13): upstream list price + 10%, effective 2026-11-30 (the upstream prices as read
+# on 2026-11-30; sources and dates in docs/providers/<provider>.md). Sizes mirror generation/catalog.py.
+_2026_11_30 = datetime(2026, 11, 30, tzinfo=timezone.utc)
+_GEMINI_1K = ("1024x1024", "848x1264", "1264x848", "896x1200", "1200x896", "928x1152", "1152x928", "768x1376",
+              "1376x768", "1584x672")
+_GEMINI_2K = ("2048x2048", "1696x2528", "2528x1696", "1792x2400", "2400x1792", "1856x2304", "2304x1856", "1536x2752",
+              "2752x1536", "3168x1344")
+_GEMINI_4K = ("4096x4096", "3392x5056", "5056x3392", "3584x4800", "4800x3584", "3712x4608", "4608x3712", "3072x5504",
+              "5504x3072", "6336x2688")
+_RECRAFT_V3_SIZES = ("1024x1024", "2048x1024", "1024x2048", "1536x1024", "1024x1536", "1365x1024", "1024x1365",
+                     "1280x1024", "1024x1280", "1024x1707", "1434x1024", "1024x1434", "1820x1024", "1024x1820")
+_RECRAFT_V4_SIZES = ("1024x1024", "1536x768", "768x1536", "1280x832", "832x1280", "1216x896", "896x1216",
+                     "1152x896", "896x1152", "832x1344", "1280x896", "896x1280", "1344x768", "768x1344")
+_RECRAFT_V4_PRO_SIZES = ("2048x2048", "3072x1536", "1536x3072", "2560x1664", "1664x2560", "2432x1792", "1792x2432",
+                         "2304x1792", "1792x2304", "1664x2688", "2560x1792", "1792x2560", "2688x1536", "1536x2688")
+_IDEOGRAM_SIZES = ("1024x1024", "1312x736", "736x1312", "1344x768", "768x1344", "1248x832", "832x1248", "1216x832",
+                   "832x1216", "1152x864", "864x1152", "1120x896", "896x1120", "1280x800", "800x1280", "1408x704",
+                   "704x1408", "1536x512", "512x1536")
+
+
+def _from(model: str, sizes: tuple[str, ...], micros: int, quality: str = "standard"):
+    return [(model, size, quality, micros, _2026_11_30) for size in sizes]
+
+
+PRICE_LIST += [
+    # Gemini 3.1 Flash Image: image output $60 / 1M tokens; 1,120 / 1,680 / 2,520 tokens per 1K / 2K / 4K image
+    # ($0.0672 / $0.1008 / $0.1512).
+    *_from("gemini-3.1-flash-image", _GEMINI_1K, 73_920),
+    *_from("gemini-3.1-flash-image", _GEMINI_2K, 110_880),
+    *_from("gemini-3.1-flash-image", _GEMINI_4K, 166_320),
+    # Gemini 3 Pro Image: $120 / 1M tokens; 1,120 tokens per 1K or 2K image ($0.1344), 2,000 per 4K ($0.24).
+    *_from("gemini-3-pro-image", _GEMINI_1K + _GEMINI_2K, 147_840),
+    *_from("gemini-3-pro-image", _GEMINI_4K, 264_000),
+    # Recraft, per raster image: V3 $0.04, V4 $0.04, V4 Pro $0.25, V4.1 $0.035, V4.1 Pro $0.21.
+    *_from("recraftv3", _RECRAFT_V3_SIZES, 44_000),
+    *_from("recraftv4", _RECRAFT_V4_SIZES, 44_000),
+    *_from("recraftv4_pro", _RECRAFT_V4_PRO_SIZES, 275_000),
+    *_from("recraftv4_1", _RECRAFT_V4_SIZES, 38_500),
+    *_from("recraftv4_1_pro", _RECRAFT_V4_PRO_SIZES, 231_000),
+    # Ideogram 3.0 per image: Turbo $0.03 (low), Default $0.06 (medium), Quality $0.09 (high).
+    *_from("ideogram-v3", _IDEOGRAM_SIZES, 33_000, "low"),
+    *_from("ideogram-v3", _IDEOGRAM_SIZES, 66_000, "medium"),
+    *_from("ideogram-v3", _IDEOGRAM_SIZES, 99_000, "high"),
+]
+
 
 def sync(price_model) -> int:
     """Insert the rows of PRICE_LIST that `price_model` lacks (one read, one bulk insert); returns how many."""

@@ -260,6 +260,80 @@ TITAN_V2 = _bedrock("titan-image-generator-v2", "Amazon Titan Image Generator G1
                     "mid-2026; Nova Canvas is its successor).", max_prompt_chars=512, created=1723075200)
 NOVA_CANVAS = _bedrock("nova-canvas", "Amazon Nova Canvas on Bedrock.", max_prompt_chars=1024, created=1733270400)
 
+# --- Google Gemini image models (docs/providers/gemini.md) -------------------------------------------------------
+# Each size is the exact output Google documents for an (aspectRatio, imageSize) pair: 1K, 2K and 4K tiers of the
+# ratios 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9. The size sets the tier, hence the price; one image
+# per upstream call.
+GEMINI_SIZES_1K = ("1024x1024", "848x1264", "1264x848", "896x1200", "1200x896", "928x1152", "1152x928", "768x1376",
+                   "1376x768", "1584x672")
+GEMINI_SIZES_2K = ("2048x2048", "1696x2528", "2528x1696", "1792x2400", "2400x1792", "1856x2304", "2304x1856",
+                   "1536x2752", "2752x1536", "3168x1344")
+GEMINI_SIZES_4K = ("4096x4096", "3392x5056", "5056x3392", "3584x4800", "4800x3584", "3712x4608", "4608x3712",
+                   "3072x5504", "5504x3072", "6336x2688")
+GEMINI_SIZES = GEMINI_SIZES_1K + GEMINI_SIZES_2K + GEMINI_SIZES_4K
+
+
+def _gemini(model_id: str, description: str) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="google", created=1779926400, providers=("gemini",),
+        sizes=GEMINI_SIZES, default_size="1024x1024", qualities=("standard",), default_quality="standard",
+        max_n=10, native_max_n=1, max_prompt_chars=32000, capabilities=frozenset({"generate"}),
+        description=description,
+    )
+
+
+GEMINI_3_1_FLASH_IMAGE = _gemini("gemini-3.1-flash-image", "Google Gemini 3.1 Flash Image (Nano Banana 2): 1K, 2K "
+                                 "or 4K by size. One image per upstream call; n > 1 runs calls in parallel.")
+GEMINI_3_PRO_IMAGE = _gemini("gemini-3-pro-image", "Google Gemini 3 Pro Image (Nano Banana Pro): thinks before it "
+                             "draws; 1K, 2K or 4K by size. One image per upstream call.")
+
+# --- Recraft (docs/providers/recraft.md): raster models only; the vector (SVG) models are not served --------------
+RECRAFT_V3_SIZES = ("1024x1024", "2048x1024", "1024x2048", "1536x1024", "1024x1536", "1365x1024", "1024x1365",
+                    "1280x1024", "1024x1280", "1024x1707", "1434x1024", "1024x1434", "1820x1024", "1024x1820")
+RECRAFT_V4_SIZES = ("1024x1024", "1536x768", "768x1536", "1280x832", "832x1280", "1216x896", "896x1216", "1152x896",
+                    "896x1152", "832x1344", "1280x896", "896x1280", "1344x768", "768x1344")
+RECRAFT_V4_PRO_SIZES = ("2048x2048", "3072x1536", "1536x3072", "2560x1664", "1664x2560", "2432x1792", "1792x2432",
+                        "2304x1792", "1792x2304", "1664x2688", "2560x1792", "1792x2560", "2688x1536", "1536x2688")
+# Recraft V3's raster style families (vector_illustration and icon make SVG).
+RECRAFT_V3_STYLES = ("any", "realistic_image", "digital_illustration", "logo_raster")
+
+
+def _recraft(model_id: str, description: str, *, sizes: tuple[str, ...], created: int, max_prompt_chars: int = 10000,
+             styles: tuple[str, ...] = ()) -> ModelSpec:
+    return ModelSpec(
+        id=model_id, owned_by="recraft", created=created, providers=("recraft",),
+        sizes=sizes, default_size=sizes[0], qualities=("standard",), default_quality="standard", styles=styles,
+        max_n=10, native_max_n=6, max_prompt_chars=max_prompt_chars, capabilities=frozenset({"generate"}),
+        description=description,
+    )
+
+
+RECRAFT_V3 = _recraft("recraftv3", "Recraft V3: text placement and style families (any, realistic_image, "
+                      "digital_illustration, logo_raster); raster.", sizes=RECRAFT_V3_SIZES, created=1727740800,
+                      max_prompt_chars=1000, styles=RECRAFT_V3_STYLES)
+RECRAFT_V4 = _recraft("recraftv4", "Recraft V4: design-led raster images at 1K.", sizes=RECRAFT_V4_SIZES,
+                      created=1769904000)
+RECRAFT_V4_PRO = _recraft("recraftv4_pro", "Recraft V4 Pro: 2K raster images with finer detail.",
+                          sizes=RECRAFT_V4_PRO_SIZES, created=1769904000)
+RECRAFT_V4_1 = _recraft("recraftv4_1", "Recraft V4.1: Recraft's default model, raster at 1K.",
+                        sizes=RECRAFT_V4_SIZES, created=1778716800)
+RECRAFT_V4_1_PRO = _recraft("recraftv4_1_pro", "Recraft V4.1 Pro: 2K raster images.", sizes=RECRAFT_V4_PRO_SIZES,
+                            created=1778716800)
+
+# --- Ideogram (docs/providers/ideogram.md) --------------------------------------------------------------------------
+# quality low / medium / high = Ideogram's rendering speed TURBO / DEFAULT / QUALITY; style = its style_type.
+IDEOGRAM_SIZES = ("1024x1024", "1312x736", "736x1312", "1344x768", "768x1344", "1248x832", "832x1248", "1216x832",
+                  "832x1216", "1152x864", "864x1152", "1120x896", "896x1120", "1280x800", "800x1280", "1408x704",
+                  "704x1408", "1536x512", "512x1536")
+IDEOGRAM_V3 = ModelSpec(
+    id="ideogram-v3", owned_by="ideogram", created=1742947200, providers=("ideogram",),
+    sizes=IDEOGRAM_SIZES, default_size="1024x1024", qualities=("low", "medium", "high"), default_quality="medium",
+    styles=("auto", "general", "realistic", "design", "fiction"), max_n=10, native_max_n=8, max_prompt_chars=10000,
+    capabilities=frozenset({"generate"}),
+    description="Ideogram 3.0: legible text in images. quality low / medium / high = rendering speed Turbo / "
+                "Default / Quality.",
+)
+
 MODELS: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in [
@@ -268,6 +342,9 @@ MODELS: dict[str, ModelSpec] = {
         FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX,
         FLUX_2_PRO, FLUX_2_FLEX, FLUX_2_MAX, FLUX_2_KLEIN_4B, FLUX_2_KLEIN_9B, FLUX_SCHNELL, SD_2_1,
         TITAN_V1, TITAN_V2, NOVA_CANVAS,
+        GEMINI_3_1_FLASH_IMAGE, GEMINI_3_PRO_IMAGE,
+        RECRAFT_V3, RECRAFT_V4, RECRAFT_V4_PRO, RECRAFT_V4_1, RECRAFT_V4_1_PRO,
+        IDEOGRAM_V3,
     ]
 }
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -65,13 +66,24 @@ def _map_provider_error(exc: pb.ProviderError) -> APIError:
         return InvalidRequest(f"The upstream provider rejected the request: {exc.message}", code="invalid_parameter")
     if isinstance(exc, pb.UpstreamRateLimited):
         return RateLimited("The upstream provider is rate limiting requests. Please retry shortly.",
-                           headers={"retry-after": "1"})
+                           headers={"retry-after": str(_retry_after_seconds(exc))})
     if isinstance(exc, router.NoHealthyProvider):
         return UpstreamError(exc.message, status=503, code="provider_unavailable", headers={"retry-after": "5"})
     if isinstance(exc, pb.UpstreamTimeout):
         return UpstreamError(f"The upstream provider did not answer in time: {exc.message}", status=504,
                              code="upstream_timeout")
     return UpstreamError(f"The upstream provider failed: {exc.message}", status=502)
+
+
+MAX_UPSTREAM_RETRY_AFTER = 60  # seconds: a longer upstream hint (a daily quota) is no use to a client's retry
+
+
+def _retry_after_seconds(exc: pb.UpstreamRateLimited) -> int:
+    """Whole seconds for our `retry-after`: the upstream's own hint when it gave one (rounded up, 1 to 60), else 1."""
+    hint = exc.retry_after_seconds
+    if hint is None or not hint > 0:
+        return 1
+    return max(1, min(MAX_UPSTREAM_RETRY_AFTER, math.ceil(hint)))
 
 
 def _status_for(exc: APIError) -> str:

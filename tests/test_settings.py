@@ -90,3 +90,32 @@ def test_production_refuses_to_start_without_a_secret_key():
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DJANGO_DEBUG": "off"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
+
+
+REGISTRY_PROBE = """
+import json, django
+django.setup()
+from generation.providers import build_providers
+providers = build_providers()
+print(json.dumps({name: getattr(p, "base_url", None) for name, p in providers.items()}))
+"""
+
+
+def _registry_with(env: dict) -> dict:
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DJANGO_SETTINGS_MODULE": "config.settings"}
+    out = subprocess.run([sys.executable, "-c", REGISTRY_PROBE], cwd=ROOT, env={**clean, **env}, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gemini_recraft_and_ideogram_are_on_when_their_keys_are_set():
+    """The names in issue 13 are contracts: <PROVIDER>_API_KEY switches a provider on, <PROVIDER>_BASE_URL moves it."""
+    assert set(_registry_with({})) == {"local"}
+    defaults = _registry_with({"GEMINI_API_KEY": "g", "RECRAFT_API_KEY": "r", "IDEOGRAM_API_KEY": "i"})
+    assert defaults == {"local": None, "gemini": "https://generativelanguage.googleapis.com",
+                        "recraft": "https://external.api.recraft.ai", "ideogram": "https://api.ideogram.ai"}
+    moved = _registry_with({"GEMINI_API_KEY": "g", "GEMINI_BASE_URL": "http://127.0.0.1:9/g/",
+                            "RECRAFT_API_KEY": "r", "RECRAFT_BASE_URL": "http://127.0.0.1:9/r",
+                            "IDEOGRAM_API_KEY": "i", "IDEOGRAM_BASE_URL": "http://127.0.0.1:9/i"})
+    assert (moved["gemini"], moved["recraft"], moved["ideogram"]) == (
+        "http://127.0.0.1:9/g", "http://127.0.0.1:9/r", "http://127.0.0.1:9/i")

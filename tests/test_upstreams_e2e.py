@@ -11,7 +11,8 @@ from billing.models import LedgerEntry
 from billing.selectors import current_price
 from generation import catalog, providers
 from generation.models import ProviderAttempt
-from tests.emulators import bedrock, bfl, openai as openai_emu, replicate, stability
+from tests.emulators import bedrock, bfl, gemini, ideogram, recraft, replicate, stability
+from tests.emulators import openai as openai_emu
 from tests.emulators.base import Fault
 from tests.images_util import png
 
@@ -23,8 +24,10 @@ UPSTREAM_MODELS = [m for m in catalog.MODELS.values() if m.id != "local-preview"
 def upstreams():
     with openai_emu.emulator(extra_models={"sdxl-turbo-selfhosted": None}) as oa, stability.emulator() as st, \
             bfl.emulator() as bf, replicate.emulator() as rp, bedrock.emulator() as br, \
-            openai_emu.emulator(api_key="selfhosted-key", extra_models={"sdxl-turbo-selfhosted": None}) as sh:
-        yield {"openai": oa, "stability": st, "bfl": bf, "replicate": rp, "bedrock": br, "selfhosted": sh}
+            openai_emu.emulator(api_key="selfhosted-key", extra_models={"sdxl-turbo-selfhosted": None}) as sh, \
+            gemini.emulator() as gm, recraft.emulator() as rc, ideogram.emulator() as ig:
+        yield {"openai": oa, "stability": st, "bfl": bf, "replicate": rp, "bedrock": br, "selfhosted": sh,
+               "gemini": gm, "recraft": rc, "ideogram": ig}
 
 
 @pytest.fixture
@@ -39,6 +42,9 @@ def configured(upstreams, settings, live_url):
     settings.BEDROCK_ENABLED, settings.AWS_REGION = True, "us-east-1"
     settings.AWS_ACCESS_KEY_ID, settings.AWS_SECRET_ACCESS_KEY = bedrock.ACCESS_KEY, bedrock.SECRET_KEY
     settings.BEDROCK_ENDPOINT_URL = upstreams["bedrock"].url
+    settings.GEMINI_API_KEY, settings.GEMINI_BASE_URL = gemini.API_KEY, upstreams["gemini"].url
+    settings.RECRAFT_API_KEY, settings.RECRAFT_BASE_URL = recraft.API_KEY, upstreams["recraft"].url
+    settings.IDEOGRAM_API_KEY, settings.IDEOGRAM_BASE_URL = ideogram.API_KEY, upstreams["ideogram"].url
     settings.OPENAI_COMPATIBLE_BASE_URL = upstreams["selfhosted"].url + "/v1"
     settings.OPENAI_COMPATIBLE_API_KEY = "selfhosted-key"
     settings.OPENAI_COMPATIBLE_MODELS = ["sdxl-turbo-selfhosted"]
@@ -97,7 +103,8 @@ def test_self_hosted_openai_compatible_server(configured, openai_client, api_key
 
 
 @pytest.mark.parametrize("model", ["dall-e-3", "sdxl-1.0", "stable-image-core", "flux-pro-1.1", "flux-2-pro",
-                                   "flux-schnell", "nova-canvas"])
+                                   "flux-schnell", "nova-canvas", "gemini-3.1-flash-image", "gemini-3-pro-image",
+                                   "recraftv4_1", "ideogram-v3"])
 def test_upstream_refusals_are_content_policy_violations_and_free(configured, openai_client, api_key, model):
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.images.generate(model=model, prompt="a forbidden-upstream scene")
@@ -218,3 +225,91 @@ def test_flux2_rate_limit_over_24_active_tasks_is_our_429_and_free(configured, o
     assert info.value.code == "rate_limit_exceeded"
     (row,) = _rows(api_key)
     assert row.cost_micros == 0
+
+
+# --- Gemini, Recraft, Ideogram (issue 13) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model,kwargs,micros,upstream", [
+    ("gemini-3-pro-image", {"size": "4096x4096"}, 264_000, 240_000),
+    ("gemini-3.1-flash-image", {"size": "2752x1536"}, 110_880, 100_800),
+    ("recraftv4_pro", {"size": "2688x1536", "n": 2}, 2 * 275_000, 2 * 250_000),
+    ("recraftv3", {"size": "1820x1024", "style": "digital_illustration"}, 44_000, 40_000),
+    ("ideogram-v3", {"size": "1312x736", "quality": "high", "n": 2}, 2 * 99_000, 2 * 90_000),
+    ("ideogram-v3", {"quality": "low", "style": "realistic"}, 33_000, 30_000),
+])
+def test_new_upstreams_charge_their_size_and_quality_with_the_cost_in_usage(configured, openai_client, api_key,
+                                                                           model, kwargs, micros, upstream):
+    raw = openai_client.images.with_raw_response.generate(model=model, prompt="a lighthouse at dusk",
+                                                          response_format="b64_json", **kwargs)
+    body = raw.http_response.json()
+    assert len(body["data"]) == kwargs.get("n", 1)
+    assert all(base64.b64decode(item["b64_json"])[:4] == b"\x89PNG" for item in body["data"])
+    assert body["usage"]["cost"] == pytest.approx(micros / 1e6)
+    assert body["usage"]["image_size"] == kwargs.get("size", "1024x1024")
+    (row,) = _rows(api_key)
+    assert (row.status, row.cost_micros, row.upstream_cost_micros) == ("succeeded", micros, upstream)
+    assert row.quality == kwargs.get("quality", catalog.MODELS[model].default_quality)
+
+
+@pytest.mark.parametrize("model,n,calls", [("gemini-3.1-flash-image", 3, 3), ("recraftv4_1", 8, 2),
+                                           ("ideogram-v3", 10, 2)])
+def test_new_upstreams_serve_n_beyond_their_native_max_by_parallel_calls(configured, openai_client, api_key, model,
+                                                                         n, calls):
+    provider = catalog.MODELS[model].providers[0]
+    result = openai_client.images.generate(model=model, prompt="tide pools", n=n, response_format="b64_json",
+                                           extra_body={"seed": 40})
+    assert len(result.data) == n
+    sent = [r for r in configured[provider].requests if r.method == "POST"]
+    assert len(sent) == calls
+    (row,) = _rows(api_key)
+    unit = current_price(model=model, size=catalog.MODELS[model].default_size,
+                         quality=catalog.MODELS[model].default_quality).unit_price_micros
+    assert (row.n, row.cost_micros) == (n, n * unit)
+    if model == "gemini-3.1-flash-image":  # one call per image, each with its own seed
+        seeds = sorted(gemini.recorded_payload(r)["generationConfig"]["seed"] for r in sent)
+        assert seeds == [40, 41, 42]
+
+
+@pytest.mark.parametrize("model,fault,retry_after", [
+    ("gemini-3.1-flash-image", Fault(status=429), "38"),  # Google's RetryInfo.retryDelay "38s"
+    ("recraftv4_1", Fault(status=429), "2"),
+    ("ideogram-v3", Fault(status=429), "3"),
+])
+def test_new_upstreams_rate_limits_are_our_429_with_their_retry_hint_and_free(configured, openai_client, api_key,
+                                                                             model, fault, retry_after):
+    configured[catalog.MODELS[model].providers[0]].faults.set("generate", fault)
+    with pytest.raises(openai.RateLimitError) as info:
+        openai_client.images.generate(model=model, prompt="x")
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.response.headers["retry-after"] == retry_after
+    (row,) = _rows(api_key)
+    assert (row.status, row.cost_micros) == ("failed", 0)
+
+
+def test_a_gemini_size_it_cannot_make_is_refused_naming_the_sizes_it_can(configured, openai_client, api_key):
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.images.generate(model="gemini-3-pro-image", prompt="x", size="1536x1024")
+    assert info.value.code == "invalid_size" and "1376x768" in info.value.message
+    assert configured["gemini"].requests == []
+    assert _rows(api_key)[0].cost_micros == 0
+
+
+def test_a_gemini_blocked_output_costs_nothing(configured, openai_client, api_key):
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.images.generate(model="gemini-3-pro-image", prompt="a forbidden-output scene", n=2)
+    assert info.value.code == "content_policy_violation"
+    (row,) = _rows(api_key)
+    assert (row.status, row.cost_micros, row.upstream_cost_micros) == ("refused", 0, None)
+
+
+def test_upstream_retry_hints_are_rounded_up_and_bounded():
+    from generation import services
+    from generation.providers.base import UpstreamRateLimited
+
+    def hint(seconds):
+        err = UpstreamRateLimited("slow down", provider="gemini")
+        err.retry_after_seconds = seconds
+        return services._retry_after_seconds(err)
+
+    assert [hint(None), hint(0), hint(0.2), hint(37.5), hint(86_400), hint(float("nan"))] == [1, 1, 1, 38, 60, 1]

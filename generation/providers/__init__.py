@@ -32,6 +32,21 @@ def build_providers() -> dict[str, Provider]:
 
         providers["replicate"] = ReplicateProvider(api_token=settings.REPLICATE_API_TOKEN,
                                                    base_url=settings.REPLICATE_BASE_URL, deadline=timeout)
+    if settings.GEMINI_API_KEY:
+        from .gemini import GeminiProvider
+
+        providers["gemini"] = GeminiProvider(api_key=settings.GEMINI_API_KEY, base_url=settings.GEMINI_BASE_URL,
+                                             timeout=timeout)
+    if settings.RECRAFT_API_KEY:
+        from .recraft import RecraftProvider
+
+        providers["recraft"] = RecraftProvider(api_key=settings.RECRAFT_API_KEY, base_url=settings.RECRAFT_BASE_URL,
+                                               timeout=timeout)
+    if settings.IDEOGRAM_API_KEY:
+        from .ideogram import IdeogramProvider
+
+        providers["ideogram"] = IdeogramProvider(api_key=settings.IDEOGRAM_API_KEY,
+                                                 base_url=settings.IDEOGRAM_BASE_URL, timeout=timeout)
     if settings.BEDROCK_ENABLED:
         from .bedrock import BedrockProvider
 

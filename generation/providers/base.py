@@ -110,6 +110,7 @@ class UpstreamRateLimited(ProviderError):
     for (`retry-after-ms`, `retry-after`, or a hint in its body), for the gateway to pass on."""
 
     retryable = True
+    retry_after_seconds: float | None = None
 
     def __init__(self, message: str, *, provider: str = "", transient: bool = False,
                  retry_after_seconds: float | None = None):
