@@ -65,8 +65,8 @@ def _map_provider_error(exc: pb.ProviderError) -> APIError:
     if isinstance(exc, pb.UpstreamInvalidRequest):
         return InvalidRequest(f"The upstream provider rejected the request: {exc.message}", code="invalid_parameter")
     if isinstance(exc, pb.UpstreamRateLimited):
-        return RateLimited("The upstream provider is rate limiting requests. Please retry shortly.",
-                           headers={"retry-after": str(_retry_after_seconds(exc))})
+        return RateLimited("The upstream provider is rate limiting requests. Please retry after the time in the "
+                           "retry-after header.", headers=upstream_retry_headers(exc.retry_after_seconds))
     if isinstance(exc, router.NoHealthyProvider):
         return UpstreamError(exc.message, status=503, code="provider_unavailable", headers={"retry-after": "5"})
     if isinstance(exc, pb.UpstreamTimeout):
@@ -75,15 +75,21 @@ def _map_provider_error(exc: pb.ProviderError) -> APIError:
     return UpstreamError(f"The upstream provider failed: {exc.message}", status=502)
 
 
-MAX_UPSTREAM_RETRY_AFTER = 60  # seconds: a longer upstream hint (a daily quota) is no use to a client's retry
+MAX_UPSTREAM_RETRY_AFTER = 3600  # seconds: a cap on absurd hints; anything an upstream means is below it
+SDK_RETRY_LIMIT = 60  # the OpenAI SDKs wait out a retry-after up to about this long, then back off on their own
 
 
-def _retry_after_seconds(exc: pb.UpstreamRateLimited) -> int:
-    """Whole seconds for our `retry-after`: the upstream's own hint when it gave one (rounded up, 1 to 60), else 1."""
-    hint = exc.retry_after_seconds
-    if hint is None or not hint > 0:
-        return 1
-    return max(1, min(MAX_UPSTREAM_RETRY_AFTER, math.ceil(hint)))
+def upstream_retry_headers(hint_seconds: float | None) -> dict[str, str]:
+    """`retry-after` (whole seconds, rounded up) and `retry-after-ms` for a 429 the upstream answered: its own wait
+    when it gave one, never less (capped at MAX_UPSTREAM_RETRY_AFTER), else 1 s. Beyond what the SDKs wait for by
+    themselves, `x-should-retry: false`: they would otherwise retry at once and meet the same 429."""
+    if hint_seconds is None or not hint_seconds > 0:
+        hint_seconds = 1.0
+    ms = min(MAX_UPSTREAM_RETRY_AFTER * 1000, max(1, math.ceil(hint_seconds * 1000)))
+    headers = {"retry-after": str(max(1, math.ceil(ms / 1000))), "retry-after-ms": str(ms)}
+    if ms > SDK_RETRY_LIMIT * 1000:
+        headers["x-should-retry"] = "false"
+    return headers
 
 
 def _status_for(exc: APIError) -> str:

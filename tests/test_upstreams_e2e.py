@@ -1,6 +1,7 @@
 """Every upstream through the whole gateway: the official SDK → /v1 → router → adapter → emulator on 127.0.0.1.
 
 Providers are switched on by configuration (their keys and base URLs), exactly as in production."""
+import time
 import base64
 import json
 
@@ -303,13 +304,39 @@ def test_a_gemini_blocked_output_costs_nothing(configured, openai_client, api_ke
     assert (row.status, row.cost_micros, row.upstream_cost_micros) == ("refused", 0, None)
 
 
-def test_upstream_retry_hints_are_rounded_up_and_bounded():
+def test_upstream_retry_hints_are_passed_on_never_shorter_and_bounded():
     from generation import services
-    from generation.providers.base import UpstreamRateLimited
 
     def hint(seconds):
-        err = UpstreamRateLimited("slow down", provider="gemini")
-        err.retry_after_seconds = seconds
-        return services._retry_after_seconds(err)
+        headers = services.upstream_retry_headers(seconds)
+        return headers["retry-after"], headers["retry-after-ms"], headers.get("x-should-retry")
 
-    assert [hint(None), hint(0), hint(0.2), hint(37.5), hint(86_400), hint(float("nan"))] == [1, 1, 1, 38, 60, 1]
+    assert hint(None) == hint(0) == hint(float("nan")) == ("1", "1000", None)
+    assert hint(0.2) == ("1", "200", None)
+    assert hint(37.5) == ("38", "37500", None)
+    assert hint(20) == ("20", "20000", None)
+    assert hint(90) == ("90", "90000", "false")  # longer than the SDKs wait by themselves: do not retry at once
+    assert hint(86_400) == ("3600", "3600000", "false")
+
+
+def test_an_upstream_429_passes_its_wait_on_to_the_client(configured, openai_client, api_key, live_url):
+    """The only provider of the model answers 429 with `retry-after: 20`: the client is told 20 s (and 20,000 ms),
+    not 1, and the SDK waits that long instead of hitting the upstream again at once."""
+    emu = configured["openai"]
+    limited = {"error": {"message": "Rate limit reached for images per minute.", "type": "requests", "param": None,
+                         "code": "rate_limit_exceeded"}}
+    emu.faults.set("generate", Fault(status=429, body=limited, headers={"retry-after": "20"}))
+    with pytest.raises(openai.RateLimitError) as info:
+        openai_client.images.generate(model="gpt-image-1", prompt="x", size="1024x1024", quality="low")
+    headers = info.value.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("20", "20000")
+    assert _rows(api_key)[-1].cost_micros == 0
+    emu.faults.clear()
+    emu.faults.set("generate", Fault(status=429, body=limited, headers={"retry-after": "2"}, times=1))
+    hits_before = len([r for r in emu.requests if r.path.endswith("/images/generations")])
+    patient = openai.OpenAI(base_url=f"{live_url}/v1", api_key=api_key[1], max_retries=2, timeout=30)
+    started = time.monotonic()
+    result = patient.images.generate(model="gpt-image-1", prompt="x", size="1024x1024", quality="low")
+    waited = time.monotonic() - started
+    hits = len([r for r in emu.requests if r.path.endswith("/images/generations")]) - hits_before
+    assert result.data[0].b64_json and hits == 2 and waited >= 2.0  # one 429, one success, the wait honoured
