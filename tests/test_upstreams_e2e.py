@@ -1,9 +1,9 @@
 """Every upstream through the whole gateway: the official SDK → /v1 → router → adapter → emulator on 127.0.0.1.
 
 Providers are switched on by configuration (their keys and base URLs), exactly as in production."""
-import time
 import base64
 import json
+import time
 
 import openai
 import pytest
