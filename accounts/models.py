@@ -98,6 +98,12 @@ class Membership(models.Model):
         """Owners and admins manage keys, members and billing; members see usage."""
         return self.role in (self.Role.OWNER, self.Role.ADMIN)
 
+    def has_perm(self, permission: str) -> bool:
+        """Whether this member's role grants `permission` (accounts/roles.py: what each role may do)."""
+        from .roles import ROLE_PERMISSIONS
+
+        return permission in ROLE_PERMISSIONS.get(self.role, frozenset())
+
 
 class ApiKey(models.Model):
     """An organization's API key. Only a SHA-256 digest of the secret is stored; the raw key is shown once."""
@@ -117,6 +123,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     # Model ids this key may use; empty = every model. Checked on the generation path (accounts.selectors).
     allowed_models = models.JSONField(default=list, blank=True)
+    # The first key of a rotation chain (null: this key is the first). A rotated key inherits its predecessor's, so
+    # per-key monthly spend carries over to the new key (billing/spend.py counts per lineage).
+    lineage = models.BigIntegerField(null=True, blank=True, db_index=True)
 
     unscoped = models.Manager()
     objects = TenantManager()
@@ -139,6 +148,11 @@ class ApiKey(models.Model):
     def is_active(self) -> bool:
         """Usable right now: neither revoked nor expired."""
         return self.revoked_at is None and not self.is_expired()
+
+    @property
+    def lineage_id(self) -> int:
+        """The id that rotations of this key share: the first key's."""
+        return self.lineage or self.pk
 
 
 class Invitation(models.Model):

@@ -105,7 +105,7 @@ def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list
 
 def create_api_key(
     *, organization: Organization, name: str, created_by: User | None = None, rate_limit_rpm: int = 0,
-    expires_at: datetime | None = None, allowed_models: list[str] | None = None,
+    expires_at: datetime | None = None, allowed_models: list[str] | None = None, lineage: int | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key; returns the row and the raw key, which exists only in this return value."""
     name = (name or "").strip()
@@ -130,6 +130,7 @@ def create_api_key(
                     rate_limit_rpm=rate_limit_rpm,
                     expires_at=expires_at,
                     allowed_models=allowed_models,
+                    lineage=lineage,
                 )
             return api_key, raw
         except IntegrityError:  # prefix collision: 62**8 makes this vanishingly rare; try another
@@ -162,7 +163,7 @@ def rotate_api_key(
     name = old.name if old.name.endswith(suffix) else old.name[: 100 - len(suffix)] + suffix
     new_key, raw = create_api_key(
         organization=old.organization, name=name, created_by=created_by, rate_limit_rpm=old.rate_limit_rpm,
-        expires_at=old.expires_at, allowed_models=list(old.allowed_models or []),
+        expires_at=old.expires_at, allowed_models=list(old.allowed_models or []), lineage=old.lineage_id,
     )
     if revoke_old:
         ApiKey.unscoped.filter(pk=old.pk, revoked_at__isnull=True).update(revoked_at=now)

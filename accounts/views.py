@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from . import selectors, services
+from . import roles, selectors, services
 from .forms import ApiKeyCreateForm, ApiKeyRotateForm, InviteForm, RoleForm
 from .models import ApiKey, Invitation, Membership, User
 
@@ -102,6 +102,7 @@ def _render_team(request, membership, *, invite_form=None, status=200):
         "invite_form": invite_form or InviteForm(),
         "roles": Membership.Role.choices,
         "owner_count": selectors.owner_count(organization),
+        "permissions": roles.table(),
     }, status=status)
 
 

@@ -58,10 +58,12 @@ class SpendLimitExceeded(Exception):
 
 @dataclass(frozen=True)
 class Limit:
-    """One monthly limit that applies to a request: the organization's (api_key_id None) or a key's."""
+    """One monthly limit that applies to a request: the organization's (api_key_id None) or a key's. A key's spend
+    is counted per lineage (ApiKey.lineage_id: the first key of its rotations), so a rotated key carries the month's
+    spend over instead of starting afresh."""
 
     organization_id: int
-    api_key_id: int | None
+    api_key_id: int | None  # the key's lineage id
     limit_micros: int
     label: str  # "your organization" or "API key ig_Ab3dE6gH…"
 
@@ -121,7 +123,7 @@ def _limits(organization, api_key, account, key_limit) -> list[Limit]:
     if org_limit is not None:
         out.append(Limit(organization.pk, None, org_limit, "your organization"))
     if api_key is not None and key_limit is not None:
-        out.append(Limit(organization.pk, api_key.pk, key_limit, f"API key {api_key.prefix}…"))
+        out.append(Limit(organization.pk, api_key.lineage_id, key_limit, f"API key {api_key.prefix}…"))
     return out
 
 
@@ -146,7 +148,8 @@ def counter_key(organization_id: int, api_key_id: int | None, month: str) -> str
 
 
 def ledger_month_to_date(organization_id: int, api_key_id: int | None, month: str) -> int:
-    """What the ledger says was spent in `month` (YYYYMM): the organization's total (rollups plus tail) or one key's."""
+    """What the ledger says was spent in `month` (YYYYMM): the organization's total (rollups plus tail), or one key
+    lineage's (`api_key_id` is the lineage id: every rotation of the key)."""
     from django.db.models import Sum
 
     from accounts.models import Organization
@@ -158,8 +161,10 @@ def ledger_month_to_date(organization_id: int, api_key_id: int | None, month: st
     if api_key_id is None:
         end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=dt_timezone.utc)
         return usage_between(organization=Organization(pk=organization_id), start=start, end=end).cost_micros
-    rows = LedgerEntry.objects.for_organization(organization_id).filter(api_key_id=api_key_id,
-                                                                         created_at__gte=start)
+    from django.db.models import Q
+
+    rows = LedgerEntry.objects.for_organization(organization_id).filter(
+        Q(api_key_id=api_key_id) | Q(api_key__lineage=api_key_id), created_at__gte=start)
     return rows.aggregate(total=Sum("cost_micros"))["total"] or 0
 
 

@@ -31,8 +31,9 @@ def reconcile_billing() -> dict:
 @shared_task
 def send_spend_alert(organization_id: int, api_key_id: int | None, month: str, spent_micros: int,
                      limit_micros: int) -> int:
-    """E-mail the organization's owners and admins that a monthly spend limit (`month` is YYYYMM) is 80% used.
-    Once per limit and month: the SpendAlert row's unique constraint decides, whatever Redis forgot."""
+    """E-mail the organization's owners and admins that a monthly spend limit (`month` is YYYYMM) is 80% used;
+    `api_key_id` is a key's lineage id (None: the organization's limit). Once per limit and month: the SpendAlert
+    row's unique constraint decides, whatever Redis forgot."""
     from datetime import date
 
     from django.db import IntegrityError, transaction
@@ -44,7 +45,11 @@ def send_spend_alert(organization_id: int, api_key_id: int | None, month: str, s
     organization = Organization.objects.filter(pk=organization_id).first()
     if organization is None:
         return 0
-    api_key = ApiKey.unscoped.filter(pk=api_key_id).first() if api_key_id is not None else None
+    api_key = None
+    if api_key_id is not None:  # a key lineage (its rotations): name the newest key of it
+        from django.db.models import Q
+
+        api_key = (ApiKey.unscoped.filter(Q(pk=api_key_id) | Q(lineage=api_key_id)).order_by("-created_at").first())
     first_day = date(int(month[:4]), int(month[4:]), 1)
     try:
         with transaction.atomic():

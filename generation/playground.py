@@ -5,11 +5,14 @@ request is recorded in the ledger without an API key (the member's session made 
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponseForbidden
 from django.shortcuts import render
+from redis.exceptions import RedisError
 
+from accounts import roles
 from accounts.views import membership_or_404
 
-from . import catalog, services
+from . import catalog, ratelimit, services
 from .errors import APIError
 from .middleware import new_request_id
 from .providers import registry
@@ -36,9 +39,25 @@ class PlaygroundForm(forms.Form):
 @login_required
 def playground(request):
     membership = membership_or_404(request)
+    may_generate = membership.has_perm(roles.GENERATE_IMAGES)
     form = PlaygroundForm(request.POST or None, initial={"model": catalog.DEFAULT_MODEL})
     result, error = None, None
+    if request.method == "POST" and not may_generate:
+        return HttpResponseForbidden("Your role may see usage but not generate images: the playground is charged to "
+                                     "the organization. Ask an owner or admin.")
     if request.method == "POST" and form.is_valid():
+        try:
+            decision = ratelimit.check_playground(request.user, membership.organization)
+        except RedisError:
+            decision = None  # the limiter is down: as on the API, serve rather than refuse
+        if decision is not None and not decision.allowed:
+            error = decision.message()
+            form = PlaygroundForm(request.POST, initial={"model": catalog.DEFAULT_MODEL})
+            form.is_valid()
+            return render(request, "dashboard/playground.html", {
+                "form": form, "result": None, "error": error, "may_generate": may_generate,
+                "model_sizes": [(m.id, ", ".join(m.sizes)) for m in _models()],
+            }, status=429)
         data = {"model": form.cleaned_data["model"], "prompt": form.cleaned_data["prompt"],
                 "size": form.cleaned_data["size"], "n": form.cleaned_data["n"]}
         spec = catalog.get_model(data["model"])
@@ -56,6 +75,6 @@ def playground(request):
         except APIError as exc:
             error = exc.message
     return render(request, "dashboard/playground.html", {
-        "form": form, "result": result, "error": error,
+        "form": form, "result": result, "error": error, "may_generate": may_generate,
         "model_sizes": [(m.id, ", ".join(m.sizes)) for m in _models()],
     })

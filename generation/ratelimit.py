@@ -287,7 +287,7 @@ def bucket_keys(api_key, organization) -> tuple[str, str]:
     """The Redis keys of (the key's bucket, the organization's bucket)."""
     prefix = settings.CACHES["default"].get("KEY_PREFIX") or "ig"
     org = f"{prefix}:ratelimit:{{org:{organization.pk}}}"
-    return f"{org}:key:{api_key.pk}", org
+    return f"{org}:key:{api_key.pk if api_key is not None else '-'}", org
 
 
 def check(api_key, organization, *, now_us: int | None = None) -> Decision:
@@ -296,6 +296,16 @@ def check(api_key, organization, *, now_us: int | None = None) -> Decision:
     keys = list(bucket_keys(api_key, organization))
     raw = get_limiter().hit(keys, [key_limit, organization.rate_limit_rpm], now_us=now_us)
     return _decision(api_key, organization, raw)
+
+
+def check_playground(user, organization) -> Decision:
+    """Count one playground generation against the organization's limit and the person's own (the default key
+    limit, as if the playground were one more key): the playground spends like the API, so it is limited like it."""
+    org_bucket = bucket_keys(None, organization)[1]
+    keys = [f"{org_bucket}:user:{user.pk}", org_bucket]
+    raw = get_limiter().hit(keys, [settings.RATE_LIMIT_DEFAULT_RPM, organization.rate_limit_rpm])
+    labels = [("key", "your playground"), ("organization", f"organization {organization.slug}")]
+    return _decision(None, organization, raw, labels=labels)
 
 
 _async_scripts: dict = {}
@@ -332,8 +342,8 @@ async def enforce(request, api_key, organization) -> None:
         raise RateLimited(decision.message(), headers=decision.headers())
 
 
-def _decision(api_key, organization, raw: list[int]) -> Decision:
-    labels = [("key", f"API key {api_key.prefix}…"), ("organization", f"organization {organization.slug}")]
+def _decision(api_key, organization, raw: list[int], labels=None) -> Decision:
+    labels = labels or [("key", f"API key {api_key.prefix}…"), ("organization", f"organization {organization.slug}")]
     buckets = []
     for i, (scope, label) in enumerate(labels):
         limit, remaining, reset_us, retry_us = raw[1 + 4 * i: 5 + 4 * i]

@@ -141,3 +141,67 @@ def test_a_validly_signed_webhook_that_is_not_an_event_is_a_400(client, settings
     response = client.post("/billing/stripe/webhook/", data=body, content_type="application/json",
                            HTTP_STRIPE_SIGNATURE=f"t={stamp},v1={signature}")
     assert response.status_code == 400 and b"invalid event" in response.content
+
+
+# --- Money rules at the edges ------------------------------------------------------------------------------------
+
+def test_a_rotated_key_carries_the_months_spend_over(openai_client, live_url, api_key, client, user):
+    from accounts import services as account_services
+    from billing import services as billing_services
+
+    key, raw = api_key
+    billing_services.set_spend_limit(organization=key.organization, api_key=key, monthly_limit_micros=10_000)
+    for _ in range(10):  # $0.010 of $0.010
+        openai_client.images.generate(model="local-preview", prompt="x", size="256x256", response_format="b64_json")
+    new_key, new_raw = account_services.rotate_api_key(api_key=key)
+    import openai
+
+    fresh = openai.OpenAI(base_url=f"{live_url}/v1", api_key=new_raw, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as info:
+        fresh.images.generate(model="local-preview", prompt="x", size="256x256", response_format="b64_json")
+    assert info.value.code == "insufficient_quota"  # not a fresh $0.01: the month's spend came along
+    with pytest.raises(openai.RateLimitError):  # and the old key, still valid for its grace period, is out too
+        openai_client.images.generate(model="local-preview", prompt="x", size="256x256", response_format="b64_json")
+
+
+@pytest.fixture
+def playground_client(transactional_db, client, user, organization, prices):
+    client.force_login(user)
+    return client
+
+
+def _play(client):
+    return client.post(reverse("playground"), {"prompt": "a red fox", "model": "local-preview", "size": "256x256",
+                                               "n": 1})
+
+
+def test_the_playground_obeys_the_organizations_rate_limit(playground_client, organization, api_key, live_url):
+    from accounts.models import Organization
+
+    Organization.objects.filter(pk=organization.pk).update(rate_limit_rpm=2)
+    from config import process_cache
+
+    process_cache.invalidate("api_keys")
+    assert _play(playground_client).status_code == 200
+    assert _play(playground_client).status_code == 200
+    refused = _play(playground_client)
+    assert refused.status_code == 429 and b"Rate limit reached" in refused.content
+    api = httpx.post(f"{live_url}/v1/images/generations", headers={"Authorization": f"Bearer {api_key[1]}"},
+                     json={"model": "local-preview", "prompt": "x", "size": "256x256"})
+    assert api.status_code == 429  # one budget for the organization, whichever way it spends
+
+
+def test_members_may_see_but_not_spend(transactional_db, client, organization, prices):
+    from accounts import services as account_services
+    from accounts.models import Membership
+    from billing.models import LedgerEntry
+
+    member, _ = account_services.get_or_create_user(email="member@example.com", password="member horse battery")
+    Membership.unscoped.create(organization=organization, user=member, role=Membership.Role.MEMBER)
+    client.force_login(member)
+    page = client.get(reverse("playground"))
+    assert page.status_code == 200 and b'data-testid="playground-read-only"' in page.content
+    assert _play(client).status_code == 403
+    assert not LedgerEntry.objects.for_organization(organization).exists()
+    team = client.get(reverse("team")).content.decode()
+    assert "Generate images in the playground (charged to the organization)" in team
