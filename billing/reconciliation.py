@@ -27,7 +27,10 @@ class ReconcileStats:
 
 def reconcile(*, now: datetime | None = None, lookback_hours: int = 48,
               sc: stripe.StripeClient | None = None) -> ReconcileStats:
+    from .webhooks import resync_subscriptions
+
     stats = ReconcileStats()
+    resync_subscriptions()  # subscriptions an ambiguous webhook left in doubt while Stripe was unreachable
     sc = sc or stripe_gateway.client()
     setup = stripe_gateway.current_setup() or stripe_gateway.setup(sc=sc)
     now = now or timezone.now()

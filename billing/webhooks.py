@@ -18,6 +18,7 @@ from .models import BillingAccount, Invoice, StripeEvent
 
 log = logging.getLogger(__name__)
 
+DOUBT_KEY = "_resync"  # subscription ids whose state an ambiguous event left in doubt (see _apply_subscription)
 HANDLED = {
     "checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
     "customer.subscription.deleted", "invoice.finalized", "invoice.paid", "invoice.payment_failed",
@@ -65,30 +66,88 @@ def _account_for_customer(customer_id: str | None) -> BillingAccount | None:
     return BillingAccount.objects.filter(stripe_customer_id=customer_id).first()
 
 
+def _fetch_subscription(subscription_id: str) -> dict | None:
+    """Stripe's current copy of the subscription, or None when Stripe cannot be asked (not configured, down)."""
+    from . import stripe_gateway
+
+    try:
+        sub = stripe_gateway.client(max_network_retries=1).v1.subscriptions.retrieve(subscription_id)
+    except (stripe_gateway.StripeNotConfigured, stripe.StripeError) as exc:
+        log.warning("Could not fetch subscription %s from Stripe (%s); using the event's copy", subscription_id, exc)
+        return None
+    return sub.to_dict() if hasattr(sub, "to_dict") else dict(sub)
+
+
 def _apply_subscription(sub: dict, event_created: datetime) -> None:
+    """Mirror a subscription's state on its organization's billing account.
+
+    Stripe may deliver events late and in any order, and two events of the same second cannot be ordered by their
+    `created` (a `customer.subscription.updated` to active and the `created` of the same subscription, incomplete,
+    did that). So the event only says *which* subscription changed: its state is fetched from Stripe and applied,
+    whatever the order, and every order converges on Stripe's own. Only when Stripe cannot be asked is the event's
+    copy applied, the newer one winning; a same-second tie keeps the state and marks the subscription for the next
+    reconciliation pass to fetch (`resync_subscriptions`)."""
     account = _account_for_customer(sub.get("customer"))
     if account is None:
         log.warning("Subscription %s for unknown customer %s", sub.get("id"), sub.get("customer"))
         return
-    state = account.subscription_state or {}
-    last = state.get(sub["id"])
-    if last is not None and last > event_created.timestamp():
-        return  # an older event arriving late: the newer state stays
-    state[sub["id"]] = event_created.timestamp()
+    state = dict(account.subscription_state or {})
+    doubtful = set(state.pop(DOUBT_KEY, []))
+    truth = _fetch_subscription(sub["id"])
+    if truth is not None:
+        doubtful.discard(sub["id"])
+        chosen, observed = truth, timezone.now()
+    else:
+        last = state.get(sub["id"])
+        if last is not None and last > event_created.timestamp():
+            return  # an older event arriving late: the newer state stays
+        if last is not None and last == event_created.timestamp() and sub.get("status") != account.subscription_status:
+            doubtful.add(sub["id"])  # same second, different state: ask Stripe on the next reconciliation
+            state[DOUBT_KEY] = sorted(doubtful)
+            BillingAccount.objects.filter(pk=account.pk).update(subscription_state=state, updated_at=timezone.now())
+            return
+        chosen, observed = sub, event_created
+    state[sub["id"]] = max(event_created.timestamp(), state.get(sub["id"], 0))
+    if doubtful:
+        state[DOUBT_KEY] = sorted(doubtful)
+    _store_subscription(account, chosen, observed, state)
+
+
+def _store_subscription(account: BillingAccount, sub: dict, observed: datetime, state: dict) -> None:
     status = sub.get("status", "")
     item = ((sub.get("items") or {}).get("data") or [{}])[0]
     period_start = sub.get("current_period_start") or item.get("current_period_start")
     period_end = sub.get("current_period_end") or item.get("current_period_end")
-    past_due_since = account.past_due_since
-    if status == "past_due":
-        past_due_since = past_due_since or event_created
-    else:
-        past_due_since = None
+    past_due_since = account.past_due_since if status == "past_due" else None
+    if status == "past_due" and past_due_since is None:
+        past_due_since = observed
     BillingAccount.objects.filter(pk=account.pk).update(
         stripe_subscription_id=sub["id"], subscription_status=status, current_period_start=_ts(period_start),
         current_period_end=_ts(period_end), past_due_since=past_due_since, subscription_state=state,
         updated_at=timezone.now(),
     )
+
+
+def resync_subscriptions() -> int:
+    """Fetch and apply every subscription a same-second tie left in doubt while Stripe could not be asked (from
+    reconciliation, hourly); returns how many were settled."""
+    settled = 0
+    for account in BillingAccount.objects.filter(subscription_state__has_key=DOUBT_KEY):
+        for subscription_id in list((account.subscription_state or {}).get(DOUBT_KEY, [])):
+            truth = _fetch_subscription(subscription_id)
+            if truth is None:
+                continue
+            with transaction.atomic():
+                account = BillingAccount.objects.select_for_update().get(pk=account.pk)
+                state = dict(account.subscription_state or {})
+                state[DOUBT_KEY] = [s for s in state.get(DOUBT_KEY, []) if s != subscription_id]
+                if not state[DOUBT_KEY]:
+                    del state[DOUBT_KEY]
+                _store_subscription(account, truth, timezone.now(), state)
+            settled += 1
+    if settled:
+        spend.invalidate_limits()
+    return settled
 
 
 def _apply_invoice(inv: dict, event_created: datetime) -> None:

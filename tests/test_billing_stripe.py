@@ -334,3 +334,56 @@ def test_concurrent_requests_at_the_spend_limit_then_reported_exactly(transactio
     assert outcomes.count("ok") == 7 and set(outcomes) == {"ok", "insufficient_quota"}
     reporting.report_usage()
     assert _stripe_total(stripe_on, org) == _ledger_total(org) == 7_000
+
+
+# A subscription's life as Stripe tells it: each step is an event; all carry the same `created` second, as events of
+# one checkout do, so their order cannot be read from them.
+LIFE = [("created", "incomplete"), ("updated", "active"), ("updated", "past_due"), ("deleted", "canceled")]
+
+
+def _life_events(stripe_on, cus, price, upto: int) -> list[dict]:
+    sub_event = stripe_emu.subscription_created(stripe_on, cus, price)
+    sub_id = sub_event["data"]["object"]["id"]
+    sub_event["data"]["object"]["status"] = "incomplete"
+    events = [sub_event]
+    for kind, status in LIFE[1:upto + 1]:
+        if kind == "deleted":
+            events.append(stripe_emu.subscription_deleted(stripe_on, sub_id))
+        else:
+            events.append(stripe_emu.subscription_updated(stripe_on, sub_id, status=status))
+    if upto == 0:
+        stripe_emu.subscription_updated(stripe_on, sub_id, status="incomplete")  # Stripe's state: still incomplete
+    for event in events:
+        event["created"] = 1_700_000_000
+    return events
+
+
+@pytest.mark.parametrize("earlier, later", [(i, j) for i in range(len(LIFE)) for j in range(len(LIFE)) if i < j])
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+def test_every_pair_of_subscription_events_in_either_order_ends_at_stripes_state(client, customer, stripe_on,
+                                                                               earlier, later, order):
+    org, cus, price = customer
+    events = _life_events(stripe_on, cus, price, later)
+    pair = [events[earlier], events[later]]
+    for event in (pair if order == "in order" else reversed(pair)):
+        assert _post_event(client, event).status_code == 200
+    account = BillingAccount.objects.get(organization=org)
+    assert account.subscription_status == LIFE[later][1]  # what Stripe says now, whichever arrived last
+
+
+def test_a_same_second_tie_while_stripe_is_unreachable_is_settled_by_reconciliation(client, customer, stripe_on,
+                                                                                  settings):
+    org, cus, price = customer
+    created, active = _life_events(stripe_on, cus, price, 1)
+    real_base = settings.STRIPE_API_BASE
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # Stripe down: only the events' own copies are known
+    _post_event(client, active)
+    _post_event(client, created)  # same second, older state: cannot be ordered
+    account = BillingAccount.objects.get(organization=org)
+    assert account.subscription_status == "active" and account.subscription_state["_resync"]
+    settings.STRIPE_API_BASE = real_base
+    from billing.webhooks import resync_subscriptions
+
+    assert resync_subscriptions() == 1
+    account.refresh_from_db()
+    assert account.subscription_status == "active" and "_resync" not in account.subscription_state
