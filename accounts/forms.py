@@ -4,7 +4,7 @@ from datetime import datetime, time
 from django import forms
 from django.utils import timezone
 
-from . import services
+from . import keys, services
 from .models import Membership
 
 
@@ -34,11 +34,30 @@ class ApiKeyCreateForm(forms.Form):
         required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}),
         help_text="Optional. The key stops working at 00:00 UTC on this date.",
     )
+    permissions = forms.ChoiceField(
+        choices=[("all", "All"), ("restricted", "Restricted")], initial="all", required=False,
+        widget=forms.RadioSelect, label="Permissions",
+        help_text="All: everything a key can do. Restricted: only what you tick below.",
+    )
+    scopes = forms.MultipleChoiceField(
+        choices=list(keys.SCOPES.items()), initial=keys.all_scopes(), widget=forms.CheckboxSelectMultiple,
+        required=False, label="Restricted to",
+        help_text="A key that only generates images cannot read your usage, and the other way round.",
+    )
     allowed_models = forms.CharField(
         required=False, max_length=2000, label="Allowed models",
         widget=forms.TextInput(attrs={"placeholder": "all models (or e.g. local-preview, dall-e-3)"}),
         help_text="Optional. Model ids separated by commas; empty allows every model.",
     )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("permissions") == "restricted":
+            if not data.get("scopes"):
+                self.add_error("scopes", "Choose at least one permission for a restricted key.")
+        else:
+            data["scopes"] = keys.all_scopes()
+        return data
 
     def clean_expires_on(self):
         day = self.cleaned_data.get("expires_on")

@@ -35,3 +35,27 @@ def split_prefix(raw_key: str) -> str | None:
 
 def matches(raw_key: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_key(raw_key), stored_hash)
+
+
+# What a key may do (OpenAI's "restricted keys", in our two resources). New keys get every scope, as OpenAI's "All".
+SCOPE_GENERATE = "images.generate"
+SCOPE_USAGE = "usage.read"
+SCOPES = {
+    SCOPE_GENERATE: "Generate, edit and vary images (/v1/images/*)",
+    SCOPE_USAGE: "Read the organization's usage and costs (/v1/organization/*)",
+}
+
+
+def all_scopes() -> list[str]:
+    return list(SCOPES)
+
+
+def normalize_scopes(scopes) -> list[str]:
+    """Scopes as stored: known ones, de-duplicated, in SCOPES order; ValueError for an unknown or an empty set."""
+    wanted = {str(s).strip() for s in (scopes or []) if str(s).strip()}
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        raise ValueError(f"Unknown scope '{unknown[0][:40]}'. Scopes: {', '.join(SCOPES)}.")
+    if not wanted:
+        raise ValueError(f"A key needs at least one scope: {', '.join(SCOPES)}.")
+    return [s for s in SCOPES if s in wanted]

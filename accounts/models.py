@@ -3,6 +3,7 @@ from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, Permis
 from django.db import models
 from django.utils import timezone
 
+from . import keys
 from .tenancy import TenantManager
 
 
@@ -123,6 +124,8 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     # Model ids this key may use; empty = every model. Checked on the generation path (accounts.selectors).
     allowed_models = models.JSONField(default=list, blank=True)
+    # What the key may do (accounts/keys.py SCOPES); every scope unless restricted when created.
+    scopes = models.JSONField(default=keys.all_scopes)
     # The first key of a rotation chain (null: this key is the first). A rotated key inherits its predecessor's, so
     # per-key monthly spend carries over to the new key (billing/spend.py counts per lineage).
     lineage = models.BigIntegerField(null=True, blank=True, db_index=True)
@@ -148,6 +151,9 @@ class ApiKey(models.Model):
     def is_active(self) -> bool:
         """Usable right now: neither revoked nor expired."""
         return self.revoked_at is None and not self.is_expired()
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
 
     @property
     def lineage_id(self) -> int:

@@ -106,6 +106,7 @@ def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list
 def create_api_key(
     *, organization: Organization, name: str, created_by: User | None = None, rate_limit_rpm: int = 0,
     expires_at: datetime | None = None, allowed_models: list[str] | None = None, lineage: int | None = None,
+    scopes: list[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key; returns the row and the raw key, which exists only in this return value."""
     name = (name or "").strip()
@@ -116,6 +117,7 @@ def create_api_key(
     if expires_at is not None and expires_at <= timezone.now():
         raise ValueError("The expiry must be in the future.")
     allowed_models = normalize_allowed_models(allowed_models)
+    scopes = keys.normalize_scopes(keys.all_scopes() if scopes is None else scopes)
     for _ in range(5):
         prefix = keys.new_prefix()
         raw = keys.build_key(prefix)
@@ -131,6 +133,7 @@ def create_api_key(
                     expires_at=expires_at,
                     allowed_models=allowed_models,
                     lineage=lineage,
+                    scopes=scopes,
                 )
             return api_key, raw
         except IntegrityError:  # prefix collision: 62**8 makes this vanishingly rare; try another
@@ -164,6 +167,7 @@ def rotate_api_key(
     new_key, raw = create_api_key(
         organization=old.organization, name=name, created_by=created_by, rate_limit_rpm=old.rate_limit_rpm,
         expires_at=old.expires_at, allowed_models=list(old.allowed_models or []), lineage=old.lineage_id,
+        scopes=list(old.scopes or keys.all_scopes()),
     )
     if revoke_old:
         ApiKey.unscoped.filter(pk=old.pk, revoked_at__isnull=True).update(revoked_at=now)

@@ -15,17 +15,29 @@ from __future__ import annotations
 
 import re
 
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from django.utils import timezone
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
+from accounts import keys
 from billing import usage_queries as q
 from billing.models import LedgerEntry
 
 from . import openapi
 from .errors import InvalidRequest
-from .views import V1APIView
+from .views import V1APIView, require_scope
+
+
+class ReadsUsage(BasePermission):
+    """The key must have the `usage.read` scope (401 missing_scope otherwise, as OpenAI answers)."""
+
+    def has_permission(self, request, view) -> bool:
+        api_key = getattr(request.user, "api_key", None)
+        if api_key is not None:
+            require_scope(api_key, keys.SCOPE_USAGE)
+        return True
 
 MAX_TIME = 32503680000  # 3000-01-01T00:00:00Z: bounds every unix-seconds parameter
 MAX_STRING = 200
@@ -186,6 +198,8 @@ _BUCKET_SHAPE = ('`{"object": "page", "data": [{"object": "bucket", "start_time"
 class UsageImagesView(V1APIView):
     """GET /v1/organization/usage/images"""
 
+    permission_classes = [IsAuthenticated, ReadsUsage]
+
     @extend_schema(
         operation_id="usageImages", tags=["Usage"], summary="Images usage",
         description="Images made and requests made per time bucket, from the ledger. Each page is " + _BUCKET_SHAPE
@@ -203,6 +217,8 @@ class UsageImagesView(V1APIView):
 class CostsView(V1APIView):
     """GET /v1/organization/costs"""
 
+    permission_classes = [IsAuthenticated, ReadsUsage]
+
     @extend_schema(
         operation_id="usageCosts", tags=["Usage"], summary="Costs",
         description="Money charged per time bucket, from the ledger. Each page is " + _BUCKET_SHAPE
@@ -219,6 +235,8 @@ class CostsView(V1APIView):
 
 class UsageRecordsView(V1APIView):
     """GET /v1/organization/usage/records"""
+
+    permission_classes = [IsAuthenticated, ReadsUsage]
 
     @extend_schema(
         operation_id="listUsageRecords", tags=["Usage"], summary="Usage records",

@@ -9,12 +9,15 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
+from accounts import keys
 from accounts.authentication import ApiKeyAuthentication, KeyPrincipal
+from accounts.selectors import key_allows_model
 from config import db
 
 from . import catalog, idempotency, images, ratelimit, services, storage
 from .parsers import StrictJSONParser, parse_json
-from .errors import APIError, InvalidRequest, ModelNotFound, ServerError, envelope, error_response, handler404
+from .errors import (APIError, InvalidRequest, ModelNotFound, PermissionDenied, ServerError, envelope, error_response,
+                     handler404)
 from .providers import registry
 
 
@@ -80,6 +83,7 @@ class _ImageEndpoint(V1APIView):
         try:
             request.get_host()  # DisallowedHost → 400 before anything else (image URLs are built from it)
             principal = await authenticate(request)
+            require_scope(principal.api_key, keys.SCOPE_GENERATE)
             await ratelimit.enforce(request, principal.api_key, principal.organization)
             if request.method != "POST":
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
@@ -114,6 +118,13 @@ class _ImageEndpoint(V1APIView):
             except APIError as exc:  # 4xx are stored and replayed under an Idempotency-Key; 5xx are not
                 return idempotency.StoredResponse(exc.status, exc.body(), {**exc.headers, "x-request-id": request_id})
 
+        # The key's model allow-list holds for replays too (a replay runs no validation): checked before anything.
+        model_id = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model_id, str) and not key_allows_model(principal.api_key, model_id):
+            raise PermissionDenied(f"This API key may not use model '{model_id[:100]}'. It may use: "
+                                   f"{', '.join(principal.api_key.allowed_models)}.", param="model",
+                                   code="model_not_allowed")
+
         # Shielded: a client that disconnects mid-generation does not cancel the work, so an image that was made is
         # recorded once and its response stored for the retry, instead of being half-done.
         raw_key = request.headers.get(idempotency.HEADER)
@@ -144,6 +155,14 @@ class _ImageEndpoint(V1APIView):
 
     def _fingerprint_body(self, data, files):
         return data
+
+
+def require_scope(api_key, scope: str) -> None:
+    """401 as OpenAI answers a restricted key without the permission (missing scopes named), code missing_scope."""
+    if not api_key.has_scope(scope):
+        raise APIError(f"You have insufficient permissions for this operation. Missing scopes: {scope}. This API "
+                       f"key may: {', '.join(api_key.scopes) or 'nothing'}; create a key with this permission on the "
+                       "dashboard's API keys page.", status=401, code="missing_scope")
 
 
 async def authenticate(request) -> KeyPrincipal:

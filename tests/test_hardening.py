@@ -205,3 +205,68 @@ def test_members_may_see_but_not_spend(transactional_db, client, organization, p
     assert not LedgerEntry.objects.for_organization(organization).exists()
     team = client.get(reverse("team")).content.decode()
     assert "Generate images in the playground (charged to the organization)" in team
+
+
+# --- Key scopes ------------------------------------------------------------------------------------------------------
+
+def test_key_scopes_are_checked_on_every_path(live_url, api_key, organization):
+    import openai
+
+    from accounts import services as account_services
+
+    images_only, images_raw = account_services.create_api_key(organization=organization, name="gen",
+                                                              scopes=["images.generate"])
+    usage_only, usage_raw = account_services.create_api_key(organization=organization, name="audit",
+                                                            scopes=["usage.read"])
+    gen = openai.OpenAI(base_url=f"{live_url}/v1", api_key=images_raw, max_retries=0)
+    gen.images.generate(model="local-preview", prompt="x", size="256x256", response_format="b64_json")
+    usage = httpx.get(f"{live_url}/v1/organization/usage/records", headers={"Authorization": f"Bearer {images_raw}"})
+    assert usage.status_code == 401 and usage.json()["error"]["code"] == "missing_scope"
+    assert "Missing scopes: usage.read" in usage.json()["error"]["message"]
+    audit = openai.OpenAI(base_url=f"{live_url}/v1", api_key=usage_raw, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        audit.images.generate(model="local-preview", prompt="x", size="256x256")
+    assert info.value.code == "missing_scope"
+    records = httpx.get(f"{live_url}/v1/organization/usage/records", headers={"Authorization": f"Bearer {usage_raw}"})
+    assert records.status_code == 200 and len(records.json()["data"]) == 1
+    default = httpx.get(f"{live_url}/v1/organization/costs?start_time=1", headers={"Authorization": f"Bearer {api_key[1]}"})
+    assert default.status_code == 200  # keys made without choosing get every scope, as OpenAI's "All"
+
+
+def test_an_idempotency_replay_still_checks_the_keys_models(live_url, api_key, organization):
+    from accounts import services as account_services
+
+    body = {"model": "local-preview", "prompt": "x", "size": "256x256", "response_format": "b64_json"}
+    first = httpx.post(f"{live_url}/v1/images/generations", json=body,
+                       headers={"Authorization": f"Bearer {api_key[1]}", "Idempotency-Key": "replay-1"})
+    assert first.status_code == 200
+    restricted, raw = account_services.create_api_key(organization=organization, name="narrow",
+                                                      allowed_models=["dall-e-2"])
+    replay = httpx.post(f"{live_url}/v1/images/generations", json=body,
+                        headers={"Authorization": f"Bearer {raw}", "Idempotency-Key": "replay-1"})
+    assert replay.status_code == 403 and replay.json()["error"]["code"] == "model_not_allowed"
+    no_scope, raw2 = account_services.create_api_key(organization=organization, name="audit", scopes=["usage.read"])
+    replay = httpx.post(f"{live_url}/v1/images/generations", json=body,
+                        headers={"Authorization": f"Bearer {raw2}", "Idempotency-Key": "replay-1"})
+    assert replay.status_code == 401 and replay.json()["error"]["code"] == "missing_scope"
+
+
+def test_create_api_key_command_and_keys_page_choose_scopes(client, user, organization):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from accounts.models import ApiKey
+
+    out = StringIO()
+    call_command("create_api_key", organization.slug, "--name", "cli", "--scopes", "usage.read", stdout=out)
+    assert ApiKey.objects.for_organization(organization).get(name="cli").scopes == ["usage.read"]
+    client.force_login(user)
+    client.post(reverse("api-keys"), {"name": "web", "permissions": "restricted", "scopes": ["images.generate"]})
+    client.post(reverse("api-keys"), {"name": "all"})
+    assert ApiKey.objects.for_organization(organization).get(name="all").scopes == ["images.generate", "usage.read"]
+    refused = client.post(reverse("api-keys"), {"name": "none", "permissions": "restricted"})
+    assert b"Choose at least one permission" in refused.content
+    assert ApiKey.objects.for_organization(organization).get(name="web").scopes == ["images.generate"]
+    page = client.get(reverse("api-keys")).content.decode()
+    assert "Read the organization&#x27;s usage and costs" in page or "Read the organization's usage" in page
