@@ -9,11 +9,14 @@ Matching. Both the prompt and every term go through `normalise`, so they are com
   * Unicode compatibility forms are folded and case is dropped (NFKD/NFKC and casefold: "Ｆｏｏ" and "FOO" are "foo"),
     Latin accents and invisible characters (zero-width spaces, soft hyphens, direction marks) are removed;
   * common leetspeak digits and symbols become letters (0→o 1→i 3→e 4→a 5→s 7→t @→a $→s);
+  * characters that only look like Latin letters (Cyrillic "о", Greek "ο", mathematical bold ...) become those
+    letters, from Unicode's confusables table (UTS #39, as the confusable-homoglyphs package ships it);
   * letters spelled out with punctuation ("n.u.d.e", "n-u-d-e") or spaces ("n u d e", three letters or more) are
     joined;
   * any other run of punctuation and whitespace becomes one space.
 A term then matches whole words only: the word term "ass" matches "ass" but not "class" or "assassin"; a phrase
-matches whatever the separators ("forbidden-test-term" matches "Forbidden   test_term"). A term of kind "prefix"
+matches whatever the separators ("forbidden-test-term" matches "Forbidden   test_term"), and also with its words
+run together ("forbiddentestterm", which is also what soft hyphens or letter-by-letter spacing leave). A term of kind "prefix"
 also matches longer words that start with it ("behead" matches "beheading"). There is deliberately no regular
 expression kind: a staff-written regex runs on every request, can backtrack catastrophically and is hard to review;
 terms are escaped, so the compiled patterns are plain alternations of literals. Known limit: scripts written
@@ -92,6 +95,29 @@ def _is_word_char(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
+def _confusables_table() -> dict[int, str]:
+    """Non-ASCII characters that look like an ASCII letter or digit → that character, lower-cased: Cyrillic "о" and
+    "р", Greek "ο", mathematical letters, ... From Unicode's confusables data (UTS #39) as the confusable-homoglyphs
+    package ships it (confusables.json); ASCII itself is left alone (digits are leetspeak's business, above)."""
+    import json
+    from importlib.resources import files
+
+    data = json.loads(files("confusable_homoglyphs").joinpath("confusables.json").read_text(encoding="utf-8"))
+    table: dict[int, str] = {}
+    for char, glyphs in data.items():
+        if len(char) != 1 or char.isascii():
+            continue
+        for glyph in glyphs:
+            target = glyph.get("c", "")
+            if len(target) == 1 and target.isascii() and target.isalnum():
+                table[ord(char)] = target.lower()
+                break
+    return table
+
+
+_CONFUSABLES = _confusables_table()
+
+
 def normalise(text: str) -> str:
     """The form prompts and terms are compared in: words of lower-case letters separated by single spaces, with a
     space at both ends (so whole-word matching is a plain substring search for " term ")."""
@@ -99,7 +125,7 @@ def normalise(text: str) -> str:
         text = text.casefold().translate(_ASCII_TABLE)
     else:
         text = _INVISIBLE.sub("", unicodedata.normalize("NFKD", text))
-        text = unicodedata.normalize("NFKC", text.casefold())
+        text = unicodedata.normalize("NFKC", text.casefold()).translate(_CONFUSABLES)
         text = _PUNCTUATION.sub(_SEP, _LEET_CHARS.sub(lambda m: _LEET[m.group()], text))
     if _SEP in text:
         text = _join_spelled_out(text).replace(_SEP, " ")
@@ -149,8 +175,11 @@ def compile_category(*, slug: str, terms: Iterable[tuple[str, str]]) -> Compiled
         key = normalise(term).strip()
         if not key:
             continue
-        originals.setdefault(key, term)
-        (prefixes if kind == ModerationTerm.Kind.PREFIX else words).append(key)
+        # A phrase also matches with its words run together ("forbiddentestterm", or split only by soft hyphens or
+        # letter-by-letter spacing, which normalise() joins).
+        for variant in {key, key.replace(" ", "")}:
+            originals.setdefault(variant, term)
+            (prefixes if kind == ModerationTerm.Kind.PREFIX else words).append(variant)
     branches = []
     if words:
         branches.append(f"(?:{_alternation(words)})(?= )")

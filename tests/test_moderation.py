@@ -290,3 +290,26 @@ def test_admin_rejects_a_term_without_letters(staff_client, db):
     assert response.status_code == 200  # the form again, with the error
     assert b"at least one letter or digit" in response.content
     assert category.terms.count() == 1
+
+
+@pytest.mark.parametrize("prompt", [
+    "f o r b i d d e n - t e s t - t e r m",  # spaced letter by letter
+    "f o r b i d d e n t e s t t e r m",
+    "forbiddentestterm",  # joined into one word
+    "FORBIDDENTESTTERM please",
+    "forbidden\u00adtest\u00adterm",  # split by soft hyphens
+    "forbid\u00adden-test-term",
+    "f\u043erbidden-test-term",  # a Cyrillic o
+    "f\u03bfrbidden test term",  # a Greek omicron
+    "forbidd\u0435n t\u0435st t\u0435rm",  # Cyrillic e
+    "\U0001d41f\U0001d428\U0001d42b\U0001d41b\U0001d422\U0001d41d\U0001d41d\U0001d41e\U0001d427 test term",  # maths bold
+])
+def test_spelling_tricks_do_not_dodge_the_policy(default_policy, prompt):
+    verdict = check_text(prompt)
+    assert verdict.flagged and verdict.category == "test" and verdict.term == "forbidden-test-term"
+
+
+@pytest.mark.parametrize("prompt", ["a forbidden testing term", "forbidden and tested terms", "the class of 2026",
+                                    "Москва на закате", "рор art"])
+def test_normalising_does_not_invent_matches(default_policy, prompt):
+    assert not check_text(prompt).flagged
