@@ -3,17 +3,24 @@ from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, Permis
 from django.db import models
 from django.utils import timezone
 
-from . import keys
+from django.db.models.functions import Lower
+
+from . import identity, keys
 from .tenancy import TenantManager
 
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
 
+    @classmethod
+    def normalize_email(cls, email):
+        """accounts/identity.py's rule (Django's own lower-cases only the domain)."""
+        return identity.normalize_email(email)
+
     def _create_user(self, email, password, **extra_fields):
         if not email:
             raise ValueError("An e-mail address is required.")
-        user = self.model(email=self.normalize_email(email).lower(), **extra_fields)
+        user = self.model(email=self.normalize_email(email), **extra_fields)
         user.set_password(password)
         user.save(using=self._db)
         return user
@@ -46,6 +53,10 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     class Meta:
         ordering = ["email"]
+        constraints = [
+            # Addresses are stored normalized (accounts/identity.py); this guards rows written around it.
+            models.UniqueConstraint(Lower("email"), name="uniq_user_email_ci"),
+        ]
 
     def __str__(self):
         return self.email

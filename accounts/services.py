@@ -12,7 +12,7 @@ from django.utils.text import slugify
 
 from config import process_cache
 
-from . import keys
+from . import identity, keys
 from .models import ApiKey, Invitation, Membership, Organization, User
 
 # Sent after a key is rotated, with `old_key` and `new_key`: apps that keep per-key state accounts cannot see (billing's
@@ -52,8 +52,10 @@ def create_organization(*, name: str, owner: User, slug: str | None = None) -> O
 def get_or_create_user(*, email: str, password: str | None = None) -> tuple[User, bool]:
     """The user with this e-mail, created (with `password`, or unusable) if missing; an existing user's password is
     set only when one is given."""
-    email = User.objects.normalize_email(email).lower()
-    user = User.objects.filter(email__iexact=email).first()
+    email = identity.normalize_email(email)
+    if not email or "@" not in email:
+        raise ValueError("An e-mail address is required.")
+    user = User.objects.filter(email=email).first()
     created = user is None
     if created:
         user = User.objects.create_user(email=email, password=password)
@@ -227,13 +229,13 @@ def invite_member(
         raise ValueError(f"Unknown role '{role}'.")
     if role == Membership.Role.OWNER and invited_by.role != Membership.Role.OWNER:
         raise NotAllowed("Only owners can invite owners.")
-    email = User.objects.normalize_email((email or "").strip()).lower()
+    email = identity.normalize_email(email)
     if not email or "@" not in email:
         raise ValueError("An e-mail address is required.")
-    if Membership.objects.for_organization(organization).filter(user__email__iexact=email).exists():
+    if Membership.objects.for_organization(organization).filter(user__email=email).exists():
         raise TeamError(f"{email} is already a member of {organization.name}.")
     now = now or timezone.now()
-    Invitation.objects.for_organization(organization).filter(email__iexact=email, accepted_at__isnull=True).delete()
+    Invitation.objects.for_organization(organization).filter(email=email, accepted_at__isnull=True).delete()
     raw = secrets.token_urlsafe(32)
     invitation = Invitation.unscoped.create(
         organization=organization, email=email, role=role, token_hash=keys.hash_key(raw),
@@ -275,7 +277,7 @@ def accept_invitation(*, invitation: Invitation, user: User, now: datetime | Non
         raise TeamError("This invitation has already been used.")
     if invitation.is_expired(now):
         raise TeamError("This invitation has expired. Ask for a new one.")
-    if user.email.lower() != invitation.email.lower():
+    if identity.normalize_email(user.email) != identity.normalize_email(invitation.email):
         raise NotAllowed(f"This invitation is for {invitation.email}; you are signed in as {user.email}.")
     membership, _ = Membership.unscoped.get_or_create(
         organization=invitation.organization, user=user, defaults={"role": invitation.role})

@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from . import roles, selectors, services
+from . import identity, roles, selectors, services
 from .forms import ApiKeyCreateForm, ApiKeyRotateForm, InviteForm, RoleForm
 from .models import ApiKey, Invitation, Membership, User
 
@@ -204,7 +204,7 @@ def accept_invite(request, token: str):
     if invitation is None:
         raise Http404("This invitation link is not valid.")
     if not request.user.is_authenticated:
-        has_account = User.objects.filter(email__iexact=invitation.email).exists()
+        has_account = User.objects.filter(email=identity.normalize_email(invitation.email)).exists()
         target = reverse("account_login" if has_account else "account_signup")
         return redirect(f"{target}?{urlencode({'next': request.get_full_path()})}")
     problem = None
@@ -212,7 +212,7 @@ def accept_invite(request, token: str):
         problem = "This invitation has already been used."
     elif invitation.is_expired():
         problem = "This invitation has expired. Ask the person who invited you for a new one."
-    elif invitation.email.lower() != request.user.email.lower():
+    elif identity.normalize_email(invitation.email) != identity.normalize_email(request.user.email):
         problem = (f"This invitation is for {invitation.email}, but you are signed in as {request.user.email}. "
                    "Sign in with the invited address to accept it.")
     if request.method == "POST" and problem is None:

@@ -135,3 +135,57 @@ def test_key_format_parsing():
     assert keys.split_prefix(raw) == prefix
     assert keys.split_prefix("ig_short") is None
     assert keys.split_prefix("Bearer xyz") is None
+
+
+# --- E-mail identity: one rule everywhere (accounts/identity.py) ----------------------------------------------------
+
+NFD_EMAIL = "Bob@Bu\u0308cher.Example"  # "bücher" with a combining diaeresis, mixed case
+NFC_EMAIL = "bob@b\u00fccher.example"
+
+
+def test_one_email_rule_from_sign_up_to_login_invitations_and_commands(client, db):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.urls import reverse
+
+    from accounts import services
+    from accounts.models import Invitation, Membership, User
+
+    response = client.post(reverse("account_signup"), {"email": f"  {NFD_EMAIL} ", "password1": "sturdy horse 42 battery",
+                                                        "password2": "sturdy horse 42 battery"})
+    assert response.status_code == 302
+    user = User.objects.get()
+    assert user.email == NFC_EMAIL
+    client.logout()
+    login = client.post(reverse("account_login"), {"login": NFD_EMAIL.upper(), "password": "sturdy horse 42 battery"})
+    assert login.status_code == 302  # the NFD, upper-case spelling finds the account
+    out = StringIO()
+    call_command("create_organization", "second", "--owner", NFD_EMAIL, stdout=out)
+    assert User.objects.count() == 1  # the command found the same person
+    org = Membership.unscoped.filter(user=user).first().organization
+    owner = Membership.objects.for_organization(org).get(user=user)
+    invitation, _ = services.invite_member(organization=org, email="Someone@Example.com", role="member",
+                                           invited_by=owner)
+    assert invitation.email == "someone@example.com"
+    other, _ = services.get_or_create_user(email="SOMEONE@example.COM ")
+    services.accept_invitation(invitation=invitation, user=other)
+    assert Invitation.objects.for_organization(org).get().accepted_by == other
+
+
+def test_different_addresses_stay_different(db):
+    from django.db import IntegrityError, transaction
+
+    from accounts import services
+    from accounts.models import User
+
+    pairs = [("stra\u00dfe@example.com", "strasse@example.com"),  # ß is not ss (casefold would fold them)
+             ("\uff42\uff4f\uff42@example.com", "bob@example.com"),  # full-width is not ASCII (NFKC would fold)
+             ("first.last@example.com", "firstlast@example.com"),  # dots are part of the address
+             ("bob+tag@example.com", "bob@example.com")]
+    for a, b in pairs:
+        ua, _ = services.get_or_create_user(email=a)
+        ub, _ = services.get_or_create_user(email=b)
+        assert ua.pk != ub.pk, (a, b)
+    with pytest.raises(IntegrityError), transaction.atomic():  # the database refuses a case twin written around it
+        User.objects.bulk_create([User(email="STRASSE@example.com")])
