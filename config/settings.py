@@ -141,6 +141,7 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-rollups": {"task": "billing.tasks.refresh_rollups", "schedule": 60.0},
     "seal-ledger": {"task": "billing.tasks.seal_ledger", "schedule": env.float("LEDGER_SEAL_INTERVAL_SECONDS",
                                                                                default=5.0)},
+    "expire-idempotent-responses": {"task": "generation.tasks.expire_idempotent_responses", "schedule": 3600.0},
     "seal-ledger-full": {"task": "billing.tasks.seal_ledger", "schedule": 3600.0, "kwargs": {"full": True}},
 }
 
@@ -255,6 +256,8 @@ IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
 LEDGER_SEAL_MAX_LAG_SECONDS = env.int("LEDGER_SEAL_MAX_LAG_SECONDS", default=60)
 # Seal right after each ledger write (the embedded default has no beat process); with Redis, beat seals.
 LEDGER_SEAL_INLINE = env.bool("LEDGER_SEAL_INLINE", default=not env.str("REDIS_URL", default=""))
+# An Idempotency-Key's claim by a request in flight lapses this long after its process stopped renewing it.
+IDEMPOTENCY_CLAIM_TTL_SECONDS = env.float("IDEMPOTENCY_CLAIM_TTL_SECONDS", default=60.0)
 # A spend hold whose request died with its process or host is released after this many seconds (billing/spend.py).
 SPEND_HOLD_TTL_SECONDS = env.int("SPEND_HOLD_TTL_SECONDS", default=120)
 # Threads that run the request path's database work (config/db.py).

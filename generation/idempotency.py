@@ -95,6 +95,7 @@ class StoredResponse:
     status: int
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None  # set on answers recovered from the database (checked against the retry's)
 
 
 class IdempotencyError(Exception):
@@ -165,16 +166,22 @@ async def run_once(
     compute: Callable[[], Awaitable[StoredResponse]],
     ttl: int = RESPONSE_TTL,
     wait: float = WAIT,
-    claim_ttl: float = CLAIM_TTL,
+    claim_ttl: float | None = None,
+    recover: Callable[[], Awaitable[StoredResponse | None]] | None = None,
 ) -> tuple[StoredResponse, bool]:
     """Run `compute()` at most once per (scope, key); return (response, replayed).
 
     `replayed` is True when the response is the stored answer of an earlier (or concurrent) request, False when
-    this call ran `compute()`. Raises IdempotencyConflict, IdempotencyInProgress, IdempotencyUnavailable, or
-    whatever `compute()` raised (the claim is released first, so a retry runs again).
+    this call ran `compute()`. `recover()`, when given, is asked for the answer of an earlier attempt whose claim
+    expired without a stored response (its process died after committing, say): its answer is replayed instead of
+    running again. Raises IdempotencyConflict, IdempotencyInProgress, IdempotencyUnavailable, or whatever `compute()`
+    raised (the claim is released first, so a retry runs again).
     """
+    if claim_ttl is None:
+        claim_ttl = getattr(settings, "IDEMPOTENCY_CLAIM_TTL_SECONDS", CLAIM_TTL)
     store = _store()
     response_key, claim_key = _keys(scope, key)
+    attempt_key = response_key.rsplit(":", 1)[0] + ":attempted"
     claim = json.dumps({"fp": fingerprint, "token": uuid.uuid4().hex}, separators=(",", ":"))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(0.0, wait)
@@ -204,6 +211,10 @@ async def run_once(
             raise IdempotencyUnavailable(UNAVAILABLE_MESSAGE) from exc
 
         if claimed:
+            recovered = await _recover(store, attempt_key, response_key, claim_key, claim, fingerprint, key, ttl,
+                                       recover)
+            if recovered is not None:
+                return recovered, True
             return await _execute(store, response_key, claim_key, claim, fingerprint, compute, ttl, claim_ttl), False
         if holder is None:  # released (or expired) between our claim attempt and this read: try again at once
             continue
@@ -217,6 +228,38 @@ async def run_once(
 
 
 # --- running ---------------------------------------------------------------------------------------------------------
+
+async def _recover(store, attempt_key: str, response_key: str, claim_key: str, claim: str, fp: str, key: str,
+                   ttl: int, recover) -> StoredResponse | None:
+    """Before running under a fresh claim: if an earlier attempt started (its marker is there) but left no response
+    here, ask `recover()` for what it committed; replay that (storing it for the next retry) and give the claim
+    back. None: nothing was committed, run."""
+    if recover is None:
+        return None
+    try:
+        first = await asyncio.to_thread(store.add, attempt_key, "1", ttl)
+    except Exception:
+        first = False  # cannot tell: look for a committed answer anyway
+    if first:
+        return None
+    try:
+        recovered = await recover()
+    except BaseException:
+        await _release(store, claim_key, claim)
+        raise
+    if recovered is None:
+        return None
+    try:
+        if recovered.fingerprint is not None and recovered.fingerprint != fp:
+            raise IdempotencyConflict(CONFLICT_MESSAGE.format(key=key))
+        try:
+            await asyncio.to_thread(store.add, response_key, _encode(fp, recovered), ttl)
+        except Exception:
+            log.exception("Could not store the recovered idempotent response %s", response_key)
+        return recovered
+    finally:
+        await _release(store, claim_key, claim)
+
 
 async def _execute(store, response_key: str, claim_key: str, claim: str, fp: str,
                    compute: Callable[[], Awaitable[StoredResponse]], ttl: int, claim_ttl: float) -> StoredResponse:
@@ -303,9 +346,7 @@ def _canonical_body(body: Any) -> Any:
             return {"raw": hashlib.sha256(raw).hexdigest()}
     if isinstance(body, str):
         return _canonical_body(body.encode("utf-8"))
-    if isinstance(body, Mapping):
-        return {"json": _canonical(body)}
-    raise TypeError(f"Cannot fingerprint a body of type {type(body).__name__}")
+    return {"json": _canonical(body)}  # any parsed JSON value: an object, a list, a bare number or string
 
 
 def _canonical(value: Any) -> Any:
@@ -411,3 +452,47 @@ def _store():
             and not isinstance(cache.client, ShardClient):
         return _RedisStore(cache)
     return _CacheStore(cache)
+
+
+# --- the durable copy, committed with the charge -----------------------------------------------------------------------
+# A charged answer is also written to the database in the same transaction as its ledger row (IdempotentResponse,
+# unique per organization and key): a process killed after the commit but before the Redis copy above was written
+# leaves the answer there, and the retry's `recover` finds it; if even Redis forgot the attempt, the unique row makes
+# the retry's own commit fail, and it answers with the first result instead of charging again.
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def durable_row(*, organization_id: int, key: str, fingerprint: str, response: StoredResponse):
+    """The unsaved IdempotentResponse for a charged answer (written with its ledger row, generation/commit.py)."""
+    from .models import IdempotentResponse
+
+    return IdempotentResponse(organization_id=organization_id, key_hash=key_hash(key), fingerprint=fingerprint,
+                              request_id=response.headers.get("x-request-id", ""), status=response.status,
+                              body=json.dumps(response.body, separators=(",", ":"), ensure_ascii=False),
+                              headers={str(k): str(v) for k, v in response.headers.items()})
+
+
+def load_durable(*, organization_id: int, key: str) -> StoredResponse | None:
+    """The committed answer for this organization's key, or None (sync: run it on a database thread)."""
+    from .models import IdempotentResponse
+
+    row = IdempotentResponse.objects.for_organization(organization_id).filter(key_hash=key_hash(key)).first()
+    if row is None:
+        return None
+    return StoredResponse(status=row.status, body=json.loads(row.body), headers=dict(row.headers),
+                          fingerprint=row.fingerprint)
+
+
+def delete_expired_durable(*, older_than_seconds: int = RESPONSE_TTL) -> int:
+    """Drop committed answers past the 24 hours a key is honoured (a beat task)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from .models import IdempotentResponse
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    deleted, _ = IdempotentResponse.unscoped.filter(created_at__lt=cutoff).delete()
+    return deleted

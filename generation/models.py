@@ -1,4 +1,5 @@
 from django.db import models
+from django.utils import timezone
 
 from accounts.models import Organization
 from accounts.tenancy import TenantManager
@@ -26,6 +27,31 @@ class StoredImage(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class IdempotentResponse(models.Model):
+    """The response of a charged request made with an Idempotency-Key, written in the same transaction as its
+    ledger row (generation/commit.py): a retry after any crash finds the first result here, never charges twice.
+    The unique (organization, key) pair is what makes a second charge for one key impossible in the database itself.
+    Kept 24 hours, like the Redis copy that serves replays in the common case (generation/idempotency.py)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key_hash = models.CharField(max_length=64)  # SHA-256 of the client's Idempotency-Key
+    fingerprint = models.CharField(max_length=80)
+    request_id = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField()
+    body = models.TextField()  # the JSON answer, as sent
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    unscoped = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "key_hash"], name="uniq_idempotent_key")]
+
+    def __str__(self):
+        return f"{self.organization_id}/{self.key_hash[:12]} → {self.request_id}"
 
 
 class ModerationCategory(models.Model):

@@ -21,7 +21,9 @@ from billing import selectors as billing_selectors
 from billing import spend
 from billing.models import LedgerEntry
 
-from . import catalog, commit, moderation, router, storage
+from config import db, faults
+
+from . import catalog, commit, idempotency, moderation, router, storage
 from .errors import (APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError,
                      UpstreamError)
 from .health import HealthBook
@@ -42,6 +44,7 @@ REFUSAL_MESSAGE = (
 class Outcome:
     body: dict
     provider: str
+    request_id: str | None = None  # set when the answer is an earlier attempt's (its request id, not this one's)
 
 
 _health: HealthBook | None = None
@@ -134,7 +137,10 @@ async def run(
     files: dict | None = None,
     form: bool = False,
     base_url: str,
+    idempotency_key: tuple[str, str] | None = None,
 ) -> Outcome:
+    """Serve one image request; `idempotency_key` is (the client's Idempotency-Key, the request's fingerprint) when it
+    sent one: the charged answer is then committed with the charge (generation/idempotency.py)."""
     started = time.monotonic()
 
     def elapsed_ms() -> int:
@@ -170,20 +176,39 @@ async def run(
             price = await _price(req.model, req.size, req.quality)
         items, files_saved = await _deliver(result.images, call=call, request_id=request_id, base_url=base_url)
         latency = elapsed_ms()
+        body = _response_body(call, items, cost_micros=price.unit_price_micros * req.n, latency=latency)
+        rows = [*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+                *(storage.image_row(organization_id=organization.pk, request_id=request_id, saved=saved)
+                  for saved in files_saved)]
+        if idempotency_key is not None:
+            rows.append(idempotency.durable_row(
+                organization_id=organization.pk, key=idempotency_key[0], fingerprint=idempotency_key[1],
+                response=idempotency.StoredResponse(200, body, {"x-provider": provider_name,
+                                                                "x-request-id": request_id})))
         try:
             entry = await commit.commit(commit.Write(
                 usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
                            status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name,
                            size=req.size, quality=req.quality, n=req.n, price=price, latency_ms=latency,
                            upstream_cost_micros=result.upstream_cost_micros),
-                rows=[*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
-                      *(storage.image_row(organization_id=organization.pk, request_id=request_id, saved=saved)
-                        for saved in files_saved)],
-                touch_key=api_key,
+                rows=rows, touch_key=api_key,
             ))
+        except Exception as exc:
+            await _discard(files_saved)
+            if idempotency_key is not None and _is_duplicate(exc):
+                # An earlier attempt with this key committed its charge (its process died before the answer was
+                # stored): answer with that, and charge nothing now.
+                first = await db.run(idempotency.load_durable, organization_id=organization.pk,
+                                     key=idempotency_key[0])
+                if first is not None:
+                    await spend.release(hold)
+                    return Outcome(body=first.body, provider=first.headers.get("x-provider", ""),
+                                   request_id=first.headers.get("x-request-id"))
+            raise
         except BaseException:
             await _discard(files_saved)
             raise
+        faults.point("after_commit")
         attempts = []  # written with the ledger row
     except APIError as exc:
         await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
@@ -199,17 +224,34 @@ async def run(
         await spend.release(hold)
         raise
     await spend.settle(hold, entry.cost_micros)
+    return Outcome(body=body, provider=provider_name)
+
+
+def _response_body(call: ImageCall, items: list[dict], *, cost_micros: int, latency: int) -> dict:
+    """OpenAI's ImagesResponse with our `usage` (its cost is the ledger row's: unit price × n, micro-USD → USD)."""
+    req = call.request
     body = {"created": int(time.time()), "data": items}
     if call.spec.output_formats:  # gpt-image models echo what they produced, as OpenAI does
         body.update({"background": req.options.get("background"), "output_format": req.options.get("output_format"),
                      "quality": req.quality, "size": req.size})
     body["usage"] = {
-        "cost": round(entry.cost_micros / 1_000_000, 6),
+        "cost": round(cost_micros / 1_000_000, 6),
         "latency_ms": latency,
         "image_size": req.size,
         "model_used": req.model,
     }
-    return Outcome(body=body, provider=provider_name)
+    return body
+
+
+def _is_duplicate(exc: BaseException) -> bool:
+    """The database refused a second row for a unique key (Django's IntegrityError or psycopg's own)."""
+    from django.db import IntegrityError
+
+    try:
+        from psycopg.errors import UniqueViolation
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        UniqueViolation = IntegrityError
+    return isinstance(exc, (IntegrityError, UniqueViolation))
 
 
 async def _price_and_hold(call: ImageCall, organization, api_key):

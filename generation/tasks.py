@@ -6,3 +6,10 @@ from . import storage
 @shared_task
 def expire_images() -> int:
     return storage.delete_expired()
+
+
+@shared_task
+def expire_idempotent_responses() -> int:
+    from . import idempotency
+
+    return idempotency.delete_expired_durable()

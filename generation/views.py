@@ -105,15 +105,18 @@ class _ImageEndpoint(V1APIView):
 
     async def _generate(self, request, principal, data, files: dict) -> HttpResponse:
         request_id = request.request_id
+        durable: tuple[str, str] | None = None  # (Idempotency-Key, fingerprint) once known
+        earlier = {"replayed": False}
 
         async def compute() -> idempotency.StoredResponse:
             try:
                 outcome = await services.run(
                     endpoint=self.endpoint, organization=principal.organization, api_key=principal.api_key,
                     request_id=request_id, data=data, files=files, form=bool(files) or self.multipart,
-                    base_url=_base_url(request),
+                    base_url=_base_url(request), idempotency_key=durable,
                 )
-                headers = {"x-provider": outcome.provider, "x-request-id": request_id}
+                earlier["replayed"] = outcome.request_id is not None  # an earlier attempt's committed answer
+                headers = {"x-provider": outcome.provider, "x-request-id": outcome.request_id or request_id}
                 return idempotency.StoredResponse(200, outcome.body, headers)
             except APIError as exc:  # 4xx are stored and replayed under an Idempotency-Key; 5xx are not
                 return idempotency.StoredResponse(exc.status, exc.body(), {**exc.headers, "x-request-id": request_id})
@@ -137,9 +140,15 @@ class _ImageEndpoint(V1APIView):
                 raise InvalidRequest(str(exc), param=None, code="invalid_idempotency_key") from exc
             fp = await asyncio.to_thread(idempotency.fingerprint, method=request.method, path=request.path,
                                          body=self._fingerprint_body(data, files))
+            durable = (key, fp)
+            org_id = principal.organization.pk
+
+            async def recover():  # an earlier attempt that died after committing: its answer, from the database
+                return await db.run(idempotency.load_durable, organization_id=org_id, key=key)
+
             try:
                 stored, replayed = await asyncio.shield(idempotency.run_once(
-                    scope=str(principal.organization.pk), key=key, fingerprint=fp, compute=compute))
+                    scope=str(org_id), key=key, fingerprint=fp, compute=compute, recover=recover))
             except idempotency.IdempotencyConflict as exc:
                 raise APIError(exc.message, status=409, code=exc.code) from exc
             except idempotency.IdempotencyInProgress as exc:
@@ -149,7 +158,7 @@ class _ImageEndpoint(V1APIView):
         headers = dict(stored.headers)
         # A replay answers with the first request's id (the middleware writes request.request_id on the way out).
         request.request_id = headers.pop("x-request-id", request_id)
-        if replayed:
+        if replayed or earlier["replayed"]:
             headers[idempotency.REPLAYED_HEADER] = "true"
         return JsonResponse(stored.body, status=stored.status, headers=headers)
 

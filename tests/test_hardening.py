@@ -270,3 +270,34 @@ def test_create_api_key_command_and_keys_page_choose_scopes(client, user, organi
     assert ApiKey.objects.for_organization(organization).get(name="web").scopes == ["images.generate"]
     page = client.get(reverse("api-keys")).content.decode()
     assert "Read the organization&#x27;s usage and costs" in page or "Read the organization's usage" in page
+
+
+# --- An Idempotency-Key never charges twice, even across a crash ---------------------------------------------------
+
+@pytest.mark.parametrize("redis_forgot", [False, True])
+def test_a_retry_after_a_crash_between_commit_and_reply_is_not_charged_again(transactional_db, prices, api_key,
+                                                                             redis_forgot):
+    from django_redis import get_redis_connection
+
+    from billing.models import LedgerEntry
+    from tests.servers import uvicorn_processes
+
+    key, raw = api_key
+    body = {"model": "local-preview", "prompt": "once", "size": "256x256", "response_format": "b64_json"}
+    headers = {"Authorization": f"Bearer {raw}", "Idempotency-Key": f"crash-{redis_forgot}"}
+    with uvicorn_processes(1, IMAGEGATE_FAULTS="after_commit", IDEMPOTENCY_CLAIM_TTL_SECONDS=1) as [(base, proc)]:
+        with pytest.raises(httpx.HTTPError):  # the process died after committing, before answering
+            httpx.post(f"{base}/v1/images/generations", json=body, headers=headers, timeout=30)
+        proc.wait(timeout=10)
+        assert proc.returncode == 137
+    charged = LedgerEntry.objects.for_organization(key.organization).filter(status="succeeded")
+    assert charged.count() == 1
+    first_id = charged.get().request_id
+    if redis_forgot:
+        get_redis_connection("default").flushdb()  # not even the attempt's trace is left in Redis
+    with uvicorn_processes(1, IDEMPOTENCY_CLAIM_TTL_SECONDS=1) as [(base, _)]:  # another host, the client's retry
+        retry = httpx.post(f"{base}/v1/images/generations", json=body, headers=headers, timeout=30)
+        again = httpx.post(f"{base}/v1/images/generations", json=body, headers=headers, timeout=30)
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["x-request-id"] == first_id and again.json() == retry.json()
+    assert charged.count() == 1 and LedgerEntry.objects.for_organization(key.organization).count() == 1
