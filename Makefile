@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/imagegate
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run serve test services migrate worker beat bench bench-gateway clean
+.PHONY: install run serve test services migrate worker beat bench bench-gateway bench-faults clean
 
 install: $(STAMP)
 
@@ -62,6 +62,11 @@ bench: install services
 # Imagegate against the direct upstream and the LiteLLM proxy, one run, targets alternated (bench/gateway.py).
 bench-gateway: install services
 	$(BIN)/python bench/gateway.py
+
+# Kill a web worker and the Celery worker, restart Redis and PostgreSQL under load; count the books (bench/faults.py).
+# It restarts this machine's Redis and PostgreSQL: run it alone.
+bench-faults: install services
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
