@@ -5,7 +5,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.forms.models import BaseInlineFormSet
 
 from . import admin_site  # noqa: F401  (staff sign in through allauth with a second factor)
-from . import services
+from . import keys, services
 from .admin_audit import log_staff_action
 from .models import ApiKey, Membership, Organization, User
 
@@ -103,6 +103,8 @@ class ApiKeyAdminForm(forms.ModelForm):
 
     allowed_models = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
                                      help_text="Model ids, comma or newline separated. Empty: every model.")
+    scopes = forms.MultipleChoiceField(choices=list(keys.SCOPES.items()), widget=forms.CheckboxSelectMultiple,
+                                       help_text="What the key may do (at least one).")
 
     class Meta:
         model = ApiKey
@@ -112,6 +114,12 @@ class ApiKeyAdminForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance is not None and not self.is_bound:
             self.initial["allowed_models"] = ", ".join(self.instance.allowed_models or [])
+
+    def clean_scopes(self):
+        try:
+            return keys.normalize_scopes(self.cleaned_data.get("scopes"))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
 
     def clean_allowed_models(self):
         raw = self.cleaned_data.get("allowed_models") or ""
