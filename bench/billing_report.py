@@ -63,7 +63,7 @@ def main():
         import django
 
         django.setup()
-        from billing import reporting, stripe_gateway
+        from billing.stripe import reporting, gateway as stripe_gateway
         from billing.models import LedgerEntry, MeterReport
 
         t0 = time.perf_counter()

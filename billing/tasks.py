@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 @shared_task
 def report_usage() -> dict:
-    from . import policy, reporting
+    from billing import policy
+    from billing.stripe import reporting
 
     if not policy.stripe_enabled():
         return {"skipped": "stripe not configured"}
@@ -21,7 +22,8 @@ def report_usage() -> dict:
 
 @shared_task
 def reconcile_billing() -> dict:
-    from . import policy, reconciliation
+    from billing import policy
+    from billing.stripe import reconciliation
 
     if not policy.stripe_enabled():
         return {"skipped": "stripe not configured"}

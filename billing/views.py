@@ -9,7 +9,8 @@ from django.views.decorators.http import require_POST
 
 from accounts.selectors import current_membership
 
-from . import policy, stripe_gateway, webhooks
+from billing import policy
+from billing.stripe import gateway as stripe_gateway, webhooks
 
 
 @csrf_exempt

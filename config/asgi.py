@@ -3,7 +3,7 @@
 Two Django handlers share one process: the API (/v1 and signed image URLs) runs through `APIHandler` and a lean
 middleware list (settings.API_MIDDLEWARE: request ids and rate-limit headers, both async), the pages through
 Django's stock handler and the full list (sessions, CSRF, auth, messages, allauth). Oversized bodies are refused on
-every path before Django reads them, with a limit per route (generation/body_limit.py, settings.BODY_LIMITS).
+every path before Django reads them, with a limit per route (config/http/body_limit.py, settings.BODY_LIMITS).
 """
 import os
 
@@ -19,7 +19,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E4
 from django.test.utils import override_settings  # noqa: E402
 from django.urls import set_script_prefix  # noqa: E402
 
-from generation.body_limit import BodyLimitMiddleware  # noqa: E402
+from config.http.body_limit import BodyLimitMiddleware  # noqa: E402
 
 API_PREFIXES = ("/v1/", "/images/")
 

@@ -3,7 +3,7 @@
 `IMAGEGATE_FAULTS=after_commit[,...]` in a process's environment makes `point("after_commit")` end the process at
 once (os._exit: no cleanup, no reply), exactly between two steps a real crash could separate. Unset (production),
 a point is one frozenset lookup. The points: after_commit (a request's rows are committed, its reply not yet stored
-or sent: generation/services.py).
+or sent: generation/pipeline/service.py).
 """
 import os
 

@@ -53,14 +53,14 @@ LOCAL_APPS = [
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
 MIDDLEWARE = [
-    "generation.middleware.RequestIdMiddleware",
-    "generation.ratelimit.RateLimitHeadersMiddleware",
+    "config.http.middleware.RequestIdMiddleware",
+    "generation.api.ratelimit.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "generation.middleware.RefuseNulMiddleware",
+    "config.http.middleware.RefuseNulMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -70,8 +70,8 @@ MIDDLEWARE = [
 # The API (/v1, image URLs) is served through this lean list instead (config/asgi.py): no sessions, CSRF or auth
 # middleware, which the API does not use and which cost a thread hop each under ASGI.
 API_MIDDLEWARE = [
-    "generation.middleware.RequestIdMiddleware",
-    "generation.ratelimit.RateLimitHeadersMiddleware",
+    "config.http.middleware.RequestIdMiddleware",
+    "generation.api.ratelimit.RateLimitHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -226,15 +226,15 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["generation.parsers.StrictJSONParser"],
-    "EXCEPTION_HANDLER": "generation.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["generation.ratelimit.RequestRateThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["generation.api.parsers.StrictJSONParser"],
+    "EXCEPTION_HANDLER": "generation.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["generation.api.ratelimit.RequestRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
 # --- Product settings ------------------------------------------------------------------------------------------------
-# Request bodies above their route's limit are refused with 413 before Django reads them (generation/body_limit.py):
+# Request bodies above their route's limit are refused with 413 before Django reads them (config/http/body_limit.py):
 # the image upload endpoints take up to API_MAX_BODY_BYTES (edits carry up to 16 images), the rest of /v1 JSON,
 # pages forms, webhooks Stripe's events. The longest matching prefix wins.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024 * 1024)
@@ -264,7 +264,7 @@ SPEND_HOLD_TTL_SECONDS = env.int("SPEND_HOLD_TTL_SECONDS", default=120)
 DB_THREADS = env.int("DB_THREADS", default=16)
 # `last_used_at` on API keys is written at most this often per key.
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SECONDS", default=60)
-# Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/ratelimit.py).
+# Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/api/ratelimit.py).
 RATE_LIMIT_DEFAULT_RPM = env.int("RATE_LIMIT_DEFAULT_RPM", default=300)
 
 # --- Upstream providers: each is on when its key is set (the built-in `local` always is) -----------------------------
@@ -330,7 +330,7 @@ LOGGING = {
     "loggers": {"django.request": {"level": "ERROR"}},
 }
 
-# --- OpenAPI description of /v1 (drf-spectacular; generation/openapi.py, served at /v1/openapi.json) ---------------
+# --- OpenAPI description of /v1 (drf-spectacular; generation/api/openapi.py, served at /v1/openapi.json) ---------------
 SPECTACULAR_SETTINGS = {
     "TITLE": "Imagegate API",
     "DESCRIPTION": (
@@ -347,8 +347,8 @@ SPECTACULAR_SETTINGS = {
     "SORT_OPERATIONS": False,  # keep the URLconf's order: generations, edits, variations, models
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
-    "PREPROCESSING_HOOKS": ["generation.openapi.only_v1"],
-    "POSTPROCESSING_HOOKS": ["generation.openapi.postprocess"],
+    "PREPROCESSING_HOOKS": ["generation.api.openapi.only_v1"],
+    "POSTPROCESSING_HOOKS": ["generation.api.openapi.postprocess"],
     "TAGS": [
         {"name": "Images", "description": "Generate, edit and vary images."},
         {"name": "Models", "description": "The models this server serves and what each accepts."},

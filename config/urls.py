@@ -8,12 +8,12 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("dashboard/", include("billing.dashboard_urls")),
     path("dashboard/", include("accounts.urls")),
-    path("dashboard/", include("generation.dashboard_urls")),
+    path("dashboard/", include("generation.pages.urls")),
     path("billing/", include("billing.urls")),
-    path("v1/", include("generation.urls")),
-    path("images/", include("generation.file_urls")),
-    path("docs/api/", include("generation.docs_views")),
+    path("v1/", include("generation.api.urls")),
+    path("images/", include("generation.api.file_urls")),
+    path("docs/api/", include("generation.api.reference")),
 ]
 
-handler404 = "generation.errors.handler404"
-handler500 = "generation.errors.handler500"
+handler404 = "generation.api.errors.handler404"
+handler500 = "generation.api.errors.handler500"

@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 from django.db.models import Count
 
-from . import moderation
+from generation.pipeline import moderation
 from .models import ModerationCategory, ModerationTerm
 
 

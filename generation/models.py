@@ -31,9 +31,9 @@ class StoredImage(models.Model):
 
 class IdempotentResponse(models.Model):
     """The response of a charged request made with an Idempotency-Key, written in the same transaction as its
-    ledger row (generation/commit.py): a retry after any crash finds the first result here, never charges twice.
+    ledger row (generation/pipeline/commit.py): a retry after any crash finds the first result here, never charges twice.
     The unique (organization, key) pair is what makes a second charge for one key impossible in the database itself.
-    Kept 24 hours, like the Redis copy that serves replays in the common case (generation/idempotency.py)."""
+    Kept 24 hours, like the Redis copy that serves replays in the common case (generation/api/idempotency.py)."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     key_hash = models.CharField(max_length=64)  # SHA-256 of the client's Idempotency-Key
@@ -58,7 +58,7 @@ class ModerationCategory(models.Model):
     """One category of the content policy (e.g. hate, self-harm): a switch and the terms under it.
 
     Global, not tenant-owned: one policy for every organization. Staff edit it in the admin; the engine
-    (generation/moderation.py) compiles the enabled categories' enabled terms and refuses matching prompts."""
+    (generation/pipeline/moderation.py) compiles the enabled categories' enabled terms and refuses matching prompts."""
 
     slug = models.SlugField(
         max_length=50, unique=True, help_text="Recorded in the request log when a prompt is refused."

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from . import storage
+from generation.pipeline import storage
 
 
 @shared_task
@@ -10,6 +10,6 @@ def expire_images() -> int:
 
 @shared_task
 def expire_idempotent_responses() -> int:
-    from . import idempotency
+    from generation.api import idempotency
 
     return idempotency.delete_expired_durable()

@@ -21,7 +21,7 @@ def free_port() -> int:
 def prices(db):
     """Reference data as migrations seed it: the price table and the default moderation policy (transactional tests
     flush every table, so put them back)."""
-    from generation import moderation
+    from generation.pipeline import moderation
 
     from billing.selectors import clear_price_cache
 
@@ -122,7 +122,7 @@ def _fresh_provider_health():
     """Provider health (circuit breakers, EWMAs) starts clean for every test."""
     import asyncio
 
-    from generation import services
+    from generation.pipeline import service as services
 
     asyncio.run(services.health_book().reset())
     yield

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from billing.models import LedgerEntry
-from generation import fetch
+from generation.pipeline import fetch
 from tests.images_util import png
 from tests.test_api_errors import ScriptedProvider, inject  # noqa: F401  (fixture)
 

@@ -28,7 +28,7 @@ from accounts import services as account_services
 from accounts.models import ApiKey
 from billing import recording
 from billing import services as billing_services
-from billing import usage_queries
+from billing.usage import audit as usage_queries
 from billing.models import LedgerEntry, Price
 from billing.selectors import current_price
 

@@ -11,7 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts import services as account_services
-from billing import reconciliation, reporting, services as billing_services, stripe_gateway
+from billing.stripe import reconciliation, reporting, gateway as stripe_gateway
+from billing import services as billing_services
 from billing.models import (BillingAccount, BillingAlert, Discrepancy, Invoice, LedgerEntry, MeterReport,
                             StripeEvent, StripeSetup)
 from billing.selectors import current_price
@@ -382,7 +383,7 @@ def test_a_same_second_tie_while_stripe_is_unreachable_is_settled_by_reconciliat
     account = BillingAccount.objects.get(organization=org)
     assert account.subscription_status == "active" and account.subscription_state["_resync"]
     settings.STRIPE_API_BASE = real_base
-    from billing.webhooks import resync_subscriptions
+    from billing.stripe.webhooks import resync_subscriptions
 
     assert resync_subscriptions() == 1
     account.refresh_from_db()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from billing import reporting, services as billing_services, stripe_gateway
+from billing.stripe import reporting, gateway as stripe_gateway
+from billing import services as billing_services
 from billing.models import BillingAccount, LedgerEntry, MeterReport
 from billing.selectors import current_price
 from tests.emulators import stripe as stripe_emu

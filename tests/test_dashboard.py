@@ -19,7 +19,7 @@ from billing import recording
 from billing import services as billing_services
 from billing.models import LedgerEntry
 from billing.selectors import LogFilters, clear_price_cache, current_price, request_log
-from generation import storage
+from generation.pipeline import storage
 from generation.models import ProviderAttempt
 
 UTC = dt_timezone.utc

@@ -1,4 +1,4 @@
-"""generation.fetch against real HTTP servers on 127.0.0.1 (no mocks of httpx, no network beyond loopback).
+"""generation.pipeline.fetch against real HTTP servers on 127.0.0.1 (no mocks of httpx, no network beyond loopback).
 
 The servers are reached through AddressPolicy's narrow test allowance (one address, one port); everything else
 on loopback stays forbidden, which several tests rely on. No database.
@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from generation import fetch as fetch_module
-from generation.fetch import AddressPolicy, FetchedImage, ImageFetchError, fetch_image, non_public_kind, sniff
+from generation.pipeline import fetch as fetch_module
+from generation.pipeline.fetch import AddressPolicy, FetchedImage, ImageFetchError, fetch_image, non_public_kind, sniff
 
 # --- Helpers ---------------------------------------------------------------------------------------------------------
 

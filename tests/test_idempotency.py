@@ -1,4 +1,4 @@
-"""generation.idempotency against the real cache: Redis when REDIS_URL is set (as in production), and LocMemCache
+"""generation.api.idempotency against the real cache: Redis when REDIS_URL is set (as in production), and LocMemCache
 (the embedded default). No database. Async code runs under asyncio.run in plain test functions."""
 import asyncio
 import json
@@ -17,15 +17,8 @@ from django.core.cache.backends.base import CacheKeyWarning
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 
-from generation import idempotency as idem
-from generation.idempotency import (
-    IdempotencyConflict,
-    IdempotencyInProgress,
-    StoredResponse,
-    fingerprint,
-    run_once,
-    validate_key,
-)
+from generation.api import idempotency as idem
+from generation.api.idempotency import IdempotencyConflict, IdempotencyInProgress, StoredResponse, fingerprint, run_once, validate_key
 
 PATH = "/v1/images/generations"
 BODY = {"model": "local-preview", "prompt": "A lighthouse in a storm", "size": "512x512"}
@@ -291,7 +284,7 @@ _CHILD = r"""
 import asyncio, json, sys, django
 django.setup()
 from django_redis import get_redis_connection
-from generation.idempotency import StoredResponse, run_once
+from generation.api.idempotency import StoredResponse, run_once
 
 scope, key, fp, counter_key = sys.argv[1:5]
 

@@ -1,4 +1,4 @@
-"""Input images are decoded once, bounded in pixels, CPU and memory (generation/images.py; issue 10, item 1)."""
+"""Input images are decoded once, bounded in pixels, CPU and memory (generation/pipeline/input_images.py; issue 10, item 1)."""
 import io
 import resource
 import struct
@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from generation import images
+from generation.pipeline import input_images as images
 from tests.images_util import png
 from tests.servers import uvicorn_processes
 

@@ -5,9 +5,9 @@ from django.urls import reverse
 
 from accounts.models import User
 from config import process_cache
-from generation import moderation
+from generation.pipeline import moderation
 from generation.models import ModerationCategory, ModerationTerm
-from generation.moderation import ModerationVerdict, check_text, compile_policy
+from generation.pipeline.moderation import ModerationVerdict, check_text, compile_policy
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from accounts import services as account_services
-from generation import catalog, openapi, validation
+from generation import catalog
+from generation.api import openapi
+from generation.pipeline import validation
 from tests.images_util import png
 
 V1_PATHS = {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models",

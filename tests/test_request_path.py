@@ -227,7 +227,7 @@ def test_verify_ledger_is_clean_at_any_moment_while_requests_flow(live_url, api_
 def test_a_failed_batch_fails_only_its_own_request(live_url, api_key, monkeypatch):
     """Concurrent requests share one write; if it fails, each is written alone, so one bad write does not fail the
     others (here: a request id the ledger already has)."""
-    from generation import commit
+    from generation.pipeline import commit
 
     org, key = api_key[0].organization, api_key[0]
     price = Price.objects.get(model="local-preview", size="256x256", quality="standard")

@@ -5,7 +5,8 @@ import time
 import openai
 import pytest
 
-from generation import catalog, health, router
+from generation import catalog
+from generation.pipeline import health, router
 from generation.models import ProviderAttempt
 from generation.providers import base as pb
 from tests.test_api_errors import ScriptedProvider, inject  # noqa: F401  (fixture)

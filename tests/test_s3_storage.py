@@ -45,7 +45,7 @@ def test_url_images_are_stored_in_s3_and_served_through_the_signed_url(s3_storag
 
     from datetime import timedelta
 
-    from generation import storage
+    from generation.pipeline import storage
     from generation.models import StoredImage
 
     row = StoredImage.unscoped.get()

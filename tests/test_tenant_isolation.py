@@ -339,7 +339,7 @@ COVERAGE: dict[str, list[Probe]] = {
         Probe("session", "GET", lambda w: f"/dashboard/invite/{w.b.invite_token[:-4]}zzzz/", "deny"),
         Probe("session", "GET", lambda w: f"/dashboard/invite/{w.b.invitation.pk}/", "deny"),
     ],
-    # ---- /dashboard/ (generation.dashboard_urls) ----
+    # ---- /dashboard/ (generation.pages.urls) ----
     "playground": [
         Probe("session", "GET", lambda w: "/dashboard/playground/", "own"),
         # Generates for the member's organization (no id in the form): the ledger row must land in A, never in B

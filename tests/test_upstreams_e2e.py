@@ -305,7 +305,7 @@ def test_a_gemini_blocked_output_costs_nothing(configured, openai_client, api_ke
 
 
 def test_upstream_retry_hints_are_passed_on_never_shorter_and_bounded():
-    from generation import services
+    from generation.pipeline import service as services
 
     def hint(seconds):
         headers = services.upstream_retry_headers(seconds)

@@ -4,14 +4,14 @@ import asyncio
 import pytest
 
 from generation import catalog
-from generation import images as _images
-from generation.errors import InvalidRequest, ModelNotFound
-from generation.validation import validate
+from generation.pipeline import input_images as _images
+from generation.api.errors import InvalidRequest, ModelNotFound
+from generation.pipeline.validation import validate
 from tests.images_util import jpeg, png
 
 
 def inspect(data, *, param):
-    """An input image checked and decoded as the endpoints do (generation/images.py)."""
+    """An input image checked and decoded as the endpoints do (generation/pipeline/input_images.py)."""
     return asyncio.run(_images.inspect(data, param=param))
 
 

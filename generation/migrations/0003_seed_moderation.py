@@ -2,7 +2,7 @@ from django.db import migrations
 
 
 def seed(apps, schema_editor):
-    from generation import moderation
+    from generation.pipeline import moderation
 
     moderation.sync_default_policy(
         category_model=apps.get_model("generation", "ModerationCategory"),

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing import reconciliation, stripe_gateway
+from billing.stripe import reconciliation, gateway as stripe_gateway
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from . import audit_views, openapi, views  # noqa: F401  (importing openapi attaches the schema to the views)
+from generation.api import organization as audit_views, openapi, views  # noqa: F401  (importing openapi attaches the schema to the views)
 
 urlpatterns = [
     path("images/generations", views.ImageGenerationsView.as_view(), name="images-generations"),
@@ -14,7 +14,7 @@ urlpatterns = [
     path("organization/usage/images", audit_views.UsageImagesView.as_view(), name="organization-usage-images"),
     path("organization/costs", audit_views.CostsView.as_view(), name="organization-costs"),
     path("organization/usage/records", audit_views.UsageRecordsView.as_view(), name="organization-usage-records"),
-    # The OpenAPI description of /v1 (generation/openapi.py): public, no key needed; application/json unless the
+    # The OpenAPI description of /v1 (generation/api/openapi.py): public, no key needed; application/json unless the
     # client asks for application/vnd.oai.openapi+json.
     path("openapi.json", SpectacularJSONAPIView.as_view(
         permission_classes=[AllowAny], authentication_classes=[], throttle_classes=[],

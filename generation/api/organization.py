@@ -9,7 +9,7 @@ Tenant scoping: every read goes through `LedgerEntry.objects.for_organization(re
 nothing about other organizations' keys, not even that an id exists).
 
 Unknown query parameters are refused (400 unknown_parameter) rather than ignored: a misspelt `end_tme` silently
-widening an audit's range would be worse than an error. The queries are in billing/usage_queries.py.
+widening an audit's range would be worse than an error. The queries are in billing/usage/audit.py.
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
 from accounts import keys
-from billing import usage_queries as q
+from billing.usage import audit as q
 from billing.models import LedgerEntry
 
-from . import openapi
-from .errors import InvalidRequest
-from .views import V1APIView, require_scope
+from generation.api import openapi
+from generation.api.errors import InvalidRequest
+from generation.api.views import V1APIView, require_scope
 
 
 class ReadsUsage(BasePermission):

@@ -25,9 +25,9 @@ from contextlib import asynccontextmanager
 
 from PIL import Image, UnidentifiedImageError
 
-from .catalog import PNG, InputImageRules, ModelSpec
-from .errors import InvalidRequest
-from .providers.base import InputImage, sniff_image_type
+from generation.catalog import PNG, InputImageRules, ModelSpec
+from generation.api.errors import InvalidRequest
+from generation.providers.base import InputImage, sniff_image_type
 
 MAX_PIXELS = 50_000_000  # any model: Pillow's decompression-bomb guard stays below this too
 DECODE_BUDGET_BYTES = 256 * 1024 * 1024  # full-size decodes in flight per process

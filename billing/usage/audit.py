@@ -26,7 +26,7 @@ from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 
 from accounts.models import ApiKey, Organization
 
-from .models import MICROS_PER_USD, LedgerEntry
+from billing.models import MICROS_PER_USD, LedgerEntry
 
 EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 

@@ -10,9 +10,10 @@ from typing import Callable
 
 from accounts.selectors import key_allows_model
 
-from . import catalog, images
-from .errors import InvalidRequest, ModelNotFound, PermissionDenied
-from .providers.base import ImageRequest, InputImage
+from generation import catalog
+from generation.pipeline import input_images as images
+from generation.api.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from generation.providers.base import ImageRequest, InputImage
 
 # Fields per endpoint: OpenAI's own, then our documented extras (`provider`, `image` URL, `seed`).
 FIELDS = {

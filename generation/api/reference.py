@@ -17,7 +17,7 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 from drf_spectacular.generators import SchemaGenerator
 
-from . import openapi
+from generation.api import openapi
 
 _REF = "#/components/schemas/"
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
-from .catalog import ModelSpec
-from .health import HALF_OPEN, OPEN, HealthBook
-from .providers import base as pb
+from generation.catalog import ModelSpec
+from generation.pipeline.health import HALF_OPEN, OPEN, HealthBook
+from generation.providers import base as pb
 
 
 @dataclass(frozen=True)

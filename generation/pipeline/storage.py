@@ -15,7 +15,7 @@ from django.core.files.storage import default_storage
 from django.urls import reverse
 from django.utils import timezone
 
-from .models import StoredImage
+from generation.models import StoredImage
 
 _SALT = "imagegate.image-url"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}

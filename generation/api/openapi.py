@@ -2,7 +2,7 @@
 
 Documentation only: the serializers below are never used to parse a request (validation.py does that, with
 OpenAI's error semantics). They describe what the views accept and answer, and are attached to the view classes
-by `annotate()` at import (generation/urls.py imports this module), so views.py carries no schema code.
+by `annotate()` at import (generation/api/urls.py imports this module), so views.py carries no schema code.
 
 What keeps the description true as the code changes:
   * request fields are built from `validation.FIELDS` / `validation.FILE_FIELDS` (a field added there appears
@@ -21,8 +21,10 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
-from . import catalog, validation, views
-from .providers import registry
+from generation import catalog
+from generation.pipeline import validation
+from generation.api import views
+from generation.providers import registry
 
 SECURITY_SCHEME = "bearerAuth"
 EXAMPLE_BASE_URL = "http://127.0.0.1:8000"  # the reference page swaps in the server it is served from

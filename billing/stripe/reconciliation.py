@@ -13,8 +13,8 @@ from django.db.models import Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from . import stripe_gateway
-from .models import BillingAccount, Discrepancy, LedgerEntry, MeterReport, UsageEvent
+from billing.stripe import gateway as stripe_gateway
+from billing.models import BillingAccount, Discrepancy, LedgerEntry, MeterReport, UsageEvent
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ReconcileStats:
 
 def reconcile(*, now: datetime | None = None, lookback_hours: int = 48,
               sc: stripe.StripeClient | None = None) -> ReconcileStats:
-    from .webhooks import resync_subscriptions
+    from billing.stripe.webhooks import resync_subscriptions
 
     stats = ReconcileStats()
     resync_subscriptions()  # subscriptions an ambiguous webhook left in doubt while Stripe was unreachable

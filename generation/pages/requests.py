@@ -23,8 +23,8 @@ from billing.exports import csv_lines
 from billing.forms import UsageDateField
 from billing.models import LedgerEntry
 
-from . import storage
-from .models import ProviderAttempt, StoredImage
+from generation.pipeline import storage
+from generation.models import ProviderAttempt, StoredImage
 
 PAGE_SIZE = 50
 EXPORT_COLUMNS = ["created_at", "request_id", "api_key", "model", "provider", "size", "quality", "n", "status",

@@ -465,8 +465,8 @@ def key_hash(key: str) -> str:
 
 
 def durable_row(*, organization_id: int, key: str, fingerprint: str, response: StoredResponse):
-    """The unsaved IdempotentResponse for a charged answer (written with its ledger row, generation/commit.py)."""
-    from .models import IdempotentResponse
+    """The unsaved IdempotentResponse for a charged answer (written with its ledger row, generation/pipeline/commit.py)."""
+    from generation.models import IdempotentResponse
 
     return IdempotentResponse(organization_id=organization_id, key_hash=key_hash(key), fingerprint=fingerprint,
                               request_id=response.headers.get("x-request-id", ""), status=response.status,
@@ -476,7 +476,7 @@ def durable_row(*, organization_id: int, key: str, fingerprint: str, response: S
 
 def load_durable(*, organization_id: int, key: str) -> StoredResponse | None:
     """The committed answer for this organization's key, or None (sync: run it on a database thread)."""
-    from .models import IdempotentResponse
+    from generation.models import IdempotentResponse
 
     row = IdempotentResponse.objects.for_organization(organization_id).filter(key_hash=key_hash(key)).first()
     if row is None:
@@ -491,7 +491,7 @@ def delete_expired_durable(*, older_than_seconds: int = RESPONSE_TTL) -> int:
 
     from django.utils import timezone
 
-    from .models import IdempotentResponse
+    from generation.models import IdempotentResponse
 
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     deleted, _ = IdempotentResponse.unscoped.filter(created_at__lt=cutoff).delete()

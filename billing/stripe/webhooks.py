@@ -13,8 +13,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import spend
-from .models import BillingAccount, Invoice, StripeEvent
+from billing import spend
+from billing.models import BillingAccount, Invoice, StripeEvent
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _account_for_customer(customer_id: str | None) -> BillingAccount | None:
 
 def _fetch_subscription(subscription_id: str) -> dict | None:
     """Stripe's current copy of the subscription, or None when Stripe cannot be asked (not configured, down)."""
-    from . import stripe_gateway
+    from billing.stripe import gateway as stripe_gateway
 
     try:
         sub = stripe_gateway.client(max_network_retries=1).v1.subscriptions.retrieve(subscription_id)

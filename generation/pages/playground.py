@@ -12,10 +12,12 @@ from redis.exceptions import RedisError
 from accounts import roles
 from accounts.views import membership_or_404
 
-from . import catalog, ratelimit, services
-from .errors import APIError
-from .middleware import new_request_id
-from .providers import registry
+from generation import catalog
+from generation.api import ratelimit
+from generation.pipeline import service as services
+from generation.api.errors import APIError
+from config.http.middleware import new_request_id
+from generation.providers import registry
 
 
 def _models() -> list[catalog.ModelSpec]:

@@ -1,7 +1,7 @@
 """Dashboard pages over the request log, included under /dashboard/ (config/urls.py)."""
 from django.urls import path
 
-from . import dashboard_views, playground
+from generation.pages import requests as dashboard_views, playground
 
 urlpatterns = [
     path("playground/", playground.playground, name="playground"),

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from generation.api import views
 
 urlpatterns = [
     path("<str:token>.<str:ext>", views.image_file, name="image-file"),

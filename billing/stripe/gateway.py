@@ -8,7 +8,7 @@ from django.db import transaction
 
 from accounts.models import Organization
 
-from .models import BillingAccount, StripeSetup
+from billing.models import BillingAccount, StripeSetup
 
 PRICE_LOOKUP_KEY = "imagegate_usage_micros"
 # One meter unit is one micro-dollar of usage: 0.0001 US cents.

@@ -46,7 +46,7 @@ from django.utils import timezone
 
 from config import process_cache
 
-from .models import ModerationCategory, ModerationTerm
+from generation.models import ModerationCategory, ModerationTerm
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ from accounts.authentication import ApiKeyAuthentication, KeyPrincipal
 from accounts.selectors import key_allows_model
 from config import db
 
-from . import catalog, idempotency, images, ratelimit, services, storage
-from .parsers import StrictJSONParser, parse_json
-from .errors import (APIError, InvalidRequest, ModelNotFound, PermissionDenied, ServerError, envelope, error_response,
-                     handler404)
-from .providers import registry
+from generation import catalog
+from generation.api import idempotency, ratelimit
+from generation.pipeline import input_images as images, service as services, storage
+from generation.api.parsers import StrictJSONParser, parse_json
+from generation.api.errors import APIError, InvalidRequest, ModelNotFound, PermissionDenied, ServerError, envelope, error_response, handler404
+from generation.providers import registry
 
 
 def _base_url(request) -> str:
@@ -61,7 +62,7 @@ class _ImageEndpoint(V1APIView):
     the rate limit in one Redis script, the body parsed here, the generation service, OpenAI's error envelope. DRF's
     dispatch (Request wrapping, content negotiation, renderers) cost ~200 µs of CPU per request, a fifth of the
     whole lean path (docs/decisions.md); the class stays a DRF view so drf-spectacular still describes it
-    (generation/openapi.py), and `post` is the same code for any DRF tooling that calls it."""
+    (generation/api/openapi.py), and `post` is the same code for any DRF tooling that calls it."""
 
     endpoint = ""
     parser_classes = [StrictJSONParser]
@@ -190,7 +191,7 @@ class _MultipartImageEndpoint(_ImageEndpoint):
     multipart = True
 
     async def _read(self, request) -> tuple[dict, dict]:
-        """Form fields, and every uploaded file checked and decoded once (generation/images.py), off the event loop
+        """Form fields, and every uploaded file checked and decoded once (generation/pipeline/input_images.py), off the event loop
         and within the process's decode budget."""
         content_type = request.content_type or ""
         self._post, self._uploads = {}, {}

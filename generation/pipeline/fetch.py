@@ -43,7 +43,7 @@ import certifi
 import httpx
 from PIL import Image
 
-from .providers.base import sniff_image_type
+from generation.providers.base import sniff_image_type
 
 log = logging.getLogger(__name__)
 

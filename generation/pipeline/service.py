@@ -23,14 +23,15 @@ from billing.models import LedgerEntry
 
 from config import db, faults
 
-from . import catalog, commit, idempotency, moderation, router, storage
-from .errors import (APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError,
-                     UpstreamError)
-from .health import HealthBook
-from .models import ProviderAttempt
-from .providers import base as pb
-from .providers import registry
-from .validation import ImageCall, validate
+from generation import catalog
+from generation.pipeline import commit, moderation, router, storage
+from generation.api import idempotency
+from generation.api.errors import APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError, UpstreamError
+from generation.pipeline.health import HealthBook
+from generation.models import ProviderAttempt
+from generation.providers import base as pb
+from generation.providers import registry
+from generation.pipeline.validation import ImageCall, validate
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ async def run(
     idempotency_key: tuple[str, str] | None = None,
 ) -> Outcome:
     """Serve one image request; `idempotency_key` is (the client's Idempotency-Key, the request's fingerprint) when it
-    sent one: the charged answer is then committed with the charge (generation/idempotency.py)."""
+    sent one: the charged answer is then committed with the charge (generation/api/idempotency.py)."""
     started = time.monotonic()
 
     def elapsed_ms() -> int:
@@ -300,7 +301,7 @@ async def _moderate(call: ImageCall) -> None:
 
 async def _with_fetched_image(call: ImageCall) -> ImageCall:
     """Fetch generations' `image` URL safely and check it as an input image of the model."""
-    from . import fetch, images
+    from generation.pipeline import fetch, input_images as images
 
     try:
         fetched = await fetch.fetch_image(call.image_url, max_bytes=call.spec.input_images.max_bytes)
