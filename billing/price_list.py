@@ -14,7 +14,7 @@ PRICE_LIST: list[tuple[str, str, str, int, datetime]] = [
     ("local-preview", "1024x1024", "standard", 1_000, _2025),
     ("local-preview", "1024x1792", "standard", 1_000, _2025),
     ("local-preview", "1792x1024", "standard", 1_000, _2025),
-    # OpenAI: upstream list price + 10% (REFERENCE.md §1 lists the upstream prices).
+    # OpenAI: upstream list price + 10% (docs/providers/openai.md lists the upstream prices).
     ("dall-e-2", "256x256", "standard", 17_600, _2025),
     ("dall-e-2", "512x512", "standard", 19_800, _2025),
     ("dall-e-2", "1024x1024", "standard", 22_000, _2025),
@@ -47,7 +47,7 @@ def _pixels(size: str) -> int:
 
 
 # Upstream models: upstream list price + 10%, the same at every size unless the upstream's differs. Upstream prices:
-# docs/providers/stability.md, bfl.md and replicate.md; Bedrock's from REFERENCE.md §5.
+# docs/providers/stability.md, bfl.md, replicate.md and bedrock.md.
 # Sizes here mirror generation/catalog.py; tests check that every catalog model, size and quality has a price.
 _SDXL_SIZES = ("1024x1024", "1152x896", "896x1152", "1216x832", "1344x768", "768x1344", "1536x640", "640x1536")
 _STABLE_IMAGE_SIZES = ("1024x1024", "1344x768", "768x1344", "1216x832", "832x1216", "1280x1024", "1024x1280",

@@ -1,5 +1,5 @@
-"""A loopback emulator of OpenAI's Images API (REFERENCE.md §1), also standing in for OpenAI-compatible self-hosted
-servers (extra model ids with their own sizes).
+"""A loopback emulator of OpenAI's Images API (docs/providers/openai.md), also standing in for OpenAI-compatible
+self-hosted servers (extra model ids with their own sizes).
 
     with emulator() as emu:                      # emu.url, emu.faults, emu.requests, emu.state
         provider = OpenAIProvider(api_key=API_KEY, base_url=emu.url + "/v1")

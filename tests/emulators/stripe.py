@@ -1,4 +1,4 @@
-"""Stripe emulator (REFERENCE.md §6): the slice of the v1 API a usage-billed SaaS touches, on loopback, driven through
+"""Stripe emulator (docs/stripe.md): the slice of the v1 API a usage-billed SaaS touches, on loopback, driven through
 the real stripe-python client:
 
     client = stripe.StripeClient(stripe_emu.API_KEY, base_addresses={"api": emu.url, "meter_events": emu.url},
