@@ -320,7 +320,8 @@ def test_throttle_fails_open_when_redis_is_down(monkeypatch):
 
 
 def test_throttle_is_configured_for_the_api():
-    from generation.api.views import ImageGenerationsView, ModelListView
+    from generation.api.images import ImageGenerationsView
+    from generation.api.model_list import ModelListView
 
     for view in (ImageGenerationsView, ModelListView):
         assert [type(t) for t in view().get_throttles()] == [ratelimit.RequestRateThrottle]

@@ -284,7 +284,7 @@ ROTATE_DATA = lambda w: {"revoke_old": "on"}  # noqa: E731
 START = {"start_time": 0}
 
 COVERAGE: dict[str, list[Probe]] = {
-    # ---- /dashboard/ (billing.dashboard_urls) ----
+    # ---- /dashboard/ (billing/urls.py dashboard_urlpatterns) ----
     "dashboard": [
         Probe("session", "GET", lambda w: "/dashboard/", "own"),
         Probe("session", "GET", lambda w: "/dashboard/?from=2000-01-01&to=2000-12-31", "own"),

@@ -2,7 +2,7 @@
 
 Documentation only: the serializers below are never used to parse a request (validation.py does that, with
 OpenAI's error semantics). They describe what the views accept and answer, and are attached to the view classes
-by `annotate()` at import (generation/api/urls.py imports this module), so views.py carries no schema code.
+by `annotate()` at import (generation/api/urls.py imports this module), so the endpoint modules carry no schema code.
 
 What keeps the description true as the code changes:
   * request fields are built from `validation.FIELDS` / `validation.FILE_FIELDS` (a field added there appears
@@ -23,7 +23,7 @@ from rest_framework import serializers
 
 from generation import catalog
 from generation.pipeline import validation
-from generation.api import views
+from generation.api import images, model_list
 from generation.providers import registry
 
 SECURITY_SCHEME = "bearerAuth"
@@ -708,7 +708,7 @@ _FILE_ENCODING = {"contentType": "image/png, image/jpeg, image/webp"}
 
 def annotate() -> None:
     """Attach the schema to the /v1 view classes (once; urls import this module)."""
-    if getattr(views.ImageGenerationsView, "_openapi_annotated", False):
+    if getattr(images.ImageGenerationsView, "_openapi_annotated", False):
         return
     extend_schema(
         tags=["Images"], summary="Create images",
@@ -721,7 +721,7 @@ def annotate() -> None:
                                  request_only=True)],
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("generations")},
-    )(views.ImageGenerationsView)
+    )(images.ImageGenerationsView)
     extend_schema(
         tags=["Images"], summary="Edit images",
         description="Edit or extend one or more input images as the prompt says; an optional mask limits the edit "
@@ -733,7 +733,7 @@ def annotate() -> None:
                              [_example_images("edits")], _image_error_examples()),
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("edits")},
-    )(views.ImageEditsView)
+    )(images.ImageEditsView)
     extend_schema(
         tags=["Images"], summary="Create image variations",
         description="Variations of one input image. multipart/form-data, as OpenAI's `POST /v1/images/variations`. "
@@ -743,7 +743,7 @@ def annotate() -> None:
                              [_example_images("variations")], _image_error_examples()),
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("variations")},
-    )(views.ImageVariationsView)
+    )(images.ImageVariationsView)
     extend_schema(
         tags=["Models"], summary="List models",
         description="The models enabled on this server (those at least one configured provider serves), with "
@@ -751,7 +751,7 @@ def annotate() -> None:
         responses=_responses(ModelListSerializer, _MODEL_LIST_STATUSES, "The models."),
         parameters=_headers(_MODEL_LIST_STATUSES, images=False),
         extensions={"x-codeSamples": _model_samples(detail=False)},
-    )(views.ModelListView)
+    )(model_list.ModelListView)
     extend_schema(
         tags=["Models"], summary="Retrieve a model",
         description="One model object. Model ids may contain '/' (e.g. `vendor/model`); send them as they are.",
@@ -763,8 +763,8 @@ def annotate() -> None:
             *_headers(_MODEL_DETAIL_STATUSES, images=False),
         ],
         extensions={"x-codeSamples": _model_samples(detail=True)},
-    )(views.ModelDetailView)
-    views.ImageGenerationsView._openapi_annotated = True
+    )(model_list.ModelDetailView)
+    images.ImageGenerationsView._openapi_annotated = True
 
 
 annotate()

@@ -27,7 +27,7 @@ from billing.models import LedgerEntry
 
 from generation.api import openapi
 from generation.api.errors import InvalidRequest
-from generation.api.views import V1APIView, require_scope
+from generation.api.base import V1APIView, require_scope
 
 
 class ReadsUsage(BasePermission):

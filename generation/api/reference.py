@@ -12,7 +12,6 @@ import re
 
 from django.conf import settings
 from django.shortcuts import render
-from django.urls import path
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 from drf_spectacular.generators import SchemaGenerator
@@ -204,5 +203,3 @@ def api_reference(request):
     base_url = (settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")).rstrip("/")
     return render(request, "api_reference.html", {"ref": build_reference(api_schema(), base_url)})
 
-
-urlpatterns = [path("", api_reference, name="api-reference")]

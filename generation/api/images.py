@@ -1,61 +1,23 @@
-"""The /v1 API views: thin, async where they wait on upstreams. Work happens in services; errors in errors.py."""
+"""POST /v1/images/generations, /v1/images/edits and /v1/images/variations: read and check the body, honour an
+Idempotency-Key, hand the request to the pipeline (generation/pipeline/service.py), answer in OpenAI's shapes."""
 import asyncio
 
-from adrf.views import APIView
-from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
-from django.views.decorators.csrf import csrf_exempt
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.response import Response
 
 from accounts import keys
-from accounts.authentication import ApiKeyAuthentication, KeyPrincipal
 from accounts.selectors import key_allows_model
 from config import db
-
 from generation import catalog
 from generation.api import idempotency, ratelimit
-from generation.pipeline import input_images as images, service as services, storage
+from generation.api.base import V1APIView, authenticate, base_url, require_scope
+from generation.api.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
 from generation.api.parsers import StrictJSONParser, parse_json
-from generation.api.errors import APIError, InvalidRequest, ModelNotFound, PermissionDenied, ServerError, envelope, error_response, handler404
-from generation.providers import registry
+from generation.pipeline import input_images, service
 
 
-def _base_url(request) -> str:
-    return settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
-
-
-class V1APIView(APIView):
-    """Base of every /v1 endpoint: API-key authentication, OpenAI's error envelope (settings.REST_FRAMEWORK).
-
-    Async endpoints run DRF's `initial()` (authentication, rate limits) on the database threads of db.py rather
-    than on a thread of the request's own, so no connection is held while the request waits on an upstream."""
-
-    metadata_class = None  # no DRF metadata on OPTIONS: the API's surface is what the OpenAPI schema says
-
-    async def async_dispatch(self, request, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-        request = self.initialize_request(request, *args, **kwargs)
-        self.request = request
-        self.headers = self.default_response_headers
-        try:
-            await db.run(self.initial, request, *args, **kwargs)
-            handler = getattr(self, request.method.lower(), None) if request.method.lower() in \
-                self.http_method_names else None
-            if handler is None:
-                handler = self.http_method_not_allowed
-            if asyncio.iscoroutinefunction(handler):
-                response = await handler(request, *args, **kwargs)
-            else:
-                response = await db.run(handler, request, *args, **kwargs)
-        except Exception as exc:
-            response = self.handle_exception(exc)
-        self.response = self.finalize_response(request, response, *args, **kwargs)
-        return self.response
-
-
-class _ImageEndpoint(V1APIView):
+class ImageEndpoint(V1APIView):
     """POST /v1/images/{generations,edits,variations}: served without DRF's request cycle.
 
     `as_view` returns a plain async Django view that calls `serve`: authentication from the per-process key cache,
@@ -88,7 +50,7 @@ class _ImageEndpoint(V1APIView):
             await ratelimit.enforce(request, principal.api_key, principal.organization)
             if request.method != "POST":
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
-            async with images.KeptPixels():  # decoded input images kept for the request, given back at its end
+            async with input_images.KeptPixels():  # decoded input images kept for the request, given back at its end
                 data, files = await self._read(request)
                 return await self._generate(request, principal, data, files)
         except Exception as exc:  # every failure leaves in OpenAI's envelope
@@ -111,10 +73,10 @@ class _ImageEndpoint(V1APIView):
 
         async def compute() -> idempotency.StoredResponse:
             try:
-                outcome = await services.run(
+                outcome = await service.run(
                     endpoint=self.endpoint, organization=principal.organization, api_key=principal.api_key,
                     request_id=request_id, data=data, files=files, form=bool(files) or self.multipart,
-                    base_url=_base_url(request), idempotency_key=durable,
+                    base_url=base_url(request), idempotency_key=durable,
                 )
                 earlier["replayed"] = outcome.request_id is not None  # an earlier attempt's committed answer
                 headers = {"x-provider": outcome.provider, "x-request-id": outcome.request_id or request_id}
@@ -167,26 +129,13 @@ class _ImageEndpoint(V1APIView):
         return data
 
 
-def require_scope(api_key, scope: str) -> None:
-    """401 as OpenAI answers a restricted key without the permission (missing scopes named), code missing_scope."""
-    if not api_key.has_scope(scope):
-        raise APIError(f"You have insufficient permissions for this operation. Missing scopes: {scope}. This API "
-                       f"key may: {', '.join(api_key.scopes) or 'nothing'}; create a key with this permission on the "
-                       "dashboard's API keys page.", status=401, code="missing_scope")
-
-
-async def authenticate(request) -> KeyPrincipal:
-    """The API key of `Authorization: Bearer ...`, from the per-process key cache (accounts/authentication.py)."""
-    return await ApiKeyAuthentication().authenticate_async(request)
-
-
-class ImageGenerationsView(_ImageEndpoint):
+class ImageGenerationsView(ImageEndpoint):
     """POST /v1/images/generations (JSON)."""
 
     endpoint = "generations"
 
 
-class _MultipartImageEndpoint(_ImageEndpoint):
+class _MultipartImageEndpoint(ImageEndpoint):
     parser_classes = [MultiPartParser, FormParser]
     multipart = True
 
@@ -212,19 +161,19 @@ class _MultipartImageEndpoint(_ImageEndpoint):
         fields = {key: self._post.get(key) for key in self._post.keys()}
         spec = catalog.get_model(fields.get("model") or catalog.DEFAULT_MODEL)
         rules = spec.input_images if spec is not None else None
-        keep, limit = images.keep_policy(spec, fields.get("size"))
-        max_pixels = rules.max_pixels if rules is not None else images.MAX_PIXELS
+        keep, limit = input_images.keep_policy(spec, fields.get("size"))
+        max_pixels = rules.max_pixels if rules is not None else input_images.MAX_PIXELS
         uploads = []
         for field in self._uploads.keys():  # every header first: refuse what is too large before decoding any
             for upload in self._uploads.getlist(field):
                 data = upload.read()
-                uploads.append((field, data, upload.name or field, images.header(data, param=field,
+                uploads.append((field, data, upload.name or field, input_images.header(data, param=field,
                                                                                  max_pixels=max_pixels)))
         if keep:  # the built-in renderer's copies, reserved in one go before any decode
-            await images.current_kept().reserve(sum(images.kept_size(w, h, limit) for *_, (_, w, h) in uploads))
+            await input_images.current_kept().reserve(sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads))
         inspected: dict[str, list] = {}
         for field, data, filename, known in uploads:
-            inspected.setdefault(field, []).append(await images.inspect(
+            inspected.setdefault(field, []).append(await input_images.inspect(
                 data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=known))
         return fields, inspected
 
@@ -249,53 +198,3 @@ class ImageVariationsView(_MultipartImageEndpoint):
     endpoint = "variations"
 
 
-def model_object(spec: catalog.ModelSpec) -> dict:
-    """OpenAI's model object, plus what our catalog knows (SDKs tolerate the extra keys)."""
-    return {
-        "id": spec.id,
-        "object": "model",
-        "created": spec.created,
-        "owned_by": spec.owned_by,
-        "providers": [p for p in spec.providers if p in registry()],
-        "capabilities": sorted(spec.capabilities),
-        "sizes": list(spec.sizes),
-        "qualities": list(spec.qualities),
-        "styles": list(spec.styles),
-        "max_n": spec.max_n,
-        "max_prompt_chars": spec.max_prompt_chars,
-        "description": spec.description,
-    }
-
-
-class ModelListView(V1APIView):
-    def get(self, request):
-        models = catalog.available_models(set(registry()))
-        return Response({"object": "list", "data": [model_object(m) for m in models]})
-
-
-class ModelDetailView(V1APIView):
-    def get(self, request, model_id: str):
-        spec = catalog.get_model(model_id)
-        if spec is None or not services.is_available(spec):
-            raise ModelNotFound(model_id)
-        return Response(model_object(spec))
-
-
-def image_file(request, token: str, ext: str):
-    """Serve a stored image behind its signed URL: 410 once expired, 404 if the token is forged or the image gone."""
-    try:
-        handle, content_type = storage.open_signed(token)
-    except storage.ImageExpired:
-        return JsonResponse(envelope("This image URL has expired. Image URLs are valid for 60 minutes.",
-                                     type="invalid_request_error", code="url_expired"), status=410)
-    except storage.ImageNotFound:
-        return JsonResponse(envelope("Image not found.", type="invalid_request_error", code="not_found"), status=404)
-    with handle:  # images are a few MB at most: one read, no sync iterator for the ASGI handler to drain
-        response = HttpResponse(handle.read(), content_type=content_type)
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
-
-
-@csrf_exempt
-def unknown_url(request, *args, **kwargs):
-    return handler404(request)

@@ -1,0 +1,40 @@
+"""GET /v1/models and /v1/models/{id}: OpenAI's model objects, from the catalog and the providers switched on."""
+from rest_framework.response import Response
+
+from generation import catalog
+from generation.api.base import V1APIView
+from generation.api.errors import ModelNotFound
+from generation.pipeline import service
+from generation.providers import registry
+
+
+def model_object(spec: catalog.ModelSpec) -> dict:
+    """OpenAI's model object, plus what our catalog knows (SDKs tolerate the extra keys)."""
+    return {
+        "id": spec.id,
+        "object": "model",
+        "created": spec.created,
+        "owned_by": spec.owned_by,
+        "providers": [p for p in spec.providers if p in registry()],
+        "capabilities": sorted(spec.capabilities),
+        "sizes": list(spec.sizes),
+        "qualities": list(spec.qualities),
+        "styles": list(spec.styles),
+        "max_n": spec.max_n,
+        "max_prompt_chars": spec.max_prompt_chars,
+        "description": spec.description,
+    }
+
+
+class ModelListView(V1APIView):
+    def get(self, request):
+        models = catalog.available_models(set(registry()))
+        return Response({"object": "list", "data": [model_object(m) for m in models]})
+
+
+class ModelDetailView(V1APIView):
+    def get(self, request, model_id: str):
+        spec = catalog.get_model(model_id)
+        if spec is None or not service.is_available(spec):
+            raise ModelNotFound(model_id)
+        return Response(model_object(spec))
