@@ -58,5 +58,5 @@ EXPOSE 8000
 # `X-Forwarded-Proto: https` and an allowed Host (or /healthz must be exempt from both).
 # compose.yaml gives the worker its own check and turns this one off for beat and migrate, which listen on no port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ.get('PORT', '8000'))), timeout=3).close()"]
+    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['PORT'])), 3).close()"]
 CMD ["make", "serve"]
