@@ -10,11 +10,12 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app
 RUN python -m venv /app/.venv
-# Only what `pip install .` reads, so a change to the source does not reinstall the dependencies. `.` is the
-# project's pinned [project.dependencies]; the dev extras (pytest, moto, playwright, ...) stay out of the image.
-# Every dependency ships a manylinux wheel for CPython 3.11, so this stage needs no compiler.
-COPY pyproject.toml README.md ./
-RUN /app/.venv/bin/pip install .
+# Only pyproject.toml, so a change to the source does not reinstall the dependencies. pyproject names README.md as
+# the long description, which must exist but is not needed here: an empty one keeps README edits from busting this
+# layer. `.` is the project's pinned [project.dependencies]; the dev extras (pytest, moto, playwright, ...) stay
+# out of the image. Every dependency ships a manylinux wheel for CPython 3.11, so this stage needs no compiler.
+COPY pyproject.toml ./
+RUN touch README.md && /app/.venv/bin/pip install .
 
 # ---- runtime: the slim base, make, the virtualenv and the source, run as a non-root user ---------------------------
 FROM ${PYTHON_IMAGE} AS runtime
