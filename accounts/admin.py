@@ -4,8 +4,11 @@ from django.contrib.admin.widgets import AutocompleteSelect
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.forms.models import BaseInlineFormSet
 
-from . import admin_site  # noqa: F401  (staff sign in through allauth with a second factor)
-from . import keys, services
+from . import (
+    admin_site,  # noqa: F401  (staff sign in through allauth with a second factor)
+    keys,
+    services,
+)
 from .admin_audit import log_staff_action
 from .models import ApiKey, Membership, Organization, User
 

@@ -4,7 +4,7 @@ Failures raise DRF's own NotAuthenticated / AuthenticationFailed; the API's exce
 OpenAI's error envelope (401, code null for a missing key, `invalid_api_key` for a wrong, revoked or expired one).
 """
 from dataclasses import dataclass
-from datetime import timezone as dt_timezone
+from datetime import UTC
 
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
@@ -59,7 +59,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             )
         if api_key.is_expired():
             raise AuthenticationFailed(
-                f"The API key {api_key.prefix}_… expired on {api_key.expires_at.astimezone(dt_timezone.utc):%Y-%m-%d %H:%M} UTC. "
+                f"The API key {api_key.prefix}_… expired on {api_key.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC. "
                 "Create a new key on your dashboard's API keys page.",
                 code="invalid_api_key",
             )

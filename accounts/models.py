@@ -1,9 +1,8 @@
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
-from django.utils import timezone
-
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 from . import identity, keys
 from .tenancy import TenantManager

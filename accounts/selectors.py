@@ -7,7 +7,6 @@ from config import process_cache
 from . import keys
 from .models import ApiKey, Invitation, Membership, Organization, User
 
-
 # Keys by prefix, with their organization, kept per process: authenticating an API call costs no query. Any change
 # to a key or an organization drops the cache in every process within a second (accounts/apps.py).
 _keys_by_prefix = process_cache.ProcessCache("api_keys")

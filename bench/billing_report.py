@@ -22,10 +22,11 @@ ORGS = int(os.environ.get("BENCH_ORGS", "100"))
 
 
 def build(django_env) -> None:
+    from django.utils import timezone
+
     from accounts.models import Organization
     from billing import sealing
     from billing.models import LedgerEntry, Price, UsageEvent
-    from django.utils import timezone
 
     price = Price.objects.get(model="local-preview", size="256x256", quality="standard")
     orgs = Organization.objects.bulk_create([Organization(name=f"Bench {i}", slug=f"bench-{i}") for i in range(ORGS)])
@@ -63,8 +64,9 @@ def main():
         import django
 
         django.setup()
-        from billing.stripe import reporting, gateway as stripe_gateway
         from billing.models import LedgerEntry, MeterReport
+        from billing.stripe import gateway as stripe_gateway
+        from billing.stripe import reporting
 
         t0 = time.perf_counter()
         build(env)

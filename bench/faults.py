@@ -101,7 +101,7 @@ async def client_loop(session, url: str, key: str, deadline: float, results: dic
                         continue
                     results["refused"][r.status] = results["refused"].get(r.status, 0) + 1
                     break
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 results["retried"] += 1
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
         else:

@@ -10,7 +10,7 @@ the ledger and the seals (triggers, see migrations); the chain proves that nobod
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 GENESIS = "0" * 64
 
@@ -24,7 +24,7 @@ HASHED_FIELDS = (
 
 def _canonical(value):
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return value
 
 

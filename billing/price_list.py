@@ -3,9 +3,9 @@
 Append-only: to change a price add a row with a later effective date; never edit one that has been in force, since
 ledger rows point at it. `manage.py sync_prices` (and the migrations) insert rows that are missing.
 """
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-_2025 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+_2025 = datetime(2025, 1, 1, tzinfo=UTC)
 
 PRICE_LIST: list[tuple[str, str, str, int, datetime]] = [
     # The built-in offline model: $0.001 per image at every size, so money flows end to end from day one.
@@ -76,7 +76,7 @@ _FLUX2_TARIFFS_MICROS = {
 }
 _FLUX2_SIZES = ("1024x1024", "512x512", "768x768", "1344x768", "768x1344", "1216x832", "832x1216", "1024x768",
                 "768x1024", "1536x1536", "1920x1088", "1088x1920", "2048x2048")
-_FLUX2_FROM = datetime(2026, 11, 30, tzinfo=timezone.utc)  # when the gateway began to serve FLUX.2
+_FLUX2_FROM = datetime(2026, 11, 30, tzinfo=UTC)  # when the gateway began to serve FLUX.2
 
 
 def flux2_list_price_micros(model: str, size: str) -> int:
@@ -119,7 +119,7 @@ PRICE_LIST += [
 
 # Gemini, Recraft, Ideogram (issue 13): upstream list price + 10%, effective 2026-11-30 (the upstream prices as read
 # on 2026-11-30; sources and dates in docs/providers/<provider>.md). Sizes mirror generation/catalog.py.
-_2026_11_30 = datetime(2026, 11, 30, tzinfo=timezone.utc)
+_2026_11_30 = datetime(2026, 11, 30, tzinfo=UTC)
 _GEMINI_1K = ("1024x1024", "848x1264", "1264x848", "896x1200", "1200x896", "928x1152", "1152x928", "768x1376",
               "1376x768", "1584x672")
 _GEMINI_2K = ("2048x2048", "1696x2528", "2528x1696", "1792x2400", "2400x1792", "1856x2304", "2304x1856", "1536x2752",

@@ -1,6 +1,6 @@
 """Reads for billing: prices and usage summaries."""
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
@@ -9,7 +9,6 @@ from accounts.models import Organization
 from config import process_cache
 
 from .models import LedgerEntry, Price
-
 
 _prices = process_cache.ProcessCache("prices")
 
@@ -127,14 +126,15 @@ def _sources(organization: Organization, start: datetime, end: datetime | None, 
     open): [(is_rollup, queryset)]. The whole UTC days inside the range come from the rollups (every ledger row with
     id <= watermark) plus the ledger rows of those days above the watermark; the partial days at either edge come
     from the ledger. Without rolled-up whole days (or in a time zone other than the rollups' UTC) it is the ledger."""
-    from datetime import time as dt_time, timedelta, timezone as dt_timezone
+    from datetime import time as dt_time
+    from datetime import timedelta
 
     from .models import UsageRollup
 
     ledger = _ledger_range(organization, start, end)
     if watermark <= 0 or timezone.get_current_timezone_name() not in ("UTC", "Etc/UTC"):
         return [(False, ledger)]
-    utc = dt_timezone.utc
+    utc = UTC
     first = start.astimezone(utc).date()
     if start.astimezone(utc) != datetime.combine(first, dt_time.min, tzinfo=utc):
         first += timedelta(days=1)

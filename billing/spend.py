@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.utils import timezone
@@ -135,11 +135,11 @@ def invalidate_limits() -> None:
 # --- Counters ----------------------------------------------------------------------------------------------------------
 
 def _month(now: datetime | None = None) -> str:
-    return (now or timezone.now()).astimezone(dt_timezone.utc).strftime("%Y%m")
+    return (now or timezone.now()).astimezone(UTC).strftime("%Y%m")
 
 
 def _month_start(month: str) -> datetime:
-    return datetime(int(month[:4]), int(month[4:]), 1, tzinfo=dt_timezone.utc)
+    return datetime(int(month[:4]), int(month[4:]), 1, tzinfo=UTC)
 
 
 def counter_key(organization_id: int, api_key_id: int | None, month: str) -> str:
@@ -159,7 +159,7 @@ def ledger_month_to_date(organization_id: int, api_key_id: int | None, month: st
 
     start = _month_start(month)
     if api_key_id is None:
-        end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=dt_timezone.utc)
+        end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=UTC)
         return usage_between(organization=Organization(pk=organization_id), start=start, end=end).cost_micros
     from django.db.models import Q
 

@@ -8,9 +8,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.selectors import current_membership
-
 from billing import policy
-from billing.stripe import gateway as stripe_gateway, webhooks
+from billing.stripe import gateway as stripe_gateway
+from billing.stripe import webhooks
 
 
 @csrf_exempt
@@ -72,15 +72,15 @@ def _membership(request):
 def overview(request):
     """The dashboard's home: month-to-date spend, images and requests; for a chosen date range (this month by
     default) the totals, spend and images per day, and breakdowns by model, provider and API key."""
-    from datetime import datetime, time as dt_time, timedelta
+    from datetime import datetime, timedelta
+    from datetime import time as dt_time
 
     from django.utils import timezone
-
-    from .forms import UsageRangeForm
 
     from accounts.selectors import api_keys_for_organization
 
     from . import selectors
+    from .forms import UsageRangeForm
 
     organization = _membership(request).organization
     tz = timezone.get_current_timezone()

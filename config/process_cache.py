@@ -37,7 +37,7 @@ FRESH_WITHIN = 0.75  # seconds since the last successful version read for cached
 VERSION_KEY = "process-cache:version:{}"
 MISSING: Any = object()
 
-_namespaces: dict[str, list["ProcessCache"]] = defaultdict(list)
+_namespaces: dict[str, list[ProcessCache]] = defaultdict(list)
 _registry_lock = threading.Lock()
 
 

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.db.models import Count
 
 from generation.pipeline import moderation
+
 from .models import ModerationCategory, ModerationTerm
 
 

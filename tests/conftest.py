@@ -21,9 +21,8 @@ def free_port() -> int:
 def prices(db):
     """Reference data as migrations seed it: the price table and the default moderation policy (transactional tests
     flush every table, so put them back)."""
-    from generation.pipeline import moderation
-
     from billing.selectors import clear_price_cache
+    from generation.pipeline import moderation
 
     price_list.sync(Price)
     clear_price_cache()

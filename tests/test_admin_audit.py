@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey
-from billing import sealing, services as billing_services
+from billing import sealing
+from billing import services as billing_services
 from billing.models import (
     BillingAccount,
     BillingAlert,

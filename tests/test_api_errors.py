@@ -144,7 +144,6 @@ def test_401_and_404_envelopes(live_url, api_key):
 
 def test_503_when_no_price_is_configured(openai_client, api_key):
     from billing.models import Price
-
     from billing.selectors import clear_price_cache
 
     Price.objects.filter(model="local-preview", size="512x512").delete()

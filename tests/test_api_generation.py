@@ -10,8 +10,8 @@ from PIL import Image
 
 from accounts import services as account_services
 from billing.models import LedgerEntry
-from generation.pipeline import storage
 from generation.models import StoredImage
+from generation.pipeline import storage
 
 SIZES = ["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"]
 

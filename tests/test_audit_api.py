@@ -4,7 +4,7 @@ micro-dollar, keyset pagination of records, 400s that name the parameter, tenant
 Schemathesis on the three operations."""
 import random
 from collections import Counter
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
@@ -28,9 +28,9 @@ from accounts import services as account_services
 from accounts.models import ApiKey
 from billing import recording
 from billing import services as billing_services
-from billing.usage import audit as usage_queries
 from billing.models import LedgerEntry, Price
 from billing.selectors import current_price
+from billing.usage import audit as usage_queries
 
 DAY = 86400
 T0 = 1_700_000_000 - 1_700_000_000 % DAY  # 2023-11-14T00:00:00Z, a UTC midnight
@@ -38,7 +38,7 @@ ODD_PRICE = 333_333  # micro-USD: sums of it are not exact in binary floating po
 
 
 def at(seconds: int, micros: int = 0) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=dt_timezone.utc) + timedelta(microseconds=micros)
+    return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=micros)
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_bucket_limit_defaults_follow_openai(live_url, acme):
 
 
 def test_end_time_defaults_to_now(live_url, acme, ledger):
-    now = int(datetime.now(dt_timezone.utc).timestamp())
+    now = int(datetime.now(UTC).timestamp())
     ledger(acme.org, acme.key, at(now - 30), n=4)
     body = ok(get(live_url, acme.raw, "usage/images", {"start_time": now - 120, "bucket_width": "1m"}))
     assert sum(r["images"] for b in body["data"] for r in b["results"]) == 4

@@ -10,12 +10,20 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts import services as account_services
-from billing.stripe import reconciliation, reporting, gateway as stripe_gateway
 from billing import services as billing_services
-from billing.models import (BillingAccount, BillingAlert, Discrepancy, Invoice, LedgerEntry, MeterReport,
-                            StripeEvent, StripeSetup)
+from billing.models import (
+    BillingAccount,
+    BillingAlert,
+    Discrepancy,
+    Invoice,
+    LedgerEntry,
+    MeterReport,
+    StripeEvent,
+    StripeSetup,
+)
 from billing.selectors import current_price
+from billing.stripe import gateway as stripe_gateway
+from billing.stripe import reconciliation, reporting
 from tests.emulators import stripe as stripe_emu
 from tests.emulators.base import Fault
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from billing.stripe import reporting, gateway as stripe_gateway
 from billing import services as billing_services
 from billing.models import BillingAccount, LedgerEntry, MeterReport
 from billing.selectors import current_price
+from billing.stripe import gateway as stripe_gateway
+from billing.stripe import reporting
 from tests.emulators import stripe as stripe_emu
 from tests.emulators.base import Fault
 

@@ -3,7 +3,7 @@ keyset pagination), one request's detail, the streamed CSV export, and tenant is
 import csv
 import io
 import re
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
@@ -19,10 +19,10 @@ from billing import recording
 from billing import services as billing_services
 from billing.models import LedgerEntry
 from billing.selectors import LogFilters, clear_price_cache, current_price, request_log
-from generation.pipeline import storage
 from generation.models import ProviderAttempt
+from generation.pipeline import storage
 
-UTC = dt_timezone.utc
+UTC = UTC
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
        b"\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82")
 

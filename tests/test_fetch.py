@@ -194,7 +194,7 @@ def _tls_for(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def cert(subject, issuer, key, signer, *, ca):
         builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())

@@ -18,7 +18,14 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 
 from generation.api import idempotency as idem
-from generation.api.idempotency import IdempotencyConflict, IdempotencyInProgress, StoredResponse, fingerprint, run_once, validate_key
+from generation.api.idempotency import (
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    StoredResponse,
+    fingerprint,
+    run_once,
+    validate_key,
+)
 
 PATH = "/v1/images/generations"
 BODY = {"model": "local-preview", "prompt": "A lighthouse in a storm", "size": "512x512"}

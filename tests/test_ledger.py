@@ -11,7 +11,8 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from accounts import services as account_services
-from billing import sealing, services as billing_services
+from billing import sealing
+from billing import services as billing_services
 from billing.models import LedgerEntry, LedgerHead, LedgerSeal, Price, SealState, UsageEvent
 from billing.selectors import clear_price_cache, current_price
 

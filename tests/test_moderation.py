@@ -5,8 +5,8 @@ from django.urls import reverse
 
 from accounts.models import User
 from config import process_cache
-from generation.pipeline import moderation
 from generation.models import ModerationCategory, ModerationTerm
+from generation.pipeline import moderation
 from generation.pipeline.moderation import ModerationVerdict, check_text, compile_policy
 
 

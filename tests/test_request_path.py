@@ -23,7 +23,6 @@ from billing.models import LedgerEntry, Price
 from config import db, process_cache
 from generation import providers
 from generation.models import ModerationCategory, ModerationTerm
-from generation.providers import base as pb
 from generation.providers.local import LocalProvider
 from tests.emulators import openai as openai_emu
 from tests.servers import stop, uvicorn_processes

@@ -1,7 +1,7 @@
 """Usage rollups: the refresh is idempotent and incremental, equals the ledger per organization, day, key, model,
 provider and status, leaves unsettled rows to the next run; the dashboard's totals (rollups + the ledger above the
 watermark) equal the ledger exactly; the beat task and the admin totals use it."""
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings
@@ -13,7 +13,7 @@ from billing import services as billing_services
 from billing.models import LedgerEntry, RollupState, UsageRollup
 from billing.selectors import clear_price_cache, current_price
 
-UTC = dt_timezone.utc
+UTC = UTC
 LATER = datetime(2025, 4, 1, tzinfo=UTC)  # "now" for refreshes: everything of March has settled
 
 

@@ -6,8 +6,8 @@ import openai
 import pytest
 
 from generation import catalog
-from generation.pipeline import health, router
 from generation.models import ProviderAttempt
+from generation.pipeline import health, router
 from generation.providers import base as pb
 from tests.test_api_errors import ScriptedProvider, inject  # noqa: F401  (fixture)
 

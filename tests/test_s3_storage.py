@@ -45,8 +45,8 @@ def test_url_images_are_stored_in_s3_and_served_through_the_signed_url(s3_storag
 
     from datetime import timedelta
 
-    from generation.pipeline import storage
     from generation.models import StoredImage
+    from generation.pipeline import storage
 
     row = StoredImage.unscoped.get()
     assert storage.delete_expired(now=row.expires_at + timedelta(seconds=1)) == 1

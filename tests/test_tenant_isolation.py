@@ -14,9 +14,9 @@ e-mails or invoices; after the walk B's keys, members, invitations, limits and l
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
 
 import httpx
 import pytest

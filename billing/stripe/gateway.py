@@ -7,7 +7,6 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts.models import Organization
-
 from billing.models import BillingAccount, StripeSetup
 
 PRICE_LOOKUP_KEY = "imagegate_usage_micros"

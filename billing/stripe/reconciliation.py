@@ -13,8 +13,8 @@ from django.db.models import Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from billing.stripe import gateway as stripe_gateway
 from billing.models import BillingAccount, Discrepancy, LedgerEntry, MeterReport, UsageEvent
+from billing.stripe import gateway as stripe_gateway
 
 
 @dataclass

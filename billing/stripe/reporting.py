@@ -23,8 +23,8 @@ from django.db.models import Max, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from billing.stripe import gateway as stripe_gateway
 from billing.models import BillingAccount, BillingAlert, MeterReport, UsageEvent
+from billing.stripe import gateway as stripe_gateway
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ subscription (Stripe does not guarantee order) is recorded but not applied. Invo
 """
 import json
 import logging
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 import stripe
 from django.conf import settings
@@ -34,7 +34,7 @@ class BadSignature(Exception):
 
 
 def _ts(value) -> datetime | None:
-    return datetime.fromtimestamp(int(value), tz=dt_timezone.utc) if value else None
+    return datetime.fromtimestamp(int(value), tz=UTC) if value else None
 
 
 def verify(payload: bytes, signature: str) -> dict:

@@ -6,7 +6,7 @@ dimension (organization, model, provider, status: billing/admin.py ROLLUP_FILTER
 rollups (one row per day and dimension) plus the ledger rows above the rollup watermark; Django's own code builds the
 links. Any other filter falls back to Django's query.
 """
-from datetime import datetime, time, timezone as dt_timezone
+from datetime import UTC, datetime, time
 
 from django import template
 from django.contrib.admin.templatetags import admin_list
@@ -20,7 +20,7 @@ DATE_PARAMS = {"created_at__year": "day__year", "created_at__month": "day__month
 
 
 def _midnight(day):
-    return datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
+    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 class _RollupDates:

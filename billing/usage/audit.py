@@ -18,17 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 
 from accounts.models import ApiKey, Organization
-
 from billing.models import MICROS_PER_USD, LedgerEntry
 
-EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 BUCKET_SECONDS = {"1m": 60, "1h": 3600, "1d": 86400}
 BUCKET_TRUNC = {"1m": TruncMinute, "1h": TruncHour, "1d": TruncDay}
@@ -133,7 +132,7 @@ def _bucket_page(*, kind: str, organization: Organization, start_time: int, end_
         rows = rows.filter(model__in=models)
     groups = IMAGES_GROUP_BY if kind == "images" else COSTS_GROUP_BY
     columns = list(dict.fromkeys(col for name in group_by for col in groups[name]))
-    trunc = BUCKET_TRUNC[bucket_width]("created_at", tzinfo=dt_timezone.utc)
+    trunc = BUCKET_TRUNC[bucket_width]("created_at", tzinfo=UTC)
     if kind == "images":
         aggregates = {"images": Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
                       "requests": Count("id")}

@@ -5,8 +5,13 @@ sees HTML or a stack trace.
 """
 import logging
 
-from django.core.exceptions import (DisallowedHost, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent,
-                                    TooManyFilesSent)
+from django.core.exceptions import (
+    DisallowedHost,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions as drf

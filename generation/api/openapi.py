@@ -22,8 +22,8 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiReque
 from rest_framework import serializers
 
 from generation import catalog
-from generation.pipeline import validation
 from generation.api import images, model_list
+from generation.pipeline import validation
 from generation.providers import registry
 
 SECURITY_SCHEME = "bearerAuth"

@@ -22,12 +22,11 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
 from accounts import keys
-from billing.usage import audit as q
 from billing.models import LedgerEntry
-
+from billing.usage import audit as q
 from generation.api import openapi
-from generation.api.errors import InvalidRequest
 from generation.api.base import V1APIView, require_scope
+from generation.api.errors import InvalidRequest
 
 
 class ReadsUsage(BasePermission):

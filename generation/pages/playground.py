@@ -11,12 +11,11 @@ from redis.exceptions import RedisError
 
 from accounts import roles
 from accounts.views import membership_or_404
-
+from config.http.middleware import new_request_id
 from generation import catalog
 from generation.api import ratelimit
-from generation.pipeline import service as services
 from generation.api.errors import APIError
-from config.http.middleware import new_request_id
+from generation.pipeline import service as services
 from generation.providers import registry
 
 

@@ -22,9 +22,8 @@ from billing import selectors as billing_selectors
 from billing.exports import csv_lines
 from billing.forms import UsageDateField
 from billing.models import LedgerEntry
-
-from generation.pipeline import storage
 from generation.models import ProviderAttempt, StoredImage
+from generation.pipeline import storage
 
 PAGE_SIZE = 50
 EXPORT_COLUMNS = ["created_at", "request_id", "api_key", "model", "provider", "size", "quality", "n", "status",

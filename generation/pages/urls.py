@@ -1,7 +1,8 @@
 """Dashboard pages over the request log, included under /dashboard/ (config/urls.py)."""
 from django.urls import path
 
-from generation.pages import requests as dashboard_views, playground
+from generation.pages import playground
+from generation.pages import requests as dashboard_views
 
 urlpatterns = [
     path("playground/", playground.playground, name="playground"),

@@ -85,7 +85,7 @@ class _Committer:
             self.task = None
 
 
-_committers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Committer]" = weakref.WeakKeyDictionary()
+_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Committer] = weakref.WeakKeyDictionary()
 
 
 async def commit(write: Write) -> LedgerEntry:

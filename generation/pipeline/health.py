@@ -10,8 +10,8 @@ opens it again.
 """
 import asyncio
 import threading
-import weakref
 import time
+import weakref
 from dataclasses import dataclass
 
 from django.conf import settings

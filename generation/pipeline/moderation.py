@@ -45,7 +45,6 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from config import process_cache
-
 from generation.models import ModerationCategory, ModerationTerm
 
 log = logging.getLogger(__name__)

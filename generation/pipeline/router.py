@@ -8,9 +8,9 @@ request at once (another upstream would refuse the same prompt, and must not be 
 appended to `attempts` for the audit trail, whatever happens.
 """
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from datetime import UTC, datetime
 
 from generation.catalog import ModelSpec
 from generation.pipeline.health import HALF_OPEN, OPEN, HealthBook
@@ -70,7 +70,7 @@ async def route(
         state = states[name].state(now)
         if explicit is None and (state == OPEN or (state == HALF_OPEN and not await health.try_trial(name))):
             continue
-        started, t0 = datetime.now(timezone.utc), time.monotonic()
+        started, t0 = datetime.now(UTC), time.monotonic()
         try:
             result = await call(providers[name], request)
         except pb.ProviderError as exc:

@@ -20,18 +20,24 @@ from accounts.models import ApiKey, Organization
 from billing import selectors as billing_selectors
 from billing import spend
 from billing.models import LedgerEntry
-
 from config import db, faults
-
 from generation import catalog
-from generation.pipeline import commit, moderation, router, storage
 from generation.api import idempotency
-from generation.api.errors import APIError, ContentPolicyViolation, InsufficientQuota, InvalidRequest, RateLimited, ServerError, UpstreamError
-from generation.pipeline.health import HealthBook
+from generation.api.errors import (
+    APIError,
+    ContentPolicyViolation,
+    InsufficientQuota,
+    InvalidRequest,
+    RateLimited,
+    ServerError,
+    UpstreamError,
+)
 from generation.models import ProviderAttempt
+from generation.pipeline import commit, moderation, router, storage
+from generation.pipeline.health import HealthBook
+from generation.pipeline.validation import ImageCall, validate
 from generation.providers import base as pb
 from generation.providers import registry
-from generation.pipeline.validation import ImageCall, validate
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +307,8 @@ async def _moderate(call: ImageCall) -> None:
 
 async def _with_fetched_image(call: ImageCall) -> ImageCall:
     """Fetch generations' `image` URL safely and check it as an input image of the model."""
-    from generation.pipeline import fetch, input_images as images
+    from generation.pipeline import fetch
+    from generation.pipeline import input_images as images
 
     try:
         fetched = await fetch.fetch_image(call.image_url, max_bytes=call.spec.input_images.max_bytes)

@@ -5,14 +5,13 @@ may be omitted or sent as JSON null (the model's default applies); multipart for
 are converted; unknown fields are refused with `unknown_parameter`; every message names the allowed values.
 """
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from accounts.selectors import key_allows_model
-
 from generation import catalog
-from generation.pipeline import input_images as images
 from generation.api.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from generation.pipeline import input_images as images
 from generation.providers.base import ImageRequest, InputImage
 
 # Fields per endpoint: OpenAI's own, then our documented extras (`provider`, `image` URL, `seed`).

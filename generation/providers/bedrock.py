@@ -63,16 +63,17 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     CredentialRetrievalError,
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 from PIL import Image, ImageOps
 
 from .base import (
-    sniff_image_type,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -81,6 +82,7 @@ from .base import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    sniff_image_type,
 )
 
 # Titan Image Generator G1 (v1 and v2): the documented width x height pairs.

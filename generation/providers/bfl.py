@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from urllib.parse import quote
 
-from .transport import DownloadFailed, Reply, Transport
 from .base import (
-    sniff_image_type,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -34,7 +32,9 @@ from .base import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    sniff_image_type,
 )
+from .transport import DownloadFailed, Reply, Transport
 
 MICROS_PER_CREDIT = 10_000  # BFL reports `cost` in credits; 1 credit = $0.01 = 10,000 micro-USD
 

@@ -21,10 +21,7 @@ import binascii
 from dataclasses import dataclass, fields
 from urllib.parse import urljoin, urlsplit
 
-from .transport import Reply, Transport
 from .base import (
-    sniff_image_type as sniff_image,
-    upload_filename,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -34,7 +31,12 @@ from .base import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    upload_filename,
 )
+from .base import (
+    sniff_image_type as sniff_image,
+)
+from .transport import Reply, Transport
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # cap on one downloaded image
 

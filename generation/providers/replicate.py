@@ -33,9 +33,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .transport import Reply, Transport
 from .base import (
-    sniff_image_type as sniff_image,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -46,6 +44,10 @@ from .base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .base import (
+    sniff_image_type as sniff_image,
+)
+from .transport import Reply, Transport
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # one prediction object (its `logs` grow while it runs)

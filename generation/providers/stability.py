@@ -18,10 +18,7 @@ import asyncio
 import base64
 import binascii
 
-from .transport import Reply, Transport
 from .base import (
-    sniff_image_type,
-    upload_filename,
     ContentRefused,
     GeneratedImage,
     ImageRequest,
@@ -31,7 +28,10 @@ from .base import (
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    sniff_image_type,
+    upload_filename,
 )
+from .transport import Reply, Transport
 
 MAX_RESPONSE_BYTES = 50 * 1024 * 1024  # one reply: up to 10 base64 artifacts, or one image
 

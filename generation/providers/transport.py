@@ -192,7 +192,7 @@ class Transport:
             raise
         except aiohttp.ClientConnectorError as exc:
             raise self._unreachable(what, url, _reason(exc)) from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 raise self._unreachable(what, url, "connect timeout") from exc
             raise UpstreamTimeout(f"{what} did not answer in time (timed out after {limit:g} s).",

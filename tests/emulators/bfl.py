@@ -40,15 +40,14 @@ import binascii
 import contextlib
 import functools
 import heapq
-import json
 import io
+import json
 import re
 import time
 import uuid
 from decimal import ROUND_CEILING, Decimal
 
 from PIL import Image
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

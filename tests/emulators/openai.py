@@ -306,7 +306,7 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
                 try:
                     params["n"] = int(value)
                 except ValueError:
-                    raise OpenAIError(400, f"Invalid type for 'n': expected an integer, but got a string instead.",
+                    raise OpenAIError(400, "Invalid type for 'n': expected an integer, but got a string instead.",
                                       code="invalid_type", param="n") from None
             elif name == "output_compression":
                 try:

@@ -152,7 +152,7 @@ def image_bytes(prediction_id: str, index: int) -> bytes:
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="microseconds") \
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="microseconds") \
         .replace("+00:00", "Z")
 
 

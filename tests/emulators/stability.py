@@ -240,7 +240,7 @@ def build_app(faults: Faults, requests: list, state: dict) -> Starlette:
             return _v1_error(404, "not_found", f"engine: {engine} not found")
         accept = request.headers.get("accept", "application/json").split(";")[0].strip().lower()
         if accept not in ("application/json", "image/png", "*/*", ""):
-            return _v1_error(400, "invalid_accept_header", f"accept: must be application/json or image/png")
+            return _v1_error(400, "invalid_accept_header", "accept: must be application/json or image/png")
         try:
             payload = json.loads(body)
         except ValueError:

@@ -187,7 +187,7 @@ def _now(state: dict) -> int:
 
 
 def _add_months(ts: int, months: int) -> int:
-    d = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    d = datetime.datetime.fromtimestamp(ts, datetime.UTC)
     month0 = d.month - 1 + months
     year, month = d.year + month0 // 12, month0 % 12 + 1
     day = min(d.day, calendar.monthrange(year, month)[1])
@@ -286,7 +286,7 @@ def _dict(params: dict, key: str, param: str | None = None) -> dict:
     if value is None or value == "":
         return {}
     if not isinstance(value, dict):
-        raise _invalid(f"Invalid object", param or key)
+        raise _invalid("Invalid object", param or key)
     return value
 
 
@@ -830,7 +830,7 @@ async def products_create(ctx: Ctx):
     name = _str(p, "name", required=True)
     ident = _str(p, "id")
     if ident and ctx.store.get(ident, "product"):
-        raise StripeError(400, f"Product already exists.", code="resource_already_exists", param="id")
+        raise StripeError(400, "Product already exists.", code="resource_already_exists", param="id")
     active = _opt_bool(p, "active")
     obj = {
         "id": ident or _new_id("prod"), "object": "product", "active": True if active is None else active,
@@ -1368,7 +1368,7 @@ async def checkout_sessions_create(ctx: Ctx):
             raise _missing(f"line_items[{i}][price]")
         price = _price(ctx, price_id, f"line_items[{i}][price]", 400)
         if not price["active"]:
-            raise _invalid(f"The price specified is inactive. This field only accepts active prices.",
+            raise _invalid("The price specified is inactive. This field only accepts active prices.",
                            f"line_items[{i}][price]")
         rec = price["recurring"]
         metered = bool(rec and rec.get("usage_type") == "metered")
@@ -1566,7 +1566,7 @@ async def subscriptions_cancel(ctx: Ctx):
     sub = _subscription(ctx)
     with ctx.store.lock:
         if sub["status"] == "canceled":
-            raise _invalid(f"A canceled subscription can only update its cancellation_details and metadata.",
+            raise _invalid("A canceled subscription can only update its cancellation_details and metadata.",
                            code=None)
         sub.update(status="canceled", canceled_at=ctx.now, ended_at=ctx.now)
     return 200, _expanded(ctx.store, sub, _expand_list(ctx.params))
@@ -1961,7 +1961,7 @@ def sign(payload, secret: str = WEBHOOK_SECRET, t: int | None = None) -> str:
     if isinstance(payload, (bytes, bytearray)):
         payload = bytes(payload).decode("utf-8")
     t = int(time.time()) if t is None else int(t)
-    mac = hmac.new(secret.encode("utf-8"), f"{t}.{payload}".encode("utf-8"), hashlib.sha256).hexdigest()
+    mac = hmac.new(secret.encode("utf-8"), f"{t}.{payload}".encode(), hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
 
 

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.stripe import reconciliation, gateway as stripe_gateway
+from billing.stripe import gateway as stripe_gateway
+from billing.stripe import reconciliation
 
 
 class Command(BaseCommand):

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.stripe import reporting, gateway as stripe_gateway
+from billing.stripe import gateway as stripe_gateway
+from billing.stripe import reporting
 
 
 class Command(BaseCommand):
