@@ -70,7 +70,7 @@ class MembershipInlineFormSet(BoundedInlineFormSet):
             user = data.get("user")
             if user is None or data.get("DELETE"):
                 continue
-            existing = Membership.unscoped.filter(organization=self.instance, user=user)
+            existing = Membership.all_tenants_unsafe.filter(organization=self.instance, user=user)
             if form.instance.pk is not None:
                 existing = existing.exclude(pk=form.instance.pk)
             if existing.exists():
@@ -111,7 +111,7 @@ class ApiKeyAdminForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = "__all__"
+        fields = ["name", "rate_limit_rpm", "expires_at", "allowed_models", "scopes"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -19,7 +19,8 @@ class OrganizationSignupForm(forms.Form):
 
     def signup(self, request, user):
         """Called by allauth once the user exists: give them their organization, as its owner."""
-        name = (self.cleaned_data.get("organization_name") or "").strip() or f"{user.email.split('@')[0]}'s organization"
+        name = ((self.cleaned_data.get("organization_name") or "").strip()
+                or f"{user.email.split('@')[0]}'s organization")
         services.create_organization(name=name, owner=user)
 
 

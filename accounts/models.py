@@ -94,7 +94,7 @@ class Membership(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -125,7 +125,8 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     # Requests per minute for this key; 0 = the product default.
@@ -140,7 +141,7 @@ class ApiKey(models.Model):
     # per-key monthly spend carries over to the new key (billing/spend.py counts per lineage).
     lineage = models.BigIntegerField(null=True, blank=True, db_index=True)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -189,7 +190,7 @@ class Invitation(models.Model):
     accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="+")
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:

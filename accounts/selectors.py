@@ -13,7 +13,7 @@ _keys_by_prefix = process_cache.ProcessCache("api_keys")
 
 
 def _load_key(prefix: str) -> ApiKey | None:
-    return ApiKey.unscoped.select_related("organization").filter(prefix=prefix).first()
+    return ApiKey.all_tenants_unsafe.select_related("organization").filter(prefix=prefix).first()
 
 
 def _check(raw_key: str, api_key: ApiKey | None) -> ApiKey | None:
@@ -58,7 +58,7 @@ def key_allows_model(api_key: ApiKey | None, model: str) -> bool:
 
 
 def memberships_for_user(user: User) -> QuerySet[Membership]:
-    return Membership.unscoped.filter(user=user).select_related("organization").order_by("created_at")
+    return Membership.all_tenants_unsafe.filter(user=user).select_related("organization").order_by("created_at")
 
 
 def current_membership(user: User, organization_id: int | None = None) -> Membership | None:
@@ -99,5 +99,5 @@ def find_invitation(raw_token: str) -> Invitation | None:
     """The invitation whose link carries `raw_token` (any state: the caller says why it cannot be used)."""
     if not raw_token or len(raw_token) > 200:
         return None
-    return Invitation.unscoped.select_related("organization", "invited_by").filter(
+    return Invitation.all_tenants_unsafe.select_related("organization", "invited_by").filter(
         token_hash=keys.hash_key(raw_token)).first()

@@ -45,7 +45,8 @@ def _unique_slug(base: str) -> str:
 def create_organization(*, name: str, owner: User, slug: str | None = None) -> Organization:
     """A new tenant with `owner` as its owner."""
     organization = Organization.objects.create(name=name, slug=slug or _unique_slug(name))
-    Membership.unscoped.create(organization=organization, user=owner, role=Membership.Role.OWNER)
+    Membership.objects.for_organization(organization).create(organization=organization, user=owner,
+                                                             role=Membership.Role.OWNER)
     return organization
 
 
@@ -82,7 +83,7 @@ def ensure_organization(*, slug: str, owner: User, name: str | None = None) -> t
     created = organization is None
     if created:
         organization = Organization.objects.create(slug=slug, name=name or slug.replace("-", " ").title())
-    Membership.unscoped.update_or_create(
+    Membership.objects.for_organization(organization).update_or_create(
         organization=organization, user=owner, defaults={"role": Membership.Role.OWNER}
     )
     return organization, created
@@ -125,7 +126,7 @@ def create_api_key(
         raw = keys.build_key(prefix)
         try:
             with transaction.atomic():
-                api_key = ApiKey.unscoped.create(
+                api_key = ApiKey.objects.for_organization(organization).create(
                     organization=organization,
                     name=name[:100],
                     prefix=prefix,
@@ -147,7 +148,8 @@ def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
     """Revoke at once: every serving process refuses the key within a second."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
-        ApiKey.unscoped.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
+        (ApiKey.objects.for_organization(api_key.organization_id).filter(pk=api_key.pk, revoked_at__isnull=True)
+         .update(revoked_at=api_key.revoked_at))
         process_cache.invalidate("api_keys")
     return api_key
 
@@ -161,7 +163,7 @@ def rotate_api_key(
     revoked at once (`revoke_old`) or keeps working for `grace` (its expiry is brought forward, never pushed back).
     Returns the new row and its raw key, shown once."""
     now = now or timezone.now()
-    old = ApiKey.unscoped.select_for_update().get(pk=api_key.pk)
+    old = ApiKey.objects.for_organization(api_key.organization_id).select_for_update().get(pk=api_key.pk)
     if old.is_revoked or old.is_expired(now):
         raise ValueError("Only an active key can be rotated.")
     suffix = " (rotated)"
@@ -172,11 +174,12 @@ def rotate_api_key(
         scopes=list(old.scopes or keys.all_scopes()),
     )
     if revoke_old:
-        ApiKey.unscoped.filter(pk=old.pk, revoked_at__isnull=True).update(revoked_at=now)
+        ApiKey.objects.for_organization(old.organization_id).filter(pk=old.pk, revoked_at__isnull=True).update(
+            revoked_at=now)
     else:
         grace_end = now + grace
         if old.expires_at is None or old.expires_at > grace_end:
-            ApiKey.unscoped.filter(pk=old.pk).update(expires_at=grace_end)
+            ApiKey.objects.for_organization(old.organization_id).filter(pk=old.pk).update(expires_at=grace_end)
     api_key.refresh_from_db(fields=["revoked_at", "expires_at"])
     process_cache.invalidate("api_keys")
     transaction.on_commit(lambda: api_key_rotated.send(sender=ApiKey, old_key=api_key, new_key=new_key))
@@ -198,7 +201,7 @@ def touch_api_key(*, api_key: ApiKey, now: datetime | None = None) -> bool:
         return False
     from django.db.models import Q
 
-    written = ApiKey.unscoped.filter(
+    written = ApiKey.objects.for_organization(api_key.organization_id).filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - resolution), pk=api_key.pk
     ).update(last_used_at=now)
     api_key.last_used_at = now
@@ -237,7 +240,7 @@ def invite_member(
     now = now or timezone.now()
     Invitation.objects.for_organization(organization).filter(email=email, accepted_at__isnull=True).delete()
     raw = secrets.token_urlsafe(32)
-    invitation = Invitation.unscoped.create(
+    invitation = Invitation.objects.for_organization(organization).create(
         organization=organization, email=email, role=role, token_hash=keys.hash_key(raw),
         invited_by=invited_by.user, expires_at=now + timedelta(days=Invitation.TTL_DAYS),
     )
@@ -249,7 +252,8 @@ def send_invitation_email(*, invitation: Invitation, accept_url: str) -> None:
     send_mail(
         subject=f"You are invited to join {invitation.organization.name} on Imagegate",
         message=(
-            f"{inviter} invited you to join {invitation.organization.name} on Imagegate as {invitation.get_role_display().lower()}.\n\n"
+            f"{inviter} invited you to join {invitation.organization.name} on Imagegate as "
+            f"{invitation.get_role_display().lower()}.\n\n"
             f"Accept the invitation here (the link works for {Invitation.TTL_DAYS} days):\n{accept_url}\n\n"
             f"Sign in (or sign up) with this address, {invitation.email}, to accept. If you did not expect this, "
             "ignore this e-mail."
@@ -272,14 +276,15 @@ def accept_invitation(*, invitation: Invitation, user: User, now: datetime | Non
     """Make `user` a member with the invitation's role. The user's e-mail must be the invited address. Someone who is
     already a member keeps their role."""
     now = now or timezone.now()
-    invitation = Invitation.unscoped.select_for_update().select_related("organization").get(pk=invitation.pk)
+    invitation = (Invitation.objects.for_organization(invitation.organization_id).select_for_update()
+                  .select_related("organization").get(pk=invitation.pk))
     if invitation.accepted_at is not None:
         raise TeamError("This invitation has already been used.")
     if invitation.is_expired(now):
         raise TeamError("This invitation has expired. Ask for a new one.")
     if identity.normalize_email(user.email) != identity.normalize_email(invitation.email):
         raise NotAllowed(f"This invitation is for {invitation.email}; you are signed in as {user.email}.")
-    membership, _ = Membership.unscoped.get_or_create(
+    membership, _ = Membership.objects.for_organization(invitation.organization_id).get_or_create(
         organization=invitation.organization, user=user, defaults={"role": invitation.role})
     invitation.accepted_at, invitation.accepted_by = now, user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
@@ -294,7 +299,8 @@ def change_role(*, membership: Membership, role: str, actor: Membership) -> Memb
     if role not in Membership.Role.values:
         raise ValueError(f"Unknown role '{role}'.")
     owners = _lock_owners(membership.organization)
-    membership = Membership.unscoped.select_for_update().get(pk=membership.pk)
+    membership = (Membership.objects.for_organization(membership.organization_id).select_for_update()
+                  .get(pk=membership.pk))
     if actor.role != Membership.Role.OWNER and Membership.Role.OWNER in (role, membership.role):
         raise NotAllowed("Only owners can make owners or change an owner's role.")
     if membership.role == role:
@@ -313,10 +319,12 @@ def remove_member(*, membership: Membership, actor: Membership) -> None:
     if not leaving:
         _require_manager(actor, membership.organization)
     owners = _lock_owners(membership.organization)
-    membership = Membership.unscoped.select_for_update().get(pk=membership.pk)
+    membership = (Membership.objects.for_organization(membership.organization_id).select_for_update()
+                  .get(pk=membership.pk))
     if membership.role == Membership.Role.OWNER:
         if not leaving and actor.role != Membership.Role.OWNER:
             raise NotAllowed("Only owners can remove an owner.")
         if len(owners) <= 1:
-            raise TeamError("The organization's last owner cannot be removed or leave. Make someone else an owner first.")
+            raise TeamError("The organization's last owner cannot be removed or leave. "
+                            "Make someone else an owner first.")
     membership.delete()

@@ -41,9 +41,10 @@ def build(django_env) -> None:
                                 price=price, unit_price_micros=1000, cost_micros=1000, upstream_cost_micros=0,
                                 latency_ms=5, status="succeeded", error_code="", created_at=created)
             entries.append(entry)
-        LedgerEntry.unscoped.bulk_create(entries, batch_size=2000)
-        UsageEvent.unscoped.bulk_create([UsageEvent(ledger_entry=e, organization=org, value_micros=e.cost_micros,
-                                                    occurred_at=e.created_at) for e in entries], batch_size=2000)
+        LedgerEntry.all_tenants_unsafe.bulk_create(entries, batch_size=2000)
+        UsageEvent.all_tenants_unsafe.bulk_create(
+            [UsageEvent(ledger_entry=e, organization=org, value_micros=e.cost_micros, occurred_at=e.created_at)
+             for e in entries], batch_size=2000)
     sealing.seal_pending()
 
 
@@ -79,14 +80,14 @@ def main():
         import httpx
 
         stripe_total = int(httpx.get(f"{url}/_emulator/usage").json()["total"])
-        ledger_total = sum(LedgerEntry.unscoped.values_list("cost_micros", flat=True))
+        ledger_total = sum(LedgerEntry.all_tenants_unsafe.values_list("cost_micros", flat=True))
         print(f"billing report: {ROWS} ledger rows of {ORGS} organizations (built in {built:.1f} s; "
               f"{customers} Stripe customers created)")
         print(f"  one pass: {stats.calls} meter-event calls ({stats.reports_created} reports), "
               f"{seconds:.2f} s, {ROWS / seconds:,.0f} rows/s, {stats.calls / seconds:.1f} calls/s")
         print(f"  delivered {stats.delivered}, deferred {stats.deferred}; ledger total {ledger_total} micro-USD, "
               f"Stripe total {stripe_total}")
-        pending = MeterReport.unscoped.exclude(status="delivered").count()
+        pending = MeterReport.all_tenants_unsafe.exclude(status="delivered").count()
         if pending or stats.deferred or stripe_total != ledger_total:
             sys.exit(1)
 

@@ -246,7 +246,7 @@ def check(env: dict, port: int, key: str, results: dict, injected: list) -> None
     ledger_ids = set(books["ids"])
     h.manage(env, "shell", "-c", "from accounts.models import ApiKey; from accounts import services; "
                                  "from config import process_cache; "
-                                 "ApiKey.unscoped.filter(name='load').update(rate_limit_rpm=3); "
+                                 "ApiKey.all_tenants_unsafe.filter(name='load').update(rate_limit_rpm=3); "
                                  "process_cache.invalidate('api_keys')")
     time.sleep(1.5)
     statuses = [httpx.post(f"{base}/v1/images/generations", json=BODY, headers={"Authorization": f"Bearer {key}"},

@@ -112,7 +112,7 @@ def _rollup_totals(request, queryset) -> dict | None:
         mark = watermark()
         if mark <= 0:
             return None
-        rolled = UsageRollup.unscoped.filter(**lookups).aggregate(
+        rolled = UsageRollup.all_tenants_unsafe.filter(**lookups).aggregate(
             rows=Sum("requests", default=0),
             images=Sum("images", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
             cost_micros=Sum("cost_micros", default=0),
@@ -235,7 +235,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     def get_urls(self):
         info = self.model._meta.app_label, self.model._meta.model_name
         return [
-            path("export.csv", self.admin_site.admin_view(self.export_csv_view), name="%s_%s_export_csv" % info),
+            path("export.csv", self.admin_site.admin_view(self.export_csv_view), name="{}_{}_export_csv".format(*info)),
             *super().get_urls(),
         ]
 
@@ -435,7 +435,7 @@ class PriceAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _used(obj) -> bool:
-        return LedgerEntry.unscoped.filter(price=obj).exists()
+        return LedgerEntry.all_tenants_unsafe.filter(price=obj).exists()
 
     def has_change_permission(self, request, obj=None):
         if obj is not None and self._used(obj):

@@ -62,7 +62,8 @@ def verify_chain(organization_id: int, pairs, head_sequence: int | None, head_ha
     def close_missing_run(upto: int):
         nonlocal missing_from
         if missing_from is not None and upto >= missing_from:
-            breaks.append(Break(organization_id, missing_from, "", f"rows {missing_from}..{upto} are missing (deleted)"))
+            breaks.append(Break(organization_id, missing_from, "",
+                                f"rows {missing_from}..{upto} are missing (deleted)"))
         missing_from = None
 
     for seal, row in pairs:

@@ -62,7 +62,7 @@ class LedgerEntry(models.Model):
     # The row's place in its organization's hash chain is its LedgerSeal, written by the sealer (billing/sealing.py)
     # shortly after the row: the request path inserts the row and touches no row shared with other requests.
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -104,7 +104,7 @@ class LedgerSeal(models.Model):
     entry_hash = models.CharField(max_length=64)
     sealed_at = models.DateTimeField(default=timezone.now)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -122,6 +122,9 @@ class LedgerHead(models.Model):
     organization = models.OneToOneField(Organization, primary_key=True, on_delete=models.PROTECT, related_name="+")
     sequence = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
 
     def __str__(self):
         return f"{self.organization_id}@{self.sequence}"
@@ -150,11 +153,14 @@ class UsageEvent(models.Model):
     occurred_at = models.DateTimeField()
     report = models.ForeignKey("MeterReport", null=True, blank=True, on_delete=models.PROTECT, related_name="events")
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
         indexes = [models.Index(fields=["report", "organization", "occurred_at"], name="usage_unreported")]
+
+    def __str__(self):
+        return f"usage of ledger row {self.ledger_entry_id}: {self.value_micros} µUSD"
 
 
 class MeterReport(models.Model):
@@ -180,7 +186,7 @@ class MeterReport(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -208,6 +214,9 @@ class BillingAccount(models.Model):
     subscription_state = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
     def __str__(self):
         return f"billing of {self.organization_id}"
 
@@ -217,6 +226,12 @@ class KeySpendLimit(models.Model):
 
     api_key = models.OneToOneField(ApiKey, primary_key=True, on_delete=models.CASCADE, related_name="spend_limit")
     monthly_limit_micros = models.BigIntegerField()
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager(tenant_field="api_key__organization")
+
+    def __str__(self):
+        return f"limit of key {self.api_key_id}: {self.monthly_limit_micros} µUSD a month"
 
 
 class SpendAlert(models.Model):
@@ -232,13 +247,16 @@ class SpendAlert(models.Model):
     limit_micros = models.BigIntegerField()
     sent_at = models.DateTimeField(default=timezone.now)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["organization", "scope", "month"], name="uniq_spend_alert"),
         ]
+
+    def __str__(self):
+        return f"80% alert for {self.scope} of {self.organization_id}, {self.month:%Y-%m}"
 
 
 class StripeEvent(models.Model):
@@ -275,11 +293,14 @@ class Invoice(models.Model):
     event_at = models.DateTimeField(null=True, blank=True)  # the newest webhook event applied
     updated_at = models.DateTimeField(auto_now=True)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
         ordering = ["-created"]
+
+    def __str__(self):
+        return self.number or self.stripe_invoice_id
 
 
 class StripeSetup(models.Model):
@@ -291,6 +312,9 @@ class StripeSetup(models.Model):
     product_id = models.CharField(max_length=255)
     price_id = models.CharField(max_length=255)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"meter {self.meter_event_name} ({self.meter_id})"
 
 
 class Discrepancy(models.Model):
@@ -306,9 +330,15 @@ class Discrepancy(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     note = models.TextField(blank=True)
 
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
     class Meta:
         ordering = ["-detected_at"]
         verbose_name_plural = "discrepancies"
+
+    def __str__(self):
+        return f"discrepancy of {self.organization_id} from {self.window_start:%Y-%m-%d %H:%M}"
 
 
 class BillingAlert(models.Model):
@@ -320,8 +350,14 @@ class BillingAlert(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
 
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.kind}: {self.message[:60]}"
 
 
 class UsageRollup(models.Model):
@@ -340,7 +376,7 @@ class UsageRollup(models.Model):
     cost_micros = models.BigIntegerField(default=0)
     upstream_cost_micros = models.BigIntegerField(default=0)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:

@@ -12,12 +12,13 @@ transaction commits, so a row with a lower id can commit after a row with a high
 an id whose row was still uncommitted, that row would never be rolled up. The guard chosen: settle time. A batch
 only reaches up to the last id *before the first row younger than ROLLUP_SETTLE_SECONDS (60 s)*; the rows of the
 batch are all older than that. A row's `created_at` is stamped just before the one short statement that inserts it
-(billing/recording.py: the ledger, outbox and attempt rows of a batch of requests), so any
-row with a lower id than a 60-second-old row was inserted earlier still and has long since committed -- the
-assumption is that no ledger-writing transaction stays open for more than half the settle time (30 s: a lower id
-was drawn before the 60-second-old row's INSERT, at most 30 s after its stamp, and commits within 30 s of that). (Tracking gaps -- remembering missing ids below the watermark and re-checking them
--- would not need the assumption, but ids are also skipped for good by rolled-back inserts, so the gap list must
-itself expire by age: the same assumption, more code.) The price is that rollups lag the ledger by a minute or so,
+(billing/recording.py: the ledger, outbox and attempt rows of a batch of requests), so any row with a lower
+id than a 60-second-old row was inserted earlier still and has long since committed -- the assumption is that no
+ledger-writing transaction stays open for more than half the settle time (30 s: a lower id was drawn before the
+60-second-old row's INSERT, at most 30 s after its stamp, and commits within 30 s of that). (Tracking gaps --
+remembering missing ids below the watermark and re-checking them -- would not need the assumption, but ids are
+also skipped for good by rolled-back inserts, so the gap list must itself expire by age: the same assumption, more
+code.) The price is that rollups lag the ledger by a minute or so,
 which readers never see: they read the rollups for the rows up to the watermark and the ledger for the rows above.
 
 Days are UTC (settings.TIME_ZONE is UTC); readers use the rollups only when the current time zone is UTC too.
@@ -128,7 +129,7 @@ def _roll_up_postgresql(low: int, high: int) -> tuple[int, int]:
 
 def _roll_up_portable(low: int, high: int) -> tuple[int, int]:
     """Any database (SQLite in development): aggregate with the ORM, add group by group."""
-    groups = (LedgerEntry.unscoped.filter(id__gt=low, id__lte=high)
+    groups = (LedgerEntry.all_tenants_unsafe.filter(id__gt=low, id__lte=high)
               .annotate(day=TruncDate("created_at", tzinfo=timezone.get_fixed_timezone(0)))
               .values("organization_id", "day", "api_key_id", "model", "provider", "status")
               .annotate(requests=Count("id"), images=Coalesce(Sum("n"), 0),
@@ -140,9 +141,9 @@ def _roll_up_portable(low: int, high: int) -> tuple[int, int]:
         key = {d: g[d] for d in DIMENSIONS}
         add = {"requests": g["requests"], "images": g["images"], "cost_micros": g["cost_micros_sum"],
                "upstream_cost_micros": g["upstream_sum"]}
-        updated = UsageRollup.unscoped.filter(**key).update(**{m: F(m) + v for m, v in add.items()})
+        updated = UsageRollup.all_tenants_unsafe.filter(**key).update(**{m: F(m) + v for m, v in add.items()})
         if not updated:
-            UsageRollup.unscoped.create(**key, **add)
+            UsageRollup.all_tenants_unsafe.create(**key, **add)
         rows += g["requests"]
         count += 1
     return rows, count

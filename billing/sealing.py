@@ -73,7 +73,7 @@ def seal_pending(*, full: bool = False, now: datetime | None = None, batch: int 
             state = SealState.objects.select_for_update().get(pk=1)
             if not full:
                 low = max(low, state.last_ledger_id)
-            rows = list(LedgerEntry.unscoped.filter(id__gt=low, seal__isnull=True).order_by("id")[:batch])
+            rows = list(LedgerEntry.all_tenants_unsafe.filter(id__gt=low, seal__isnull=True).order_by("id")[:batch])
             if rows:
                 lag_ms = _seal(rows)
                 stats.sealed += len(rows)
@@ -87,9 +87,9 @@ def seal_pending(*, full: bool = False, now: datetime | None = None, batch: int 
                 moved.append("max_lag_ms")
             if done:
                 horizon = (now or timezone.now()) - timedelta(seconds=settle_seconds)
-                settled = (LedgerEntry.unscoped.filter(id__gt=state.last_ledger_id, created_at__lt=horizon)
+                settled = (LedgerEntry.all_tenants_unsafe.filter(id__gt=state.last_ledger_id, created_at__lt=horizon)
                            .order_by("-id").values_list("id", flat=True).first())
-                if settled is not None and not LedgerEntry.unscoped.filter(
+                if settled is not None and not LedgerEntry.all_tenants_unsafe.filter(
                         id__gt=state.last_ledger_id, id__lte=settled, seal__isnull=True).exists():
                     state.last_ledger_id = settled
                     moved.append("last_ledger_id")
@@ -105,8 +105,9 @@ def seal_pending(*, full: bool = False, now: datetime | None = None, batch: int 
 def _seal(rows: list[LedgerEntry]) -> int:
     """Seal `rows` (id order) onto their organizations' chains; returns the longest wait among them (ms)."""
     org_ids = sorted({r.organization_id for r in rows})
-    LedgerHead.objects.bulk_create([LedgerHead(organization_id=o) for o in org_ids], ignore_conflicts=True)
-    heads = {h.organization_id: h for h in LedgerHead.objects.select_for_update().filter(organization_id__in=org_ids)}
+    LedgerHead.all_tenants_unsafe.bulk_create([LedgerHead(organization_id=o) for o in org_ids], ignore_conflicts=True)
+    locked = LedgerHead.all_tenants_unsafe.select_for_update().filter(organization_id__in=org_ids)
+    heads = {h.organization_id: h for h in locked}
     now = timezone.now()
     seals, lag = [], 0
     for row in rows:
@@ -118,8 +119,8 @@ def _seal(rows: list[LedgerEntry]) -> int:
                                 prev_hash=head.last_hash, entry_hash=entry_hash, sealed_at=now))
         head.sequence, head.last_hash = sequence, entry_hash
         lag = max(lag, int((now - row.created_at).total_seconds() * 1000))
-    LedgerSeal.unscoped.bulk_create(seals)
-    LedgerHead.objects.bulk_update(list(heads.values()), ["sequence", "last_hash"])
+    LedgerSeal.all_tenants_unsafe.bulk_create(seals)
+    LedgerHead.all_tenants_unsafe.bulk_update(list(heads.values()), ["sequence", "last_hash"])
     return lag
 
 
@@ -133,7 +134,8 @@ class SealLag:
 def seal_lag(*, now: datetime | None = None) -> SealLag:
     """How many rows wait for the sealer, how long the oldest has waited, the longest wait seen (metrics, bench)."""
     now = now or timezone.now()
-    waiting = LedgerEntry.unscoped.filter(seal__isnull=True).aggregate(n=Count("id"), oldest=Min("created_at"))
+    waiting = LedgerEntry.all_tenants_unsafe.filter(seal__isnull=True).aggregate(n=Count("id"),
+                                                                                 oldest=Min("created_at"))
     state = SealState.objects.filter(pk=1).first()
     oldest = (now - waiting["oldest"]).total_seconds() if waiting["oldest"] else 0.0
     return SealLag(unsealed=waiting["n"], oldest_age_seconds=max(0.0, oldest),
@@ -149,7 +151,7 @@ def after_ledger_write() -> None:
             log.exception("Inline ledger sealing failed")
 
 
-# --- Verification ------------------------------------------------------------------------------------------------------
+# --- Verification -----------------------------------------------------------------------------------------------------
 
 @dataclass
 class Verification:
@@ -172,9 +174,9 @@ def verify(*, organization_id: int | None = None, seal_first: bool = True, now: 
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         now = now or timezone.now()
-        heads = {h.organization_id: h for h in LedgerHead.objects.all()}
-        org_ids = (set(LedgerSeal.unscoped.values_list("organization_id", flat=True).distinct()) | set(heads)
-                   | set(LedgerEntry.unscoped.values_list("organization_id", flat=True).distinct()))
+        heads = {h.organization_id: h for h in LedgerHead.all_tenants_unsafe.all()}
+        org_ids = (set(LedgerSeal.all_tenants_unsafe.values_list("organization_id", flat=True).distinct()) | set(heads)
+                   | set(LedgerEntry.all_tenants_unsafe.values_list("organization_id", flat=True).distinct()))
         if organization_id is not None:
             org_ids &= {organization_id}
         for org_id in sorted(org_ids):
@@ -182,7 +184,7 @@ def verify(*, organization_id: int | None = None, seal_first: bool = True, now: 
             pairs = _sealed_rows(org_id, chunk)
             counted = [0]
 
-            def counting(it):
+            def counting(it, counted=counted):
                 for pair in it:
                     counted[0] += pair[1] is not None
                     yield pair
@@ -191,7 +193,7 @@ def verify(*, organization_id: int | None = None, seal_first: bool = True, now: 
                                                  head.last_hash if head else None)
             result.rows += counted[0]
         result.organizations = len(org_ids)
-        waiting = LedgerEntry.unscoped.filter(seal__isnull=True)
+        waiting = LedgerEntry.all_tenants_unsafe.filter(seal__isnull=True)
         if organization_id is not None:
             waiting = waiting.filter(organization_id=organization_id)
         limit = timedelta(seconds=settings.LEDGER_SEAL_MAX_LAG_SECONDS)
@@ -211,11 +213,11 @@ def _sealed_rows(org_id: int, chunk: int):
     """(seal, entry or None if the row is gone) in sequence order, read `chunk` seals at a time."""
     after = 0
     while True:
-        seals = list(LedgerSeal.unscoped.filter(organization_id=org_id, sequence__gt=after)
+        seals = list(LedgerSeal.all_tenants_unsafe.filter(organization_id=org_id, sequence__gt=after)
                      .order_by("sequence")[:chunk])
         if not seals:
             return
-        entries = LedgerEntry.unscoped.in_bulk([s.entry_id for s in seals])
+        entries = LedgerEntry.all_tenants_unsafe.in_bulk([s.entry_id for s in seals])
         for seal in seals:
             yield seal, entries.get(seal.entry_id)
         after = seals[-1].sequence

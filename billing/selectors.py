@@ -84,7 +84,7 @@ def recent_entries(*, organization: Organization, limit: int = 20):
 def billing_account(*, organization: Organization):
     from .models import BillingAccount
 
-    return BillingAccount.objects.filter(organization=organization).first()
+    return BillingAccount.objects.for_organization(organization).first()
 
 
 def invoices(*, organization: Organization, limit: int = 24):
@@ -288,5 +288,5 @@ def key_spend_limits(*, organization: Organization):
     """The organization's keys that have a monthly spend limit, with the limit."""
     from .models import KeySpendLimit
 
-    return (KeySpendLimit.objects.filter(api_key__organization=organization, api_key__revoked_at__isnull=True)
+    return (KeySpendLimit.objects.for_organization(organization).filter(api_key__revoked_at__isnull=True)
             .select_related("api_key").order_by("api_key__name"))

@@ -23,13 +23,13 @@ def set_spend_limit(*, organization: Organization, api_key: ApiKey | None = None
         raise ValueError("A spend limit cannot be negative.")
     with transaction.atomic():
         if api_key is None:
-            BillingAccount.objects.update_or_create(organization=organization,
-                                                    defaults={"monthly_spend_limit_micros": monthly_limit_micros})
+            BillingAccount.objects.for_organization(organization).update_or_create(
+                organization=organization, defaults={"monthly_spend_limit_micros": monthly_limit_micros})
         elif monthly_limit_micros is None:
-            KeySpendLimit.objects.filter(api_key=api_key).delete()
+            KeySpendLimit.objects.for_organization(organization).filter(api_key=api_key).delete()
         else:
-            KeySpendLimit.objects.update_or_create(api_key=api_key,
-                                                   defaults={"monthly_limit_micros": monthly_limit_micros})
+            KeySpendLimit.objects.for_organization(organization).update_or_create(
+                api_key=api_key, defaults={"monthly_limit_micros": monthly_limit_micros})
         spend.invalidate_limits()
 
 
@@ -71,6 +71,7 @@ def record_usage_many(usages: list[dict]) -> list[LedgerEntry]:
 
 def carry_spend_limit_to_rotated_key(*, old_key: ApiKey, new_key: ApiKey, **_) -> None:
     """A rotated key keeps its predecessor's monthly spend limit."""
-    limit = KeySpendLimit.objects.filter(api_key=old_key).values_list("monthly_limit_micros", flat=True).first()
+    limit = (KeySpendLimit.objects.for_organization(old_key.organization_id).filter(api_key=old_key)
+             .values_list("monthly_limit_micros", flat=True).first())
     if limit is not None:
         set_spend_limit(organization=new_key.organization, api_key=new_key, monthly_limit_micros=limit)

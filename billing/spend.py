@@ -86,13 +86,15 @@ NO_HOLD = Hold(hold_id="", limits=(), month="", amount_micros=0)
 def _load_account(key):
     from .models import BillingAccount
 
-    return BillingAccount.objects.filter(organization_id=key[1]).first()
+    return BillingAccount.objects.for_organization(key[1]).first()
 
 
 def _load_key_limit(key):
     from .models import KeySpendLimit
 
-    return KeySpendLimit.objects.filter(api_key_id=key[1]).values_list("monthly_limit_micros", flat=True).first()
+    # Looked up by the authenticated key's lineage id alone: the key already names its organization.
+    return (KeySpendLimit.all_tenants_unsafe.filter(api_key_id=key[1])
+            .values_list("monthly_limit_micros", flat=True).first())
 
 
 async def limits_for(*, organization, api_key) -> list[Limit]:
@@ -132,7 +134,7 @@ def invalidate_limits() -> None:
     process_cache.invalidate("billing")
 
 
-# --- Counters ----------------------------------------------------------------------------------------------------------
+# --- Counters ---------------------------------------------------------------------------------------------------------
 
 def _month(now: datetime | None = None) -> str:
     return (now or timezone.now()).astimezone(UTC).strftime("%Y%m")
@@ -180,7 +182,9 @@ for i, key in ipairs(KEYS) do
   local expired = redis.call('ZRANGEBYSCORE', key .. ':holds', '-inf', now)
   if #expired > 0 then
     local total = 0
-    for _, a in ipairs(redis.call('HMGET', key .. ':amounts', unpack(expired))) do total = total + (tonumber(a) or 0) end
+    for _, a in ipairs(redis.call('HMGET', key .. ':amounts', unpack(expired))) do
+      total = total + (tonumber(a) or 0)
+    end
     redis.call('HDEL', key .. ':amounts', unpack(expired))
     redis.call('ZREMRANGEBYSCORE', key .. ':holds', '-inf', now)
     redis.call('HINCRBY', key, 'held', -total)
@@ -196,7 +200,8 @@ for i, key in ipairs(KEYS) do
   redis.call('ZADD', key .. ':holds', now + ttl, id)
   redis.call('HSET', key .. ':amounts', id, amount)
   redis.call('HINCRBY', key, 'held', amount)
-  redis.call('EXPIRE', key, keep); redis.call('EXPIRE', key .. ':holds', keep); redis.call('EXPIRE', key .. ':amounts', keep)
+  redis.call('EXPIRE', key, keep); redis.call('EXPIRE', key .. ':holds', keep)
+  redis.call('EXPIRE', key .. ':amounts', keep)
 end
 return {1}
 """
@@ -390,7 +395,7 @@ async def release(hold: Hold) -> None:
 async def _alert(lim: Limit, month: str, spent: int) -> None:
     from config import db
 
-    from .tasks import send_spend_alert
+    from .alerts import send_spend_alert
 
     try:
         await db.run(send_spend_alert.delay, lim.organization_id, lim.api_key_id, month, spent, lim.limit_micros)

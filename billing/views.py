@@ -169,7 +169,8 @@ def billing_page(request):
             if key_form.is_valid():
                 services.set_spend_limit(organization=organization, api_key=key_form.cleaned_data["api_key"],
                                          monthly_limit_micros=key_form.limit_micros())
-                messages.success(request, f"Monthly spend limit saved for key “{key_form.cleaned_data['api_key'].name}”.")
+                name = key_form.cleaned_data["api_key"].name
+                messages.success(request, f"Monthly spend limit saved for key “{name}”.")
                 return redirect("billing")
         else:
             form = SpendLimitForm(request.POST)

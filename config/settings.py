@@ -24,7 +24,8 @@ if not SECRET_KEY:
 
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
 
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS",
+                         default=["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # The public base URL used in image URLs handed to API clients; empty = derive from the request.
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
@@ -110,7 +111,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 else:
     # SQLite serves the embedded default; WAL and a busy timeout let the web server and tasks share it.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "transaction_mode": "IMMEDIATE"}
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+         "transaction_mode": "IMMEDIATE"}
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -176,7 +178,8 @@ ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http" if DEBUG else "https"
 
 EMAIL_BACKEND = env.str(
     "EMAIL_BACKEND",
-    default="django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
+    default=("django.core.mail.backends.console.EmailBackend" if DEBUG
+             else "django.core.mail.backends.smtp.EmailBackend"),
 )
 if not DEBUG or env.str("EMAIL_URL", default=""):
     vars().update(env.email_url("EMAIL_URL", default="smtp://localhost:25"))
@@ -330,7 +333,7 @@ LOGGING = {
     "loggers": {"django.request": {"level": "ERROR"}},
 }
 
-# --- OpenAPI description of /v1 (drf-spectacular; generation/api/openapi.py, served at /v1/openapi.json) ---------------
+# --- OpenAPI description of /v1 (drf-spectacular; generation/api/openapi.py, served at /v1/openapi.json) --------------
 SPECTACULAR_SETTINGS = {
     "TITLE": "Imagegate API",
     "DESCRIPTION": (

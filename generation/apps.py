@@ -7,7 +7,8 @@ class GenerationConfig(AppConfig):
     verbose_name = "Image generation"
 
     def ready(self):
-        # The compiled moderation policy is cached per process (generation/pipeline/moderation.py); any edit drops it everywhere.
+        # The compiled moderation policy is cached per process (generation/pipeline/moderation.py); any edit drops it
+        # everywhere.
         from config.process_cache import invalidate_on_change
 
         from .models import ModerationCategory, ModerationTerm

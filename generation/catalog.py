@@ -83,7 +83,8 @@ DALL_E_3 = ModelSpec(
     styles=("vivid", "natural"), default_style="vivid",
     max_n=10, native_max_n=1, max_prompt_chars=4000,
     capabilities=frozenset({"generate"}),
-    description="OpenAI DALL·E 3: complex scenes, text in images. One image per upstream call; n > 1 runs calls in parallel.",
+    description=("OpenAI DALL·E 3: complex scenes, text in images. One image per upstream call; n > 1 runs calls in "
+                 "parallel."),
 )
 
 GPT_IMAGE_1 = ModelSpec(

@@ -18,7 +18,7 @@ class StoredImage(models.Model):
     expires_at = models.DateTimeField(db_index=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -31,7 +31,8 @@ class StoredImage(models.Model):
 
 class IdempotentResponse(models.Model):
     """The response of a charged request made with an Idempotency-Key, written in the same transaction as its
-    ledger row (generation/pipeline/commit.py): a retry after any crash finds the first result here, never charges twice.
+    ledger row (generation/pipeline/commit.py): a retry after any crash finds the first result here, never charges
+    twice.
     The unique (organization, key) pair is what makes a second charge for one key impossible in the database itself.
     Kept 24 hours, like the Redis copy that serves replays in the common case (generation/api/idempotency.py)."""
 
@@ -44,7 +45,7 @@ class IdempotentResponse(models.Model):
     headers = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:
@@ -125,7 +126,7 @@ class ProviderAttempt(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField()
 
-    unscoped = models.Manager()
+    all_tenants_unsafe = models.Manager()
     objects = TenantManager()
 
     class Meta:

@@ -157,7 +157,7 @@ def test_ledger_changelist_shows_rows_filters_and_totals(staff_client, ledger):
     response = staff_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     totals = _totals(response)
-    assert totals["rows"] == LedgerEntry.unscoped.count() == 7
+    assert totals["rows"] == LedgerEntry.all_tenants_unsafe.count() == 7
     assert totals["cost_micros"] == sum(r.cost_micros for r in rows) == 10_000
     assert totals["images"] == 1 + 2 + 3 + 2 + 2
     assert totals["cost_usd"] == "0.010000"
@@ -229,7 +229,7 @@ def test_ledger_is_read_only_in_the_admin(staff_client, ledger):
     assert b"waiting for the sealer" in view.content  # not sealed yet: the sealer runs from beat
     sealing.seal_pending()
     view = staff_client.get(reverse("admin:billing_ledgerentry_change", args=[row.pk]))
-    assert LedgerSeal.unscoped.get(entry=row).entry_hash.encode() in view.content
+    assert LedgerSeal.all_tenants_unsafe.get(entry=row).entry_hash.encode() in view.content
     response = staff_client.post(reverse("admin:billing_ledgerentry_change", args=[row.pk]),
                                  {"request_id": "tampered", "cost_micros": 0})
     assert response.status_code == 403
@@ -237,7 +237,7 @@ def test_ledger_is_read_only_in_the_admin(staff_client, ledger):
     actions = [name for name, _ in changelist.context["action_form"].fields["action"].choices]
     assert "delete_selected" not in actions
     response = staff_client.post(reverse(CHANGELIST), {"action": "delete_selected", "_selected_action": [row.pk]})
-    assert LedgerEntry.unscoped.filter(pk=row.pk, request_id=row.request_id).exists()
+    assert LedgerEntry.all_tenants_unsafe.filter(pk=row.pk, request_id=row.request_id).exists()
     model_admin = admin.site._registry[LedgerEntry]
     request = changelist.wsgi_request
     assert not model_admin.has_add_permission(request)
@@ -253,7 +253,7 @@ def test_revoke_action_revokes_keys_and_writes_the_audit_log(staff_client, staff
     response = staff_client.post(reverse("admin:accounts_apikey_changelist"), {
         "action": "revoke_selected", "_selected_action": [key.pk, second.pk]}, follow=True)
     assert response.status_code == 200
-    assert all(k.revoked_at is not None for k in ApiKey.unscoped.filter(pk__in=[key.pk, second.pk]))
+    assert all(k.revoked_at is not None for k in ApiKey.all_tenants_unsafe.filter(pk__in=[key.pk, second.pk]))
     logs = LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(ApiKey))
     assert sorted(int(entry.object_id) for entry in logs) == sorted([key.pk, second.pk])
     assert all(entry.user == staff and "Revoked" in entry.change_message for entry in logs)
@@ -263,7 +263,7 @@ def test_revoke_action_revokes_keys_and_writes_the_audit_log(staff_client, staff
 
 
 def test_price_admin_adds_a_new_price_row_and_protects_used_ones(staff_client, ledger):
-    used = LedgerEntry.unscoped.filter(price__isnull=False).first().price
+    used = LedgerEntry.all_tenants_unsafe.filter(price__isnull=False).first().price
     effective = timezone.now() + timedelta(days=30)
     response = staff_client.post(reverse("admin:billing_price_add"), {
         "model": "local-preview", "size": "256x256", "quality": "standard", "unit_price_micros": 2000,
@@ -282,9 +282,9 @@ def test_price_admin_adds_a_new_price_row_and_protects_used_ones(staff_client, l
 
 
 def test_resolving_alerts_and_discrepancies_is_logged(staff_client, organization, staff):
-    alert = BillingAlert.objects.create(organization=organization, kind="usage_expired", message="too old")
+    alert = BillingAlert.all_tenants_unsafe.create(organization=organization, kind="usage_expired", message="too old")
     now = timezone.now()
-    gap = Discrepancy.objects.create(organization=organization, window_start=now - timedelta(hours=1),
+    gap = Discrepancy.all_tenants_unsafe.create(organization=organization, window_start=now - timedelta(hours=1),
                                      window_end=now, ledger_micros=5000, reported_micros=5000, stripe_micros=4000)
     staff_client.post(reverse("admin:billing_billingalert_changelist"),
                       {"action": "resolve_selected", "_selected_action": [alert.pk]})
@@ -307,19 +307,21 @@ def test_resolving_alerts_and_discrepancies_is_logged(staff_client, organization
 def test_every_registered_admin_page_renders(staff_client, ledger, staff):
     org = ledger[0]
     now = timezone.now()
-    MeterReport.unscoped.create(organization=org, identifier="ig-1-2025010100-1", stripe_customer_id="cus_1",
+    MeterReport.all_tenants_unsafe.create(organization=org, identifier="ig-1-2025010100-1", stripe_customer_id="cus_1",
                                 window_start=now - timedelta(hours=1), window_end=now, value_micros=6000,
                                 event_timestamp=now, attempts=2, last_error="HTTP 500")
-    Discrepancy.objects.create(organization=org, window_start=now - timedelta(hours=1), window_end=now,
+    Discrepancy.all_tenants_unsafe.create(organization=org, window_start=now - timedelta(hours=1), window_end=now,
                                ledger_micros=6000, reported_micros=6000, stripe_micros=5000)
     StripeEvent.objects.create(event_id="evt_1", type="invoice.paid", payload={"id": "evt_1", "data": {"x": 1}})
-    Invoice.unscoped.create(organization=org, stripe_invoice_id="in_1", status="paid", created=now)
-    BillingAlert.objects.create(organization=org, kind="reconciliation", message="gap")
-    BillingAccount.objects.update_or_create(organization=org, defaults={"monthly_spend_limit_micros": 5_000_000})
-    SpendAlert.unscoped.create(organization=org, scope="organization", month=now.date().replace(day=1),
+    Invoice.all_tenants_unsafe.create(organization=org, stripe_invoice_id="in_1", status="paid", created=now)
+    BillingAlert.all_tenants_unsafe.create(organization=org, kind="reconciliation", message="gap")
+    BillingAccount.all_tenants_unsafe.update_or_create(organization=org,
+                                                       defaults={"monthly_spend_limit_micros": 5_000_000})
+    SpendAlert.all_tenants_unsafe.create(organization=org, scope="organization", month=now.date().replace(day=1),
                                spent_micros=4_000_000, limit_micros=5_000_000)
     staff_client.post(reverse("admin:accounts_apikey_changelist"), {
-        "action": "revoke_selected", "_selected_action": [ApiKey.unscoped.filter(organization=org).first().pk]})
+        "action": "revoke_selected",
+        "_selected_action": [ApiKey.all_tenants_unsafe.filter(organization=org).first().pk]})
 
     ours = {"accounts", "billing", "admin"}
     checked = 0
@@ -327,11 +329,11 @@ def test_every_registered_admin_page_renders(staff_client, ledger, staff):
         if model._meta.app_label not in ours:
             continue
         info = model._meta.app_label, model._meta.model_name
-        response = staff_client.get(reverse("admin:%s_%s_changelist" % info))
+        response = staff_client.get(reverse("admin:{}_{}_changelist".format(*info)))
         assert response.status_code == 200, info
         obj = model_admin.get_queryset(response.wsgi_request).first()
         if obj is not None:
-            response = staff_client.get(reverse("admin:%s_%s_change" % info, args=[obj.pk]))
+            response = staff_client.get(reverse("admin:{}_{}_change".format(*info), args=[obj.pk]))
             assert response.status_code == 200, info
         checked += 1
     assert checked >= 13

@@ -1,4 +1,5 @@
-"""POST /v1/images/edits and /v1/images/variations (multipart), with the official SDK, served offline by local-preview."""
+"""POST /v1/images/edits and /v1/images/variations (multipart), with the official SDK, served offline by
+local-preview."""
 import base64
 import io
 
@@ -69,7 +70,8 @@ def test_scalars_arrive_as_strings_and_are_converted(live_url, api_key):
 
 def test_file_type_is_checked_by_content_not_name(openai_client):
     with pytest.raises(openai.BadRequestError) as info:
-        openai_client.images.create_variation(model="local-preview", image=("in.png", b"<html>not an image</html>", "image/png"))
+        openai_client.images.create_variation(model="local-preview",
+                                              image=("in.png", b"<html>not an image</html>", "image/png"))
     assert info.value.param == "image" and info.value.code == "invalid_image_format"
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, format="GIF")

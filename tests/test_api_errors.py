@@ -60,7 +60,8 @@ def _ledger(api_key):
 
 @pytest.mark.parametrize("fault,status,exc,type_,code", [
     (RuntimeError("boom at line 42"), 500, openai.InternalServerError, "server_error", None),
-    (pb.UpstreamUnavailable("HTTP 503 from upstream"), 502, openai.InternalServerError, "server_error", "upstream_error"),
+    (pb.UpstreamUnavailable("HTTP 503 from upstream"), 502, openai.InternalServerError, "server_error",
+     "upstream_error"),
     (pb.UpstreamTimeout("no answer in 60 s"), 504, openai.InternalServerError, "server_error", "upstream_timeout"),
     (pb.UpstreamRateLimited("429"), 429, openai.RateLimitError, "requests", "rate_limit_exceeded"),
     (pb.ContentRefused("refused"), 400, openai.BadRequestError, "invalid_request_error", "content_policy_violation"),

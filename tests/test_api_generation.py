@@ -94,7 +94,7 @@ def test_url_expires_after_sixty_minutes_then_410_and_the_object_is_deleted(open
     assert expired.status_code == 410
     assert expired.json()["error"]["code"] == "url_expired"
 
-    stored = StoredImage.unscoped.get()
+    stored = StoredImage.all_tenants_unsafe.get()
     from datetime import timedelta
 
     from django.core.files.storage import default_storage

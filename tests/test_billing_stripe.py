@@ -62,7 +62,7 @@ def _ledger_total(org) -> int:
 
 
 def _stripe_total(emu, org) -> int:
-    customer = BillingAccount.objects.get(organization=org).stripe_customer_id
+    customer = BillingAccount.all_tenants_unsafe.get(organization=org).stripe_customer_id
     return int(stripe_emu.store(emu).total(customer=customer))
 
 
@@ -104,7 +104,7 @@ def test_stripe_down_for_a_while_then_back(stripe_on, two_orgs):
     stripe_on.faults.set("meter_events", Fault(status=503))
     first = reporting.report_usage()
     assert first.delivered == 0 and first.deferred == 2
-    assert all(r.next_attempt_at for r in MeterReport.unscoped.all())
+    assert all(r.next_attempt_at for r in MeterReport.all_tenants_unsafe.all())
     _usage(*two_orgs[0], 2)  # more usage while Stripe is down
     stripe_on.faults.clear()
     later = timezone.now() + timedelta(hours=2)
@@ -122,7 +122,7 @@ def test_429_storm(stripe_on, two_orgs):
     for i in range(8):
         reporting.report_usage(now=now + timedelta(hours=i + 1))
     assert _stripe_total(stripe_on, org) == _ledger_total(org) == 4_000
-    assert MeterReport.unscoped.get().attempts == 6
+    assert MeterReport.all_tenants_unsafe.get().attempts == 6
 
 
 def test_lost_answer_after_stripe_committed_is_not_billed_twice(stripe_on, two_orgs):
@@ -137,7 +137,7 @@ def test_lost_answer_after_stripe_committed_is_not_billed_twice(stripe_on, two_o
     second = reporting.report_usage(now=timezone.now() + timedelta(hours=1))
     assert second.duplicates == 1 and second.delivered == 1
     assert _stripe_total(stripe_on, org) == _ledger_total(org) == 5_000
-    assert MeterReport.unscoped.get().status == "delivered"
+    assert MeterReport.all_tenants_unsafe.get().status == "delivered"
 
 
 def test_process_then_500_is_not_doubled(stripe_on, two_orgs):
@@ -162,7 +162,7 @@ def test_concurrent_passes_keep_one_call_per_customer(transactional_db, stripe_o
         t.join()
     store = stripe_emu.store(stripe_on)
     for org, _ in two_orgs:
-        customer = BillingAccount.objects.get(organization=org).stripe_customer_id
+        customer = BillingAccount.all_tenants_unsafe.get(organization=org).stripe_customer_id
         assert store.max_concurrency(customer=customer, meter=StripeSetup.objects.get().meter_id) == 1
         assert _stripe_total(stripe_on, org) == _ledger_total(org)
 
@@ -182,7 +182,7 @@ def test_catch_up_after_a_34_day_outage_and_an_alert_beyond_35(stripe_on, two_or
     stats = reporting.report_usage()
     assert stats.delivered == 1 and stats.expired == 1
     assert _stripe_total(stripe_on, org) == 2_000
-    alert = BillingAlert.objects.get()
+    alert = BillingAlert.all_tenants_unsafe.get()
     assert alert.kind == "usage_too_old_for_stripe" and "Invoice it manually" in alert.message
 
 
@@ -206,12 +206,12 @@ def test_reconciliation_finds_differences(stripe_on, two_orgs):
     assert stats.windows_checked >= 1 and stats.discrepancies == 0
     # Someone sends an extra event to Stripe outside our reporting: reconciliation must catch it.
     sc = stripe_gateway.client()
-    customer = BillingAccount.objects.get(organization=org).stripe_customer_id
+    customer = BillingAccount.all_tenants_unsafe.get(organization=org).stripe_customer_id
     sc.v1.billing.meter_events.create(params={
         "event_name": StripeSetup.objects.get().meter_event_name, "identifier": "rogue-1",
         "payload": {"stripe_customer_id": customer, "value": "999"}, "timestamp": int(past.timestamp())})
     call_command("reconcile_billing", verbosity=0)
-    gap = Discrepancy.objects.get()
+    gap = Discrepancy.all_tenants_unsafe.get()
     assert (gap.ledger_micros, gap.stripe_micros) == (4_000, 4_999)
 
 
@@ -237,7 +237,7 @@ def test_forged_or_stale_signatures_change_nothing(client, customer, stripe_on):
     assert _post_event(client, event, secret="whsec_wrong").status_code == 400
     assert _post_event(client, event, t=int(time.time()) - 600).status_code == 400
     assert StripeEvent.objects.count() == 0
-    assert BillingAccount.objects.get(organization=org).subscription_status == ""
+    assert BillingAccount.all_tenants_unsafe.get(organization=org).subscription_status == ""
 
 
 def test_subscription_lifecycle_and_duplicates(client, customer, stripe_on):
@@ -246,7 +246,7 @@ def test_subscription_lifecycle_and_duplicates(client, customer, stripe_on):
     assert _post_event(client, created).status_code == 200
     assert _post_event(client, created).content == b"duplicate"
     assert StripeEvent.objects.count() == 1
-    account = BillingAccount.objects.get(organization=org)
+    account = BillingAccount.all_tenants_unsafe.get(organization=org)
     assert account.subscription_status == "active" and account.stripe_subscription_id == created["data"]["object"]["id"]
 
 
@@ -257,7 +257,7 @@ def test_out_of_order_events_keep_the_newest_state(client, customer, stripe_on):
     created["created"], updated["created"] = 1_000, 2_000
     _post_event(client, updated)
     _post_event(client, created)  # older, arrives late
-    account = BillingAccount.objects.get(organization=org)
+    account = BillingAccount.all_tenants_unsafe.get(organization=org)
     assert account.subscription_status == "past_due" and account.past_due_since is not None
 
 
@@ -327,7 +327,7 @@ def test_concurrent_requests_at_the_spend_limit_then_reported_exactly(transactio
     org = api_key[0].organization
     stripe_gateway.setup()
     account = stripe_gateway.ensure_customer(org)
-    BillingAccount.objects.filter(pk=account.pk).update(subscription_status="active")
+    BillingAccount.all_tenants_unsafe.filter(pk=account.pk).update(subscription_status="active")
     billing_services.set_spend_limit(organization=org, monthly_limit_micros=7_500)
 
     def one(i):
@@ -376,7 +376,7 @@ def test_every_pair_of_subscription_events_in_either_order_ends_at_stripes_state
     pair = [events[earlier], events[later]]
     for event in (pair if order == "in order" else reversed(pair)):
         assert _post_event(client, event).status_code == 200
-    account = BillingAccount.objects.get(organization=org)
+    account = BillingAccount.all_tenants_unsafe.get(organization=org)
     assert account.subscription_status == LIFE[later][1]  # what Stripe says now, whichever arrived last
 
 
@@ -388,7 +388,7 @@ def test_a_same_second_tie_while_stripe_is_unreachable_is_settled_by_reconciliat
     settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # Stripe down: only the events' own copies are known
     _post_event(client, active)
     _post_event(client, created)  # same second, older state: cannot be ordered
-    account = BillingAccount.objects.get(organization=org)
+    account = BillingAccount.all_tenants_unsafe.get(organization=org)
     assert account.subscription_status == "active" and account.subscription_state["_resync"]
     settings.STRIPE_API_BASE = real_base
     from billing.stripe.webhooks import resync_subscriptions

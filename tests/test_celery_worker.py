@@ -76,7 +76,7 @@ def test_worker_killed_between_sending_and_marking(stripe_env, real_celery, api_
                                       n=2, price=price, latency_ms=1)
     stripe_gateway.setup()
     reporting.ensure_customers()
-    customer = BillingAccount.objects.get(organization=org).stripe_customer_id
+    customer = BillingAccount.all_tenants_unsafe.get(organization=org).stripe_customer_id
     store = stripe_emu.store(stripe_env)
     stripe_env.faults.set("meter_events", Fault(kind="process_then_drop", times=1))
 
@@ -90,14 +90,14 @@ def test_worker_killed_between_sending_and_marking(stripe_env, real_celery, api_
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-    report = MeterReport.unscoped.get()
+    report = MeterReport.all_tenants_unsafe.get()
     assert report.status == "pending" and report.attempts == 1  # sent, never marked
 
     second = _worker(stripe_env, "second")
     try:
         def delivered() -> bool:  # the dead worker's customer lock expires within seconds; keep asking
-            MeterReport.unscoped.update(next_attempt_at=None)
-            if MeterReport.unscoped.get().status == "delivered":
+            MeterReport.all_tenants_unsafe.update(next_attempt_at=None)
+            if MeterReport.all_tenants_unsafe.get().status == "delivered":
                 return True
             report_usage.delay()
             time.sleep(2)

@@ -198,18 +198,20 @@ def test_detail_shows_parameters_attempts_and_live_images(signed_in, monkeypatch
     _record(monkeypatch, org, key, "req_detail", timezone.now(), n=2, model="sdxl-1.0", size="1024x1024",
             provider="stability", latency_ms=4321)
     started = timezone.now()
-    ProviderAttempt.unscoped.create(organization=org, request_id="req_detail", attempt=1, provider="replicate",
+    ProviderAttempt.all_tenants_unsafe.create(organization=org, request_id="req_detail", attempt=1,
+                                              provider="replicate",
                                     model="sdxl-1.0", status="failed", error_type="timeout",
                                     error="upstream timed out", latency_ms=3000, started_at=started)
-    ProviderAttempt.unscoped.create(organization=org, request_id="req_detail", attempt=2, provider="stability",
+    ProviderAttempt.all_tenants_unsafe.create(organization=org, request_id="req_detail", attempt=2,
+                                              provider="stability",
                                     model="sdxl-1.0", status="succeeded", latency_ms=1200, started_at=started)
-    ProviderAttempt.unscoped.create(organization=other_tenant[0], request_id="req_detail", attempt=9,
+    ProviderAttempt.all_tenants_unsafe.create(organization=other_tenant[0], request_id="req_detail", attempt=9,
                                     provider="secret-upstream", model="x", status="failed", started_at=started)
     live = storage.store_image(organization_id=org.pk, request_id="req_detail", index=0, data=PNG,
                                content_type="image/png")
     expired = storage.store_image(organization_id=org.pk, request_id="req_detail", index=1, data=PNG,
                                   content_type="image/png")
-    type(expired).unscoped.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    type(expired).all_tenants_unsafe.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
 
     response = signed_in.get(reverse("request-detail", args=["req_detail"]))
     assert response.status_code == 200
@@ -278,7 +280,7 @@ def test_csv_export_streams_in_chunks_under_asgi(user, usage):
 
 def test_members_see_usage_and_anonymous_users_are_sent_to_log_in(client, usage, db):
     member, _ = account_services.get_or_create_user(email="member@example.com", password="member horse battery")
-    Membership.unscoped.create(organization=usage, user=member, role=Membership.Role.MEMBER)
+    Membership.all_tenants_unsafe.create(organization=usage, user=member, role=Membership.Role.MEMBER)
     for name, args in [("dashboard", []), ("request-log", []), ("request-detail", ["req_d1a"]),
                        ("request-export", [])]:
         response = client.get(reverse(name, args=args))

@@ -436,5 +436,5 @@ def test_docker_compose_config():
     why = ("no docker CLI on PATH" if docker is None else
            f"`docker compose version` failed here ({(version.stderr or version.stdout).strip().splitlines()[0]})")
     note = f"docker compose config was NOT run: {why}; compose.yaml was checked by the file checks only"
-    warnings.warn(note)
+    warnings.warn(note, stacklevel=1)
     assert not problems, f"{problems} ({note})"

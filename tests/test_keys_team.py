@@ -34,7 +34,7 @@ def signed_in(client, user, organization):
 
 def _join(organization, email, role):
     person, _ = services.get_or_create_user(email=email, password="a-long-enough-passphrase")
-    return Membership.unscoped.create(organization=organization, user=person, role=role)
+    return Membership.all_tenants_unsafe.create(organization=organization, user=person, role=role)
 
 
 # --- Keys: creation with expiry and allowed models ---------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_expired_key_is_refused_with_invalid_api_key_naming_the_date(live_url, o
                                        expires_at=timezone.now() + timedelta(hours=1))
     client = _client(live_url, raw)
     assert _generate(client).data[0].b64_json
-    ApiKey.unscoped.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    ApiKey.all_tenants_unsafe.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     process_cache.invalidate("api_keys")  # a raw UPDATE sends no signal: tell the serving processes
     with pytest.raises(openai.AuthenticationError) as info:
         _generate(client)
@@ -123,7 +123,7 @@ def test_rotate_with_grace_period_keeps_the_old_key_working(live_url, client, us
     assert _generate(_client(live_url, old_raw)).data[0].b64_json
     assert new_raw.encode() not in client.get(reverse("api-keys")).content
     # When the grace period is over, the old key is refused as expired.
-    ApiKey.unscoped.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    ApiKey.all_tenants_unsafe.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     process_cache.invalidate("api_keys")  # a raw UPDATE sends no signal: tell the serving processes
     with pytest.raises(openai.AuthenticationError) as info:
         _generate(_client(live_url, old_raw))
@@ -201,7 +201,8 @@ def test_invite_flow_end_to_end(signed_in, client, organization):
     signed_in.post(reverse("account_logout"))
     # Logged out: the link sends the visitor to sign up (no account yet) and back.
     response = client.get(link)
-    assert response.status_code == 302 and response.url.startswith(reverse("account_signup")) and "next=" in response.url
+    assert response.status_code == 302
+    assert response.url.startswith(reverse("account_signup")) and "next=" in response.url
     newcomer, _ = services.get_or_create_user(email="new.person@example.com", password="a-long-enough-passphrase")
     response = client.get(link)
     assert response.url.startswith(reverse("account_login"))
@@ -343,4 +344,4 @@ def test_rotation_carries_the_keys_monthly_spend_limit(transactional_db, api_key
     old, _ = api_key
     billing_services.set_spend_limit(organization=old.organization, api_key=old, monthly_limit_micros=4_200_000)
     new, _ = services.rotate_api_key(api_key=old)
-    assert KeySpendLimit.objects.get(api_key=new).monthly_limit_micros == 4_200_000
+    assert KeySpendLimit.all_tenants_unsafe.get(api_key=new).monthly_limit_micros == 4_200_000

@@ -30,14 +30,14 @@ def test_rows_chain_per_organization_and_verify(api_key, other_tenant):
     for i in range(3):
         _record(org, key, f"req_a{i}")
         _record(other_org, other_key, f"req_b{i}")
-    assert not LedgerSeal.unscoped.exists()  # the request path touches no chain row: the sealer does it
+    assert not LedgerSeal.all_tenants_unsafe.exists()  # the request path touches no chain row: the sealer does it
     stats = sealing.seal_pending()
     assert (stats.sealed, stats.organizations) == (6, 2)
     seals = list(LedgerSeal.objects.for_organization(org).order_by("sequence").select_related("entry"))
     assert [s.sequence for s in seals] == [1, 2, 3]
     assert [s.entry.request_id for s in seals] == ["req_a0", "req_a1", "req_a2"]  # in the order they were written
     assert seals[0].prev_hash == "0" * 64 and seals[1].prev_hash == seals[0].entry_hash
-    assert LedgerHead.objects.get(pk=org.pk).sequence == 3
+    assert LedgerHead.all_tenants_unsafe.get(pk=org.pk).sequence == 3
     out = StringIO()
     call_command("verify_ledger", stdout=out)
     assert "Ledger OK: 6 rows in 2 organizations" in out.getvalue()
@@ -57,7 +57,7 @@ def test_database_refuses_to_change_ledger_rows(api_key, operation):
     with pytest.raises(DatabaseError, match="append-only"):
         with transaction.atomic():
             if operation == "update":
-                LedgerEntry.unscoped.filter(pk=row.pk).update(cost_micros=0)
+                LedgerEntry.all_tenants_unsafe.filter(pk=row.pk).update(cost_micros=0)
             else:
                 with connection.cursor() as cursor:  # raw SQL too: the rule is in PostgreSQL, not in Python
                     cursor.execute("DELETE FROM billing_ledgerentry WHERE id = %s", [row.pk])
@@ -85,7 +85,7 @@ def test_seal_rows_are_append_only_too(api_key):
     sealing.seal_pending()
     with pytest.raises(DatabaseError, match="append-only"):
         with transaction.atomic():
-            LedgerSeal.unscoped.update(entry_hash="0" * 64)
+            LedgerSeal.all_tenants_unsafe.update(entry_hash="0" * 64)
 
 
 def test_a_row_that_commits_late_with_a_lower_id_is_still_sealed(api_key):
@@ -98,8 +98,8 @@ def test_a_row_that_commits_late_with_a_lower_id_is_still_sealed(api_key):
     # pretend req_2 committed before a row with a lower id: hide it, seal, then let it appear
     sealing.seal_pending(now=timezone.now() + timedelta(minutes=5))
     state = SealState.objects.get(pk=1)
-    assert state.last_ledger_id == later.pk and LedgerSeal.unscoped.filter(entry=later).exists()
-    assert LedgerSeal.unscoped.get(entry=first).sequence == 1
+    assert state.last_ledger_id == later.pk and LedgerSeal.all_tenants_unsafe.filter(entry=later).exists()
+    assert LedgerSeal.all_tenants_unsafe.get(entry=first).sequence == 1
 
 
 def _tamper(sql, params):

@@ -166,7 +166,8 @@ def test_policy_is_compiled_once_and_reloaded_when_the_shared_version_changes(db
         assert check_text("a zebra").flagged
         assert not check_text("a giraffe").flagged
 
-    ModerationTerm.objects.bulk_create([ModerationTerm(category=category, term="giraffe")])  # no signal: no invalidation
+    # bulk_create sends no signal: no invalidation
+    ModerationTerm.objects.bulk_create([ModerationTerm(category=category, term="giraffe")])
     assert not check_text("a giraffe").flagged  # still the cached policy
 
     process_cache._watcher.poll()
@@ -302,7 +303,8 @@ def test_admin_rejects_a_term_without_letters(staff_client, db):
     "f\u043erbidden-test-term",  # a Cyrillic o
     "f\u03bfrbidden test term",  # a Greek omicron
     "forbidd\u0435n t\u0435st t\u0435rm",  # Cyrillic e
-    "\U0001d41f\U0001d428\U0001d42b\U0001d41b\U0001d422\U0001d41d\U0001d41d\U0001d41e\U0001d427 test term",  # maths bold
+    # maths bold
+    "\U0001d41f\U0001d428\U0001d42b\U0001d41b\U0001d422\U0001d41d\U0001d41d\U0001d41e\U0001d427 test term",
 ])
 def test_spelling_tricks_do_not_dodge_the_policy(default_policy, prompt):
     verdict = check_text(prompt)

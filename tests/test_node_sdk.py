@@ -54,4 +54,5 @@ def test_official_node_sdk_against_the_live_server(node_sdk, live_url, organizat
     assert "all checks passed" in result.stdout
     pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]["openai"]
     installed = json.loads((NODE_DIR / "node_modules" / "openai" / "package.json").read_text())["version"]
-    assert installed == pinned, f"node_modules has openai {installed}, package.json pins {pinned}: rm -rf tests/node/node_modules"
+    assert installed == pinned, (f"node_modules has openai {installed}, package.json pins {pinned}: "
+                                 "rm -rf tests/node/node_modules")

@@ -44,7 +44,7 @@ def schema(client, db):
     return response.json()
 
 
-# --- The schema endpoint -----------------------------------------------------------------------------------------------
+# --- The schema endpoint ----------------------------------------------------------------------------------------------
 
 def test_schema_is_public_json_and_valid_openapi_3(live_url):
     response = httpx.get(f"{live_url}/v1/openapi.json")  # no API key
@@ -158,7 +158,7 @@ def test_every_status_is_documented_with_the_error_envelope_and_headers(schema):
     assert "pattern" not in model_id["schema"]  # ids may contain '/'
 
 
-# --- The reference page ------------------------------------------------------------------------------------------------
+# --- The reference page -----------------------------------------------------------------------------------------------
 
 def test_reference_page_renders_the_schema_for_anyone(client, db, schema):
     response = client.get("/docs/api/")

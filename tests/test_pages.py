@@ -44,7 +44,8 @@ def test_signup_errors_are_shown_on_the_page(client, db):
 
 
 def test_login_logout(client, user, organization):
-    response = client.post(reverse("account_login"), {"login": "owner@example.com", "password": "correct horse battery"})
+    response = client.post(reverse("account_login"),
+                           {"login": "owner@example.com", "password": "correct horse battery"})
     assert response.status_code == 302 and response.url == reverse("dashboard")
     assert client.get(reverse("dashboard")).status_code == 200
     client.post(reverse("account_logout"))
@@ -95,7 +96,7 @@ def test_revoke_key(signed_in, organization):
 
 def test_members_can_see_keys_but_not_create_or_revoke(client, organization):
     member, _ = services.get_or_create_user(email="member@example.com", password="member-pass-123")
-    Membership.unscoped.create(organization=organization, user=member, role="member")
+    Membership.all_tenants_unsafe.create(organization=organization, user=member, role="member")
     row, _ = services.create_api_key(organization=organization, name="shared")
     client.force_login(member)
     assert client.get(reverse("api-keys")).status_code == 200
@@ -135,10 +136,10 @@ def test_billing_page_sets_organization_and_key_spend_limits(signed_in, organiza
 
     response = signed_in.post(reverse("billing"), {"monthly_limit_usd": "25.50"})
     assert response.status_code == 302
-    assert BillingAccount.objects.get(organization=organization).monthly_spend_limit_micros == 25_500_000
+    assert BillingAccount.all_tenants_unsafe.get(organization=organization).monthly_spend_limit_micros == 25_500_000
     response = signed_in.post(reverse("billing"), {"api_key": api_key[0].pk, "monthly_limit_usd": "3"})
     assert response.status_code == 302
-    assert KeySpendLimit.objects.get(api_key=api_key[0]).monthly_limit_micros == 3_000_000
+    assert KeySpendLimit.all_tenants_unsafe.get(api_key=api_key[0]).monthly_limit_micros == 3_000_000
     page = signed_in.get(reverse("billing"))
     assert b"$3.00" in page.content and b"test key" in page.content
 
@@ -147,4 +148,4 @@ def test_cannot_set_a_limit_on_another_organizations_key(signed_in, other_tenant
     from billing.models import KeySpendLimit
 
     response = signed_in.post(reverse("billing"), {"api_key": other_tenant[1].pk, "monthly_limit_usd": "1"})
-    assert response.status_code == 200 and not KeySpendLimit.objects.exists()
+    assert response.status_code == 200 and not KeySpendLimit.all_tenants_unsafe.exists()

@@ -70,7 +70,7 @@ def req(model="gemini-3.1-flash-image", prompt="a lighthouse at dusk", size="102
     return ImageRequest(model=model, prompt=prompt, size=size, **kwargs)
 
 
-# --- Success -----------------------------------------------------------------------------------------------------------
+# --- Success ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -131,7 +131,7 @@ def test_our_price_is_the_upstream_cost_plus_ten_percent_for_every_size():
     assert [pro.image_price_micros(s) for s in ("1024x1024", "2048x2048", "4096x4096")] == [134_400, 134_400, 240_000]
 
 
-# --- Refused before any call -------------------------------------------------------------------------------------------
+# --- Refused before any call ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("change,words", [
@@ -149,7 +149,7 @@ def test_what_the_upstream_cannot_do_is_refused_before_any_call(emu, change, wor
     assert emu.requests == []
 
 
-# --- Refusals ----------------------------------------------------------------------------------------------------------
+# --- Refusals ---------------------------------------------------------------------------------------------------------
 
 
 def test_a_blocked_prompt_is_a_refusal(emu):
@@ -170,7 +170,7 @@ def test_a_block_reason_given_by_fault_is_a_refusal_whatever_the_prompt(emu):
         run(provider_for(emu), req())
 
 
-# --- Errors ------------------------------------------------------------------------------------------------------------
+# --- Errors -----------------------------------------------------------------------------------------------------------
 
 
 def test_429_resource_exhausted_is_rate_limited_with_googles_retry_delay(emu):

@@ -66,7 +66,7 @@ def downloads(emu):
     return [r for r in emu.requests if r.method == "GET"]
 
 
-# --- Success -----------------------------------------------------------------------------------------------------------
+# --- Success ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("quality,speed,price", [("low", "TURBO", 30_000), ("medium", "DEFAULT", 60_000),
@@ -104,7 +104,7 @@ def test_catalog_adapter_emulator_and_price_list_agree():
             assert prices[("ideogram-v3", size, quality)] == round(upstream * 1.1)
 
 
-# --- Refused before any call -------------------------------------------------------------------------------------------
+# --- Refused before any call ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("change,words", [
@@ -118,7 +118,7 @@ def test_what_ideogram_cannot_do_is_refused_before_any_call(emu, change, words):
     assert emu.requests == []
 
 
-# --- Refusals ----------------------------------------------------------------------------------------------------------
+# --- Refusals ---------------------------------------------------------------------------------------------------------
 
 
 def test_a_prompt_that_fails_the_safety_check_is_a_refusal(emu):
@@ -134,7 +134,7 @@ def test_an_unsafe_image_is_a_refusal_and_nothing_is_downloaded(emu):
     assert downloads(emu) == []
 
 
-# --- Errors ------------------------------------------------------------------------------------------------------------
+# --- Errors -----------------------------------------------------------------------------------------------------------
 
 
 def test_429_is_rate_limited_with_retry_after(emu):

@@ -66,7 +66,7 @@ def _thumb(size):
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-# --- Success -----------------------------------------------------------------------------------------------------------
+# --- Success ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", CATALOG_MODELS)
@@ -114,7 +114,7 @@ def test_catalog_adapter_and_price_list_agree():
     assert not any(m.endswith("_vector") for m in catalog.MODELS)
 
 
-# --- Refused before any call -------------------------------------------------------------------------------------------
+# --- Refused before any call ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("change,words", [
@@ -134,7 +134,7 @@ def test_what_recraft_cannot_do_is_refused_before_any_call(emu, change, words):
     assert emu.requests == []
 
 
-# --- Errors ------------------------------------------------------------------------------------------------------------
+# --- Errors -----------------------------------------------------------------------------------------------------------
 
 
 def test_a_refused_prompt_is_a_refusal(emu):

@@ -74,7 +74,7 @@ def is_png(data: bytes) -> bool:
     return data.startswith(b"\x89PNG\r\n\x1a\n")
 
 
-# --- catalog, costs ----------------------------------------------------------------------------------------------------
+# --- catalog, costs ---------------------------------------------------------------------------------------------------
 def test_serves_and_costs():
     p = StabilityProvider(api_key="k")
     assert p.name == "stability"
@@ -86,7 +86,7 @@ def test_serves_and_costs():
         assert p.upstream_cost_micros(req(model, n=3)) == 3 * cost
 
 
-# --- v1 happy paths -----------------------------------------------------------------------------------------------------
+# --- v1 happy paths ---------------------------------------------------------------------------------------------------
 def test_sdxl_generate(emu):
     result = run(provider(emu), req("sdxl-1.0", n=3, size="1344x768", style="vivid", seed=42))
     assert len(result.images) == 3
@@ -121,7 +121,7 @@ def test_v1_no_style_omits_preset_and_negative_prompt(emu):
     assert body["text_prompts"] == [{"text": "a lighthouse at dusk", "weight": 1}, {"text": "blurry", "weight": -1}]
 
 
-# --- v2beta happy paths -------------------------------------------------------------------------------------------------
+# --- v2beta happy paths -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", list(V2_MODELS))
 def test_v2_generate(emu, model):
     endpoint, sd3_model, cost = V2_MODELS[model]
@@ -167,7 +167,7 @@ def test_v2_json_reply_form_is_parsed(emu):
     assert is_png(image.data)
 
 
-# --- image input --------------------------------------------------------------------------------------------------------
+# --- image input ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium"])
 def test_sd3_image_to_image(emu, model):
     result = run(provider(emu), req(model, mode="edit", images=(INPUT,), seed=3))
@@ -203,7 +203,7 @@ def test_unsupported_image_modes_are_refused_before_calling(emu, request_):
         assert "stable-image-ultra" in err.value.message and "sd3.5-large" in err.value.message
 
 
-# --- size mapping refusals ----------------------------------------------------------------------------------------------
+# --- size mapping refusals --------------------------------------------------------------------------------------------
 def test_sizes_the_upstream_cannot_do_are_refused(emu):
     with pytest.raises(UpstreamInvalidRequest, match="1024x1024, 1152x896") as err:
         run(provider(emu), req("sdxl-1.0", size="512x512"))
@@ -216,7 +216,7 @@ def test_sizes_the_upstream_cannot_do_are_refused(emu):
     assert emu.requests == []
 
 
-# --- upstream validation errors -----------------------------------------------------------------------------------------
+# --- upstream validation errors ---------------------------------------------------------------------------------------
 def test_v1_400_reason_passthrough(emu):
     with pytest.raises(UpstreamInvalidRequest, match="invalid_style_preset: style_preset: must be one of"):
         run(provider(emu), req("sdxl-1.0", style="watercolor"))
@@ -236,7 +236,7 @@ def test_404_and_422_are_invalid_requests(emu, status):
         run(provider(emu), req("sdxl-1.0"))
 
 
-# --- refusals -----------------------------------------------------------------------------------------------------------
+# --- refusals ---------------------------------------------------------------------------------------------------------
 def test_v1_content_filtered_artifact_is_a_refusal(emu):
     with pytest.raises(ContentRefused, match="CONTENT_FILTERED"):
         run(provider(emu), req("sdxl-1.0", prompt="a forbidden-upstream thing", n=2))
@@ -268,7 +268,7 @@ def test_finish_reason_error_is_unavailable(emu):
             run(provider(emu), req("stable-image-core"))
 
 
-# --- credentials, rate limits, 5xx --------------------------------------------------------------------------------------
+# --- credentials, rate limits, 5xx ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["sdxl-1.0", "stable-image-core"])
 def test_401_is_a_credentials_failure(emu, model):
     with pytest.raises(UpstreamUnavailable, match="rejected the gateway's credentials") as err:
@@ -317,7 +317,7 @@ def test_connection_refused_is_unavailable():
         run(p, req("sdxl-1.0"))
 
 
-# --- timeouts -----------------------------------------------------------------------------------------------------------
+# --- timeouts ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["sdxl-1.0", "sd3.5-large"])
 def test_slow_answer_times_out(emu, model):
     emu.faults.set("generate", Fault(delay=1.5))
@@ -337,7 +337,7 @@ def test_global_state_delay(emu):
     assert time.monotonic() - started >= 0.6
 
 
-# --- malformed replies --------------------------------------------------------------------------------------------------
+# --- malformed replies ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["sdxl-1.0", "stable-image-core"])
 @pytest.mark.parametrize("kind", ["malformed", "truncated", "bad_image", "bad_base64"])
 def test_malformed_replies_are_unavailable(emu, model, kind):
@@ -362,7 +362,7 @@ def test_missing_artifacts_is_unavailable(emu):
         run(provider(emu), req("sdxl-1.0"))
 
 
-# --- HTTP session per event loop ----------------------------------------------------------------------------------------------
+# --- HTTP session per event loop --------------------------------------------------------------------------------------
 def test_one_provider_across_event_loops(emu):
     p = provider(emu)
     for _ in range(3):
@@ -381,7 +381,7 @@ def test_concurrent_calls_on_one_loop(emu):
     assert sum(len(r.images) for r in asyncio.run(go())) == 20
 
 
-# --- the emulator's own validation (what a raw client sees) -------------------------------------------------------------
+# --- the emulator's own validation (what a raw client sees) -----------------------------------------------------------
 def test_emulator_v1_validation(emu):
     headers = {"authorization": f"Bearer {API_KEY}", "accept": "application/json"}
     url = f"{emu.url}/v1/generation/stable-diffusion-xl-1024-v1-0/text-to-image"

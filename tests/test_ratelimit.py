@@ -186,7 +186,7 @@ def test_when_both_refuse_the_longer_wait_is_reported(backend):
     assert refused.retry_after_us == 59 * S and refused.binding.scope == "key"  # key: 59 s; org: 29 s
 
 
-# --- Atomicity across threads (the same holds across processes: Redis runs the script alone) ---------------------------
+# --- Atomicity across threads (the same holds across processes: Redis runs the script alone) --------------------------
 
 def _race(calls, threads=40):
     """Run `calls` from `threads` threads released together (redis-py's pool holds 100 connections, so not one
@@ -227,7 +227,7 @@ def test_concurrent_requests_across_keys_respect_the_org_limit_and_count_nothing
         assert bucket(after, "key").remaining == 100 - allowed_by_key[k.pk]
 
 
-# --- Redis specifics ---------------------------------------------------------------------------------------------------
+# --- Redis specifics --------------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def redis_only():
@@ -261,7 +261,7 @@ def test_the_script_is_loaded_when_the_server_does_not_know_it(redis_only):
     assert redis_only.script_exists(limiter.sha) == [True]
 
 
-# --- The DRF throttle --------------------------------------------------------------------------------------------------
+# --- The DRF throttle -------------------------------------------------------------------------------------------------
 
 def _drf_request(key, org):
     from rest_framework.request import Request
@@ -329,7 +329,7 @@ def test_throttle_is_configured_for_the_api():
         settings.MIDDLEWARE.index("config.http.middleware.RequestIdMiddleware") + 1
 
 
-# --- End to end: the official OpenAI SDK against the live server -------------------------------------------------------
+# --- End to end: the official OpenAI SDK against the live server ------------------------------------------------------
 
 def _generate(client, **extra):
     return client.images.with_raw_response.generate(model="local-preview", prompt="a red fox", size="256x256",
@@ -338,7 +338,7 @@ def _generate(client, **extra):
 
 def test_sdk_three_successes_then_rate_limit_error(openai_client, api_key):
     key, raw_key = api_key
-    ApiKey.unscoped.filter(pk=key.pk).update(rate_limit_rpm=3)
+    ApiKey.all_tenants_unsafe.filter(pk=key.pk).update(rate_limit_rpm=3)
     for remaining in (2, 1, 0):
         raw = _generate(openai_client)
         assert raw.http_response.status_code == 200
@@ -405,7 +405,7 @@ def test_org_limit_spans_the_orgs_keys_end_to_end(openai_client, api_key, live_u
 
 def test_embedded_default_limits_in_process_end_to_end(openai_client, api_key):
     """Without REDIS_URL (`make run`) the same limits hold, counted in the server's process."""
-    ApiKey.unscoped.filter(pk=api_key[0].pk).update(rate_limit_rpm=2)
+    ApiKey.all_tenants_unsafe.filter(pk=api_key[0].pk).update(rate_limit_rpm=2)
     with override_settings(REDIS_URL=""):
         assert [openai_client.models.with_raw_response.list().headers["x-ratelimit-remaining-requests"]
                 for _ in range(2)] == ["1", "0"]

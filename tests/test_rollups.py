@@ -50,7 +50,7 @@ def traffic(monkeypatch, api_key, other_tenant):
 
 
 def ledger_groups():
-    rows = (LedgerEntry.unscoped.annotate(day=TruncDate("created_at", tzinfo=UTC))
+    rows = (LedgerEntry.all_tenants_unsafe.annotate(day=TruncDate("created_at", tzinfo=UTC))
             .values("organization_id", "day", "api_key_id", "model", "provider", "status")
             .annotate(requests=Count("id"), images=Sum("n"), cost_micros=Sum("cost_micros")).order_by())
     return {tuple(r[d] for d in rollups.DIMENSIONS): (r["requests"], r["images"], r["cost_micros"]) for r in rows}
@@ -58,15 +58,15 @@ def ledger_groups():
 
 def rollup_groups():
     return {tuple(getattr(r, d) for d in rollups.DIMENSIONS): (r.requests, r.images, r.cost_micros)
-            for r in UsageRollup.unscoped.all()}
+            for r in UsageRollup.all_tenants_unsafe.all()}
 
 
 def test_refresh_equals_ledger_and_is_idempotent(traffic):
     stats = rollups.refresh_rollups(now=LATER)
-    assert stats.rows == LedgerEntry.unscoped.count() == 39
+    assert stats.rows == LedgerEntry.all_tenants_unsafe.count() == 39
     assert rollup_groups() == ledger_groups()
     assert any(key[2] is None for key in rollup_groups())  # keyless requests are a group of their own
-    assert RollupState.objects.get().last_ledger_id == LedgerEntry.unscoped.order_by("-id").first().pk
+    assert RollupState.objects.get().last_ledger_id == LedgerEntry.all_tenants_unsafe.order_by("-id").first().pk
     again = rollups.refresh_rollups(now=LATER)
     assert again.rows == 0 and again.batches == 0
     assert rollup_groups() == ledger_groups()
@@ -89,7 +89,7 @@ def test_unsettled_rows_wait_for_the_next_refresh(traffic, monkeypatch):
     record(monkeypatch, org, key, "req_old_after", at(6, 11, 0))  # higher id, older stamp: stays behind the young row
     stats = rollups.refresh_rollups(now=at(6, 12, 0) + timedelta(seconds=30))
     assert stats.watermark == first_young.pk - 1
-    assert not UsageRollup.unscoped.filter(day=at(6).date()).exists()
+    assert not UsageRollup.all_tenants_unsafe.filter(day=at(6).date()).exists()
     rollups.refresh_rollups(now=at(6, 12, 0) + timedelta(seconds=61))
     assert rollup_groups() == ledger_groups()
 

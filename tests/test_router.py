@@ -34,7 +34,8 @@ def book():
 
 
 def test_cheapest_healthy_provider_first(book):
-    providers = {"stability": ScriptedProvider("stability", cost=9000), "replicate": ScriptedProvider("replicate", cost=4000)}
+    providers = {"stability": ScriptedProvider("stability", cost=9000),
+                 "replicate": ScriptedProvider("replicate", cost=4000)}
     name, attempts = _route(providers, book)
     assert name == "replicate" and [a.provider for a in attempts] == ["replicate"]
 
@@ -61,7 +62,8 @@ def test_refusals_and_validation_errors_do_not_fail_over(book, fault):
 
 
 def test_explicit_provider_is_honoured_even_when_dearer_or_open(book):
-    providers = {"stability": ScriptedProvider("stability", cost=9000), "replicate": ScriptedProvider("replicate", cost=4000)}
+    providers = {"stability": ScriptedProvider("stability", cost=9000),
+                 "replicate": ScriptedProvider("replicate", cost=4000)}
     assert _route(providers, book, explicit="stability")[0] == "stability"
     for _ in range(health.FAILURE_THRESHOLD):
         asyncio.run(book.record("stability", ok=False, latency_ms=10))

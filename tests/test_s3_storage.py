@@ -48,7 +48,7 @@ def test_url_images_are_stored_in_s3_and_served_through_the_signed_url(s3_storag
     from generation.models import StoredImage
     from generation.pipeline import storage
 
-    row = StoredImage.unscoped.get()
+    row = StoredImage.all_tenants_unsafe.get()
     assert storage.delete_expired(now=row.expires_at + timedelta(seconds=1)) == 1
     assert s3_storage.list_objects_v2(Bucket="imagegate-test").get("KeyCount") == 0
     assert httpx.get(result.data[0].url).status_code == 404

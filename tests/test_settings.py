@@ -20,8 +20,10 @@ print(json.dumps({
   "eager": settings.CELERY_TASK_ALWAYS_EAGER,
   "broker": settings.CELERY_BROKER_URL,
   "storage": settings.STORAGES["default"]["BACKEND"],
-  "storage_options": {k: v for k, v in settings.STORAGES["default"].get("OPTIONS", {}).items() if k in ("bucket_name", "endpoint_url")},
-  "secure_cookies": getattr(settings, "SESSION_COOKIE_SECURE", False) and getattr(settings, "CSRF_COOKIE_SECURE", False),
+  "storage_options": {k: v for k, v in settings.STORAGES["default"].get("OPTIONS", {}).items()
+                      if k in ("bucket_name", "endpoint_url")},
+  "secure_cookies": (getattr(settings, "SESSION_COOKIE_SECURE", False)
+                     and getattr(settings, "CSRF_COOKIE_SECURE", False)),
   "hsts": getattr(settings, "SECURE_HSTS_SECONDS", 0),
   "hosts": settings.ALLOWED_HOSTS,
   "verification": settings.ACCOUNT_EMAIL_VERIFICATION,
@@ -31,7 +33,8 @@ print(json.dumps({
 
 
 def _settings_with(env: dict) -> dict:
-    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DJANGO_SETTINGS_MODULE": "config.settings"}
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+             "DJANGO_SETTINGS_MODULE": "config.settings"}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -102,7 +105,8 @@ print(json.dumps({name: getattr(p, "base_url", None) for name, p in providers.it
 
 
 def _registry_with(env: dict) -> dict:
-    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DJANGO_SETTINGS_MODULE": "config.settings"}
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+             "DJANGO_SETTINGS_MODULE": "config.settings"}
     out = subprocess.run([sys.executable, "-c", REGISTRY_PROBE], cwd=ROOT, env={**clean, **env}, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -79,13 +79,13 @@ class Tenant:
 
 def _member(org, tag: str, role: str) -> Membership:
     user, _ = account_services.get_or_create_user(email=f"{tag}-{role}@example.com", password="x-horse-battery")
-    return Membership.unscoped.create(organization=org, user=user, role=role)
+    return Membership.all_tenants_unsafe.create(organization=org, user=user, role=role)
 
 
 def _build_tenant(tag: str, name: str, live_url: str) -> Tenant:
     owner, _ = account_services.get_or_create_user(email=f"{tag}-owner@example.com", password="owner horse battery")
     org = account_services.create_organization(name=name, owner=owner, slug=tag)
-    owner_membership = Membership.unscoped.get(organization=org, user=owner)
+    owner_membership = Membership.all_tenants_unsafe.get(organization=org, user=owner)
     admin_membership = _member(org, tag, Membership.Role.ADMIN)
     member_membership = _member(org, tag, Membership.Role.MEMBER)
     key, raw = account_services.create_api_key(organization=org, name=f"{tag}-primary-key", created_by=owner)
@@ -97,7 +97,7 @@ def _build_tenant(tag: str, name: str, live_url: str) -> Tenant:
         organization=org, email=SHARED_INVITEE, role=Membership.Role.ADMIN, invited_by=owner_membership)
     billing_services.set_spend_limit(organization=org, monthly_limit_micros=777_000_000)
     billing_services.set_spend_limit(organization=org, api_key=batch_key, monthly_limit_micros=55_000_000)
-    invoice = Invoice.unscoped.create(
+    invoice = Invoice.all_tenants_unsafe.create(
         organization=org, stripe_invoice_id=f"in_{tag}_0001", number=f"{tag.upper()}-INV-0001", status="paid",
         amount_due=4321, amount_paid=4321, hosted_invoice_url=f"https://invoice.stripe.test/{tag}",
         created=timezone.now() - timedelta(days=3))
@@ -124,15 +124,16 @@ def _build_tenant(tag: str, name: str, live_url: str) -> Tenant:
                          json={"model": "local-preview", "prompt": "x", "size": "3x3"}, timeout=30)
     assert refused.status_code == 400, refused.text
     # A distinctive attempt row, so a leaked detail page would show it.
-    ProviderAttempt.unscoped.create(
+    ProviderAttempt.all_tenants_unsafe.create(
         organization=org, request_id=tenant.gen_request_id, attempt=99, provider=f"{tag}-secret-upstream",
         model="local-preview", status="failed", error_type="timeout", started_at=timezone.now())
 
-    tenant.request_ids = list(LedgerEntry.unscoped.filter(organization=org).values_list("request_id", flat=True))
+    tenant.request_ids = list(LedgerEntry.all_tenants_unsafe.filter(organization=org)
+                              .values_list("request_id", flat=True))
     assert len(tenant.request_ids) == 3, tenant.request_ids
     assert {tenant.gen_request_id, tenant.edit_request_id} <= set(tenant.request_ids)
-    assert ProviderAttempt.unscoped.filter(organization=org).count() >= 3
-    assert StoredImage.unscoped.filter(organization=org).count() == 3
+    assert ProviderAttempt.all_tenants_unsafe.filter(organization=org).count() >= 3
+    assert StoredImage.all_tenants_unsafe.filter(organization=org).count() == 3
     return tenant
 
 
@@ -146,19 +147,22 @@ class World:
 
 def _snapshot(t: Tenant) -> dict:
     """Everything of B's that A's POSTs could change."""
-    account = BillingAccount.objects.get(organization=t.org)
+    account = BillingAccount.all_tenants_unsafe.get(organization=t.org)
     return {
-        "keys": sorted(ApiKey.unscoped.filter(organization=t.org)
+        "keys": sorted(ApiKey.all_tenants_unsafe.filter(organization=t.org)
                        .values_list("pk", "name", "revoked_at", "expires_at")),
-        "members": sorted(Membership.unscoped.filter(organization=t.org).values_list("pk", "user_id", "role")),
-        "invitations": sorted(Invitation.unscoped.filter(organization=t.org)
+        "members": sorted(Membership.all_tenants_unsafe.filter(organization=t.org)
+                          .values_list("pk", "user_id", "role")),
+        "invitations": sorted(Invitation.all_tenants_unsafe.filter(organization=t.org)
                               .values_list("pk", "email", "role", "accepted_at", "accepted_by_id", "expires_at")),
         "org_limit": account.monthly_spend_limit_micros,
-        "key_limits": sorted(KeySpendLimit.objects.filter(api_key__organization=t.org)
+        "key_limits": sorted(KeySpendLimit.all_tenants_unsafe.filter(api_key__organization=t.org)
                              .values_list("api_key_id", "monthly_limit_micros")),
-        "ledger": sorted(LedgerEntry.unscoped.filter(organization=t.org).values_list("request_id", "cost_micros")),
-        "invoices": sorted(Invoice.unscoped.filter(organization=t.org).values_list("pk", "status", "amount_due")),
-        "images": sorted(StoredImage.unscoped.filter(organization=t.org).values_list("pk", "deleted_at")),
+        "ledger": sorted(LedgerEntry.all_tenants_unsafe.filter(organization=t.org)
+                         .values_list("request_id", "cost_micros")),
+        "invoices": sorted(Invoice.all_tenants_unsafe.filter(organization=t.org)
+                           .values_list("pk", "status", "amount_due")),
+        "images": sorted(StoredImage.all_tenants_unsafe.filter(organization=t.org).values_list("pk", "deleted_at")),
     }
 
 
@@ -559,22 +563,22 @@ def test_walk_every_url_with_the_other_tenants_ids(world, a_session, a_http):
 def test_other_tenants_objects_are_untouched_after_the_walk(world, a_session, a_http):
     _walk_as_a(world, a_session, a_http)
     b = world.b
-    keys = {k.pk: k for k in ApiKey.unscoped.filter(organization=b.org)}
+    keys = {k.pk: k for k in ApiKey.all_tenants_unsafe.filter(organization=b.org)}
     assert set(keys) == {b.key.pk, b.batch_key.pk}, "a key was created in B (rotation of B's key?)"
     for key in keys.values():
         assert key.revoked_at is None and key.expires_at is None, f"B's key {key.name} was revoked or rotated"
     for raw in (b.raw, b.batch_raw):
         assert httpx.get(f"{world.live_url}/v1/models", headers={"Authorization": f"Bearer {raw}"},
                          timeout=30).status_code == 200
-    members = dict(Membership.unscoped.filter(organization=b.org).values_list("user__email", "role"))
+    members = dict(Membership.all_tenants_unsafe.filter(organization=b.org).values_list("user__email", "role"))
     assert members == {"betacorp-owner@example.com": "owner", "betacorp-admin@example.com": "admin",
                        "betacorp-member@example.com": "member"}
-    pending = Invitation.unscoped.filter(organization=b.org, accepted_at__isnull=True)
+    pending = Invitation.all_tenants_unsafe.filter(organization=b.org, accepted_at__isnull=True)
     assert set(pending.values_list("pk", flat=True)) == {b.invitation.pk, b.shared_invitation.pk}
-    assert not Membership.unscoped.filter(organization=b.org, user=world.a.owner).exists()
-    assert BillingAccount.objects.get(organization=b.org).monthly_spend_limit_micros == 777_000_000
-    assert KeySpendLimit.objects.get(api_key=b.batch_key).monthly_limit_micros == 55_000_000
-    assert LedgerEntry.unscoped.filter(organization=b.org).count() == 3
+    assert not Membership.all_tenants_unsafe.filter(organization=b.org, user=world.a.owner).exists()
+    assert BillingAccount.all_tenants_unsafe.get(organization=b.org).monthly_spend_limit_micros == 777_000_000
+    assert KeySpendLimit.all_tenants_unsafe.get(api_key=b.batch_key).monthly_limit_micros == 55_000_000
+    assert LedgerEntry.all_tenants_unsafe.filter(organization=b.org).count() == 3
 
 
 def test_own_lists_show_own_requests_and_never_the_other_tenants(world, a_session, a_http):

@@ -85,7 +85,7 @@ def test_multipart_with_files_and_urlencoded_forms(server):
     assert answer["content_type"] == "application/x-www-form-urlencoded" and answer["form"] is None
 
 
-# --- bounds and failures ------------------------------------------------------------------------------------------------
+# --- bounds and failures ----------------------------------------------------------------------------------------------
 
 def test_reply_over_max_bytes_is_refused_and_not_transient(server):
     with pytest.raises(UpstreamUnavailable) as err:
@@ -123,7 +123,7 @@ def test_sessions_of_closed_loops_are_dropped(server):
     assert len(transport) == 1  # the last loop's; earlier ones were dropped when a new loop asked
 
 
-# --- reading an answer ----------------------------------------------------------------------------------------------------
+# --- reading an answer ------------------------------------------------------------------------------------------------
 
 def test_retry_after_forms():
     assert reply(429, **{"retry-after-ms": "1500", "retry-after": "9"}).retry_after() == 1.5

@@ -207,7 +207,8 @@ def test_flux2_is_billed_per_megapixel_through_the_sdk(configured, openai_client
     width, height = map(int, size.split("x"))
     assert all((json.loads(r.body)["width"], json.loads(r.body)["height"]) == (width, height) for r in submits)
     (row,) = _rows(api_key)
-    assert row.cost_micros == 2 * ours == 2 * current_price(model=model, size=size, quality="standard").unit_price_micros
+    price = current_price(model=model, size=size, quality="standard")
+    assert row.cost_micros == 2 * ours == 2 * price.unit_price_micros
     assert row.upstream_cost_micros == 2 * bfl_cost  # what BFL reported for the two tasks
     assert body["usage"]["cost"] == pytest.approx(2 * ours / 1e6)
 

@@ -81,7 +81,7 @@ def setup(*, sc: stripe.StripeClient | None = None) -> StripeSetup:
 
 def ensure_customer(organization: Organization, *, sc: stripe.StripeClient | None = None) -> BillingAccount:
     """The organization's Stripe customer, created once (the idempotency key makes a retried create safe)."""
-    account, _ = BillingAccount.objects.get_or_create(organization=organization)
+    account, _ = BillingAccount.objects.for_organization(organization).get_or_create(organization=organization)
     if account.stripe_customer_id:
         return account
     sc = sc or client()
@@ -92,7 +92,7 @@ def ensure_customer(organization: Organization, *, sc: stripe.StripeClient | Non
         "metadata": {"organization_id": str(organization.pk), "organization_slug": organization.slug},
     }, options={"idempotency_key": f"imagegate-customer-{account_key()[:16]}-{organization.pk}"})
     with transaction.atomic():
-        updated = BillingAccount.objects.filter(pk=organization.pk, stripe_customer_id="").update(
+        updated = BillingAccount.objects.for_organization(organization).filter(stripe_customer_id="").update(
             stripe_customer_id=customer.id)
     account.refresh_from_db()
     return account if updated or account.stripe_customer_id else account

@@ -36,22 +36,22 @@ def reconcile(*, now: datetime | None = None, lookback_hours: int = 48,
     now = now or timezone.now()
     end = now.replace(minute=0, second=0, microsecond=0)  # the current hour is still filling
     start = end - timedelta(hours=lookback_hours)
-    for account in BillingAccount.objects.exclude(stripe_customer_id=""):
+    for account in BillingAccount.all_tenants_unsafe.exclude(stripe_customer_id=""):
         stats.customers += 1
         org_id = account.organization_id
         ledger = dict(
-            LedgerEntry.unscoped.filter(organization_id=org_id, status=LedgerEntry.Status.SUCCEEDED,
+            LedgerEntry.all_tenants_unsafe.filter(organization_id=org_id, status=LedgerEntry.Status.SUCCEEDED,
                                         created_at__gte=start, created_at__lt=end)
             .annotate(hour=TruncHour("created_at")).values("hour").annotate(total=Sum("cost_micros"))
             .values_list("hour", "total")
         )
         unfinished = set(
-            UsageEvent.unscoped.filter(organization_id=org_id, occurred_at__gte=start, occurred_at__lt=end)
+            UsageEvent.all_tenants_unsafe.filter(organization_id=org_id, occurred_at__gte=start, occurred_at__lt=end)
             .exclude(report__status=MeterReport.Status.DELIVERED).annotate(hour=TruncHour("occurred_at"))
             .values_list("hour", flat=True)
         )
         reported = dict(
-            MeterReport.unscoped.filter(organization_id=org_id, status=MeterReport.Status.DELIVERED,
+            MeterReport.all_tenants_unsafe.filter(organization_id=org_id, status=MeterReport.Status.DELIVERED,
                                         window_start__gte=start, window_start__lt=end)
             .values("window_start").annotate(total=Sum("value_micros")).values_list("window_start", "total")
         )
@@ -68,13 +68,14 @@ def reconcile(*, now: datetime | None = None, lookback_hours: int = 48,
                 continue
             stats.windows_checked += 1
             ours, theirs = ledger.get(hour, 0), at_stripe.get(hour, 0)
-            open_rows = Discrepancy.objects.filter(organization_id=org_id, window_start=hour, resolved_at__isnull=True)
+            open_rows = Discrepancy.all_tenants_unsafe.filter(organization_id=org_id, window_start=hour,
+                                                              resolved_at__isnull=True)
             if ours == theirs:
                 stats.resolved += open_rows.update(resolved_at=now, note="amounts agree again")
                 continue
             if not open_rows.filter(ledger_micros=ours, stripe_micros=theirs).exists():
                 open_rows.update(resolved_at=now, note="superseded by a newer comparison")
-                Discrepancy.objects.create(organization_id=org_id, window_start=hour,
+                Discrepancy.all_tenants_unsafe.create(organization_id=org_id, window_start=hour,
                                            window_end=hour + timedelta(hours=1), ledger_micros=ours,
                                            reported_micros=reported.get(hour, 0), stripe_micros=theirs)
                 stats.discrepancies += 1

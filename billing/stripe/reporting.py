@@ -53,30 +53,30 @@ def _identifier(organization_id: int, window: datetime, n: int) -> str:
 
 def assign_reports(*, stats: PassStats) -> None:
     """Group every unreported usage event of organizations with a Stripe customer into meter reports."""
-    customers = dict(BillingAccount.objects.exclude(stripe_customer_id="").values_list("organization_id",
+    customers = dict(BillingAccount.all_tenants_unsafe.exclude(stripe_customer_id="").values_list("organization_id",
                                                                                        "stripe_customer_id"))
-    groups = (UsageEvent.unscoped.filter(report__isnull=True, organization_id__in=list(customers))
+    groups = (UsageEvent.all_tenants_unsafe.filter(report__isnull=True, organization_id__in=list(customers))
               .annotate(window=TruncHour("occurred_at")).values("organization_id", "window")
               .annotate(max_id=Max("id")).order_by("organization_id", "window"))
     for group in groups:
         org_id, window = group["organization_id"], group["window"]
         with transaction.atomic():
-            n = MeterReport.unscoped.filter(organization_id=org_id, window_start=window).count() + 1
-            report = MeterReport.unscoped.create(
+            n = MeterReport.all_tenants_unsafe.filter(organization_id=org_id, window_start=window).count() + 1
+            report = MeterReport.all_tenants_unsafe.create(
                 organization_id=org_id, identifier=_identifier(org_id, window, n),
                 stripe_customer_id=customers[org_id], window_start=window, window_end=window + timedelta(hours=1),
                 value_micros=0, event_timestamp=window,
             )
-            claimed = UsageEvent.unscoped.filter(
+            claimed = UsageEvent.all_tenants_unsafe.filter(
                 report__isnull=True, organization_id=org_id, occurred_at__gte=window,
                 occurred_at__lt=window + timedelta(hours=1), id__lte=group["max_id"],
             ).update(report=report)
-            totals = UsageEvent.unscoped.filter(report=report).aggregate(value=Sum("value_micros"),
+            totals = UsageEvent.all_tenants_unsafe.filter(report=report).aggregate(value=Sum("value_micros"),
                                                                          last=Max("occurred_at"))
             if not claimed or not totals["value"]:
                 report.delete()  # another pass took these rows first
                 continue
-            MeterReport.unscoped.filter(pk=report.pk).update(value_micros=totals["value"],
+            MeterReport.all_tenants_unsafe.filter(pk=report.pk).update(value_micros=totals["value"],
                                                              event_timestamp=totals["last"])
             stats.reports_created += 1
 
@@ -84,13 +84,14 @@ def assign_reports(*, stats: PassStats) -> None:
 def _backoff(report: MeterReport, now: datetime, error: str) -> None:
     delay = min(BACKOFF_BASE_SECONDS * 2 ** max(0, report.attempts - 1), BACKOFF_MAX_SECONDS)
     delay *= 0.8 + 0.4 * random.random()
-    MeterReport.unscoped.filter(pk=report.pk).update(next_attempt_at=now + timedelta(seconds=delay),
+    MeterReport.all_tenants_unsafe.filter(pk=report.pk).update(next_attempt_at=now + timedelta(seconds=delay),
                                                      last_error=error[:2000])
 
 
 def _expire(report: MeterReport, now: datetime, stats: PassStats) -> None:
-    MeterReport.unscoped.filter(pk=report.pk).update(status=MeterReport.Status.EXPIRED, last_error="older than 35 days")
-    BillingAlert.objects.create(
+    MeterReport.all_tenants_unsafe.filter(pk=report.pk).update(status=MeterReport.Status.EXPIRED,
+                                                               last_error="older than 35 days")
+    BillingAlert.all_tenants_unsafe.create(
         organization_id=report.organization_id, kind="usage_too_old_for_stripe",
         message=(f"Meter report {report.identifier} (${report.value_micros / 1e6:.6f}, usage of "
                  f"{report.window_start:%Y-%m-%d %H}:00 UTC) could not be delivered within Stripe's 35-day window. "
@@ -107,14 +108,14 @@ def _call_lock_seconds() -> int:
 
 def _send_customer(sc: stripe.StripeClient, event_name: str, customer: str, *, now: datetime,
                    stats: PassStats, lock: str) -> None:
-    due = (MeterReport.unscoped.filter(stripe_customer_id=customer, status=MeterReport.Status.PENDING)
+    due = (MeterReport.all_tenants_unsafe.filter(stripe_customer_id=customer, status=MeterReport.Status.PENDING)
            .exclude(next_attempt_at__gt=now).order_by("window_start", "id"))
     for report in due:
         if report.event_timestamp < now - STRIPE_MAX_AGE + SAFETY_MARGIN:
             _expire(report, now, stats)
             continue
         cache.touch(lock, _call_lock_seconds())
-        MeterReport.unscoped.filter(pk=report.pk).update(attempts=report.attempts + 1)
+        MeterReport.all_tenants_unsafe.filter(pk=report.pk).update(attempts=report.attempts + 1)
         report.attempts += 1
         stats.calls += 1
         try:
@@ -145,8 +146,8 @@ def _send_customer(sc: stripe.StripeClient, event_name: str, customer: str, *, n
             stats.errors.append(f"{report.identifier}: {exc}")
             stats.deferred += 1
             return
-        MeterReport.unscoped.filter(pk=report.pk).update(status=MeterReport.Status.DELIVERED, delivered_at=now,
-                                                         last_error="")
+        MeterReport.all_tenants_unsafe.filter(pk=report.pk).update(status=MeterReport.Status.DELIVERED,
+                                                                   delivered_at=now, last_error="")
         stats.delivered += 1
 
 
@@ -161,8 +162,8 @@ def report_usage(*, now: datetime | None = None, sc: stripe.StripeClient | None 
         finally:
             cache.delete("billing:assign-lock")
     now = now or timezone.now()
-    customers = (MeterReport.unscoped.filter(status=MeterReport.Status.PENDING).exclude(next_attempt_at__gt=now)
-                 .values_list("stripe_customer_id", flat=True).distinct())
+    customers = (MeterReport.all_tenants_unsafe.filter(status=MeterReport.Status.PENDING)
+                 .exclude(next_attempt_at__gt=now).values_list("stripe_customer_id", flat=True).distinct())
     for customer in list(customers):
         lock = f"billing:meter-lock:{customer}"
         if not cache.add(lock, "1", timeout=_call_lock_seconds()):  # one call in flight per customer, any worker
@@ -181,7 +182,7 @@ def ensure_customers(*, sc: stripe.StripeClient | None = None) -> int:
 
     sc = sc or stripe_gateway.client()
     missing = Organization.objects.filter(
-        id__in=UsageEvent.unscoped.filter(report__isnull=True).values("organization_id")
+        id__in=UsageEvent.all_tenants_unsafe.filter(report__isnull=True).values("organization_id")
     ).exclude(billing_account__stripe_customer_id__gt="")
     count = 0
     for organization in missing:

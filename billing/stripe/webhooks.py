@@ -63,7 +63,7 @@ def verify(payload: bytes, signature: str) -> dict:
 def _account_for_customer(customer_id: str | None) -> BillingAccount | None:
     if not customer_id:
         return None
-    return BillingAccount.objects.filter(stripe_customer_id=customer_id).first()
+    return BillingAccount.all_tenants_unsafe.filter(stripe_customer_id=customer_id).first()
 
 
 def _fetch_subscription(subscription_id: str) -> dict | None:
@@ -104,7 +104,8 @@ def _apply_subscription(sub: dict, event_created: datetime) -> None:
         if last is not None and last == event_created.timestamp() and sub.get("status") != account.subscription_status:
             doubtful.add(sub["id"])  # same second, different state: ask Stripe on the next reconciliation
             state[DOUBT_KEY] = sorted(doubtful)
-            BillingAccount.objects.filter(pk=account.pk).update(subscription_state=state, updated_at=timezone.now())
+            BillingAccount.all_tenants_unsafe.filter(pk=account.pk).update(subscription_state=state,
+                                                                           updated_at=timezone.now())
             return
         chosen, observed = sub, event_created
     state[sub["id"]] = max(event_created.timestamp(), state.get(sub["id"], 0))
@@ -121,7 +122,7 @@ def _store_subscription(account: BillingAccount, sub: dict, observed: datetime, 
     past_due_since = account.past_due_since if status == "past_due" else None
     if status == "past_due" and past_due_since is None:
         past_due_since = observed
-    BillingAccount.objects.filter(pk=account.pk).update(
+    BillingAccount.all_tenants_unsafe.filter(pk=account.pk).update(
         stripe_subscription_id=sub["id"], subscription_status=status, current_period_start=_ts(period_start),
         current_period_end=_ts(period_end), past_due_since=past_due_since, subscription_state=state,
         updated_at=timezone.now(),
@@ -132,13 +133,13 @@ def resync_subscriptions() -> int:
     """Fetch and apply every subscription a same-second tie left in doubt while Stripe could not be asked (from
     reconciliation, hourly); returns how many were settled."""
     settled = 0
-    for account in BillingAccount.objects.filter(subscription_state__has_key=DOUBT_KEY):
+    for account in BillingAccount.all_tenants_unsafe.filter(subscription_state__has_key=DOUBT_KEY):
         for subscription_id in list((account.subscription_state or {}).get(DOUBT_KEY, [])):
             truth = _fetch_subscription(subscription_id)
             if truth is None:
                 continue
             with transaction.atomic():
-                account = BillingAccount.objects.select_for_update().get(pk=account.pk)
+                account = BillingAccount.all_tenants_unsafe.select_for_update().get(pk=account.pk)
                 state = dict(account.subscription_state or {})
                 state[DOUBT_KEY] = [s for s in state.get(DOUBT_KEY, []) if s != subscription_id]
                 if not state[DOUBT_KEY]:
@@ -155,10 +156,10 @@ def _apply_invoice(inv: dict, event_created: datetime) -> None:
     if account is None:
         log.warning("Invoice %s for unknown customer %s", inv.get("id"), inv.get("customer"))
         return
-    existing = Invoice.unscoped.filter(stripe_invoice_id=inv["id"]).first()
+    existing = Invoice.all_tenants_unsafe.filter(stripe_invoice_id=inv["id"]).first()
     if existing is not None and existing.event_at and existing.event_at > event_created:
         return
-    Invoice.unscoped.update_or_create(stripe_invoice_id=inv["id"], defaults={
+    Invoice.all_tenants_unsafe.update_or_create(stripe_invoice_id=inv["id"], defaults={
         "organization_id": account.organization_id, "number": inv.get("number") or "",
         "status": inv.get("status") or "", "currency": inv.get("currency") or "usd",
         "amount_due": inv.get("amount_due") or 0, "amount_paid": inv.get("amount_paid") or 0,
@@ -174,11 +175,12 @@ def _apply(event: dict) -> None:
     if kind == "checkout.session.completed":
         account = _account_for_customer(obj.get("customer"))
         if account is None and obj.get("client_reference_id"):
-            account, _ = BillingAccount.objects.get_or_create(organization_id=int(obj["client_reference_id"]))
+            organization_id = int(obj["client_reference_id"])
+            account, _ = BillingAccount.all_tenants_unsafe.get_or_create(organization_id=organization_id)
             if not account.stripe_customer_id and obj.get("customer"):
-                BillingAccount.objects.filter(pk=account.pk).update(stripe_customer_id=obj["customer"])
+                BillingAccount.all_tenants_unsafe.filter(pk=account.pk).update(stripe_customer_id=obj["customer"])
         if account is not None and obj.get("subscription") and not account.stripe_subscription_id:
-            BillingAccount.objects.filter(pk=account.pk).update(stripe_subscription_id=obj["subscription"],
+            BillingAccount.all_tenants_unsafe.filter(pk=account.pk).update(stripe_subscription_id=obj["subscription"],
                                                                 subscription_status="active")
     elif kind.startswith("customer.subscription."):
         _apply_subscription(obj, created)
@@ -187,7 +189,7 @@ def _apply(event: dict) -> None:
         if kind == "invoice.payment_failed":
             account = _account_for_customer(obj.get("customer"))
             if account is not None and account.past_due_since is None:
-                BillingAccount.objects.filter(pk=account.pk).update(past_due_since=created)
+                BillingAccount.all_tenants_unsafe.filter(pk=account.pk).update(past_due_since=created)
 
 
 def receive(event: dict) -> bool:

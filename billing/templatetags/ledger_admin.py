@@ -70,7 +70,7 @@ def ledger_date_hierarchy(cl):
     mark = watermark()
     if connection.vendor != "postgresql" or mark <= 0:
         return admin_list.date_hierarchy(cl)
-    rollups = UsageRollup.unscoped.filter(**lookups, **date_lookups)
+    rollups = UsageRollup.all_tenants_unsafe.filter(**lookups, **date_lookups)
     tail = cl.queryset.order_by().filter(id__gt=mark)
     return admin_list.date_hierarchy(_ChangeListView(cl, _RollupDates(rollups, tail)))
 

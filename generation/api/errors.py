@@ -134,7 +134,8 @@ def _from_drf(exc: drf.APIException) -> tuple[int, dict]:
         return 404, envelope(message, type="invalid_request_error", code="not_found")
     if isinstance(exc, drf.Throttled):
         return 429, envelope(message, type="requests", code="rate_limit_exceeded")
-    return exc.status_code, envelope(message, type="invalid_request_error", code=code if isinstance(code, str) else None)
+    return exc.status_code, envelope(message, type="invalid_request_error",
+                                     code=code if isinstance(code, str) else None)
 
 
 def error_parts(exc: Exception, *, where: str = "", request_id: str = "?") -> tuple[int, dict, dict[str, str]]:
@@ -190,7 +191,8 @@ def _is_api(request) -> bool:
 def handler404(request, exception=None):
     if _is_api(request):
         return JsonResponse(
-            envelope(f"Invalid URL ({request.method} {request.path}).", type="invalid_request_error", code="unknown_url"),
+            envelope(f"Invalid URL ({request.method} {request.path}).", type="invalid_request_error",
+                     code="unknown_url"),
             status=404,
         )
     return render(request, "404.html", status=404)

@@ -29,8 +29,8 @@ script on Redis) when the run ends, however it ends, including cancellation (cli
 
 Storage. With django-redis (REDIS_URL set) the module talks to Redis directly, through the cache's own client and
 key prefix, with raw UTF-8 JSON values (no pickling), so every process and host shares the keys:
-    <cache prefix>:idempotency:{org:<scope>}:<sha256 of the key>:claim      {"fp": ..., "token": ...}, PX 60 s
-    <cache prefix>:idempotency:{org:<scope>}:<sha256 of the key>:response   {"fp","status","body","headers",...}, EX 24 h
+    <cache prefix>:idempotency:{org:<scope>}:<sha256 of the key>:claim     {"fp": ..., "token": ...}, PX 60 s
+    <cache prefix>:idempotency:{org:<scope>}:<sha256 of the key>:response  {"fp","status","body","headers"}, EX 24 h
 The client's key is hashed, so any printable key is a safe cache key. Without Redis (the embedded default,
 LocMemCache) the same protocol runs over Django's cache API (per process, which is what a single process needs).
 The cache is looked up on every call, never held, so settings overrides (tests) take effect. Cache calls run in
@@ -454,7 +454,7 @@ def _store():
     return _CacheStore(cache)
 
 
-# --- the durable copy, committed with the charge -----------------------------------------------------------------------
+# --- the durable copy, committed with the charge ----------------------------------------------------------------------
 # A charged answer is also written to the database in the same transaction as its ledger row (IdempotentResponse,
 # unique per organization and key): a process killed after the commit but before the Redis copy above was written
 # leaves the answer there, and the retry's `recover` finds it; if even Redis forgot the attempt, the unique row makes
@@ -465,7 +465,8 @@ def key_hash(key: str) -> str:
 
 
 def durable_row(*, organization_id: int, key: str, fingerprint: str, response: StoredResponse):
-    """The unsaved IdempotentResponse for a charged answer (written with its ledger row, generation/pipeline/commit.py)."""
+    """The unsaved IdempotentResponse for a charged answer (written with its ledger row by
+    generation/pipeline/commit.py)."""
     from generation.models import IdempotentResponse
 
     return IdempotentResponse(organization_id=organization_id, key_hash=key_hash(key), fingerprint=fingerprint,
@@ -494,5 +495,5 @@ def delete_expired_durable(*, older_than_seconds: int = RESPONSE_TTL) -> int:
     from generation.models import IdempotentResponse
 
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    deleted, _ = IdempotentResponse.unscoped.filter(created_at__lt=cutoff).delete()
+    deleted, _ = IdempotentResponse.all_tenants_unsafe.filter(created_at__lt=cutoff).delete()
     return deleted

@@ -140,8 +140,8 @@ class _MultipartImageEndpoint(ImageEndpoint):
     multipart = True
 
     async def _read(self, request) -> tuple[dict, dict]:
-        """Form fields, and every uploaded file checked and decoded once (generation/pipeline/input_images.py), off the event loop
-        and within the process's decode budget."""
+        """Form fields, and every uploaded file checked and decoded once (generation/pipeline/input_images.py), off
+        the event loop and within the process's decode budget."""
         content_type = request.content_type or ""
         self._post, self._uploads = {}, {}
         if not content_type and request.META.get("CONTENT_LENGTH") in (None, "", "0"):
@@ -170,7 +170,8 @@ class _MultipartImageEndpoint(ImageEndpoint):
                 uploads.append((field, data, upload.name or field, input_images.header(data, param=field,
                                                                                  max_pixels=max_pixels)))
         if keep:  # the built-in renderer's copies, reserved in one go before any decode
-            await input_images.current_kept().reserve(sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads))
+            need = sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads)
+            await input_images.current_kept().reserve(need)
         inspected: dict[str, list] = {}
         for field, data, filename, known in uploads:
             inspected.setdefault(field, []).append(await input_images.inspect(

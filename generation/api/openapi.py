@@ -38,7 +38,8 @@ ERROR_CODES = [
     (400, "invalid_request_error", "missing_required_parameter", "A required field (prompt, image) is missing."),
     (400, "invalid_request_error", "unknown_parameter", "A field the endpoint (or the model) does not take."),
     (400, "invalid_request_error", "invalid_type", "A field has the wrong type (e.g. a string for n)."),
-    (400, "invalid_request_error", "invalid_size", "The model does not offer this size; the message lists those it does."),
+    (400, "invalid_request_error", "invalid_size",
+     "The model does not offer this size; the message lists those it does."),
     (400, "invalid_request_error", "invalid_parameter",
      "Any other value the model does not accept; the message names the allowed values."),
     (400, "invalid_request_error", "string_above_max_length", "prompt or user is longer than allowed."),
@@ -258,7 +259,8 @@ def _f_image_file(endpoint, models, nullable):
         text = ("The image to edit. Send one `image` part, or several `image[]` parts (at least one of the two). "
                 f"Accepted: {_per_model(models, lambda m: _input_rules(m, several=True))}.")
     else:
-        text = f"The image to vary (exactly one). Accepted: {_per_model(models, lambda m: _input_rules(m, several=False))}."
+        accepted = _per_model(models, lambda m: _input_rules(m, several=False))
+        text = f"The image to vary (exactly one). Accepted: {accepted}."
     return serializers.FileField(required=endpoint == "variations", help_text=text)
 
 
@@ -589,7 +591,8 @@ def _samples(endpoint: str) -> list[dict]:
                 '"size": "1024x1024", "n": 1}\'')
         python = ("import base64, os\nfrom openai import OpenAI\n\n"
                   f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["IMAGEGATE_API_KEY"])\n'
-                  f'result = client.images.generate(model="{catalog.DEFAULT_MODEL}", prompt="A lighthouse in a storm",\n'
+                  f'result = client.images.generate(model="{catalog.DEFAULT_MODEL}", '
+                  'prompt="A lighthouse in a storm",\n'
                   '                                size="1024x1024", response_format="b64_json")\n'
                   'open("lighthouse.png", "wb").write(base64.b64decode(result.data[0].b64_json))\n'
                   'print(result.model_extra["usage"])  # cost, latency_ms, image_size, model_used')
@@ -610,7 +613,8 @@ def _samples(endpoint: str) -> list[dict]:
                 f'  -F image=@photo.png -F model={catalog.DEFAULT_MODEL} -F n=2 -F size=256x256')
         python = ("import os\nfrom openai import OpenAI\n\n"
                   f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["IMAGEGATE_API_KEY"])\n'
-                  f'result = client.images.create_variation(model="{catalog.DEFAULT_MODEL}", image=open("photo.png", "rb"),\n'
+                  f'result = client.images.create_variation(model="{catalog.DEFAULT_MODEL}", '
+                  'image=open("photo.png", "rb"),\n'
                   '                                         n=2, size="256x256")\n'
                   "for image in result.data:\n    print(image.url)")
     return [{"lang": "Shell", "label": "curl", "source": curl},

@@ -147,7 +147,8 @@ def build_reference(schema: dict, base_url: str) -> dict:
                 responses.append({"status": status, "description": _text(response.get("description", "")),
                                   "shape": shape, "headers": headers, "examples": examples})
             parameters = [{"name": p["name"], "in": p["in"], "required": p.get("required", False),
-                           "type": _type_label(p.get("schema", {}))[0], "constraints": _constraints(p.get("schema", {})),
+                           "type": _type_label(p.get("schema", {}))[0],
+                           "constraints": _constraints(p.get("schema", {})),
                            "description": _text(p.get("description", ""))}
                           for p in operation.get("parameters", [])]
             endpoints.append({

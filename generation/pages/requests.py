@@ -42,7 +42,8 @@ class RequestFilterForm(forms.Form):
         super().__init__(data)
         # Only this organization's keys are valid choices: another tenant's key id is a form error, never a filter.
         self.fields["key"].queryset = api_keys_for_organization(organization)
-        self.fields["key"].label_from_instance = lambda k: f"{k.name} ({k.prefix}…)" + (" revoked" if k.revoked_at else "")
+        self.fields["key"].label_from_instance = (
+            lambda k: f"{k.name} ({k.prefix}…)" + (" revoked" if k.revoked_at else ""))
 
     def clean(self):
         data = super().clean()

@@ -16,11 +16,12 @@ Matching. Both the prompt and every term go through `normalise`, so they are com
   * any other run of punctuation and whitespace becomes one space.
 A term then matches whole words only: the word term "ass" matches "ass" but not "class" or "assassin"; a phrase
 matches whatever the separators ("forbidden-test-term" matches "Forbidden   test_term"), and also with its words
-run together ("forbiddentestterm", which is also what soft hyphens or letter-by-letter spacing leave). A term of kind "prefix"
-also matches longer words that start with it ("behead" matches "beheading"). There is deliberately no regular
-expression kind: a staff-written regex runs on every request, can backtrack catastrophically and is hard to review;
-terms are escaped, so the compiled patterns are plain alternations of literals. Known limit: scripts written
-without spaces between words (Chinese, Japanese, Thai) match only where the term stands alone between separators.
+run together ("forbiddentestterm", which is also what soft hyphens or letter-by-letter spacing leave). A term of
+kind "prefix" also matches longer words that start with it ("behead" matches "beheading"). There is deliberately no
+regular expression kind: a staff-written regex runs on every request, can backtrack catastrophically and is hard
+to review; terms are escaped, so the compiled patterns are plain alternations of literals. Known limit: scripts
+written without spaces between words (Chinese, Japanese, Thai) match only where the term stands alone between
+separators.
 
 Cost. The enabled categories' enabled terms compile into one regex per category, kept in this process's cache
 (config/process_cache.py): a check costs no I/O. Any edit of the policy's rows drops it in every process within a

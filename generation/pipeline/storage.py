@@ -113,7 +113,8 @@ def delete_expired(*, now=None, batch: int = 500) -> int:
     now = now or timezone.now()
     deleted = 0
     while True:
-        rows = list(StoredImage.unscoped.filter(expires_at__lte=now, deleted_at__isnull=True).order_by("id")[:batch])
+        due = StoredImage.all_tenants_unsafe.filter(expires_at__lte=now, deleted_at__isnull=True)
+        rows = list(due.order_by("id")[:batch])
         if not rows:
             return deleted
         for row in rows:
@@ -121,5 +122,5 @@ def delete_expired(*, now=None, batch: int = 500) -> int:
                 default_storage.delete(row.name)
             except FileNotFoundError:
                 pass
-        StoredImage.unscoped.filter(pk__in=[r.pk for r in rows]).update(deleted_at=now)
+        StoredImage.all_tenants_unsafe.filter(pk__in=[r.pk for r in rows]).update(deleted_at=now)
         deleted += len(rows)

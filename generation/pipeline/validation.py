@@ -164,7 +164,8 @@ def validate(
                              code="invalid_parameter")
 
     size = r.choice("size", spec.sizes, spec.default_size, spec)
-    quality = r.choice("quality", spec.qualities, spec.default_quality, spec) if "quality" in allowed else spec.default_quality
+    quality = (r.choice("quality", spec.qualities, spec.default_quality, spec) if "quality" in allowed
+               else spec.default_quality)
     style = r.choice("style", spec.styles, spec.default_style, spec, owner_hint=lambda: _models_with("styles")) \
         if "style" in allowed else None
 
@@ -179,7 +180,8 @@ def validate(
     options = {}
     if spec.output_formats:
         options["background"] = r.choice("background", spec.backgrounds, "auto", spec)
-        options["moderation"] = r.choice("moderation", spec.moderations, "auto", spec) if "moderation" in allowed else "auto"
+        options["moderation"] = (r.choice("moderation", spec.moderations, "auto", spec) if "moderation" in allowed
+                                 else "auto")
         options["output_format"] = r.choice("output_format", spec.output_formats, "png", spec)
         compression = r.int("output_compression")
         if compression is not None:

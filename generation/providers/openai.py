@@ -1,5 +1,6 @@
 """Provider `openai`: the OpenAI Images API (dall-e-2, dall-e-3, gpt-image-1), and any OpenAI-compatible image server
-at a configured base URL (self-hosted models), spoken through the shared transport (transport.py), so this adapter only maps OpenAI's wire format.
+at a configured base URL (self-hosted models), spoken through the shared transport (transport.py), so this adapter
+only maps OpenAI's wire format.
 
 Wire format (docs/providers/openai.md, which cites OpenAI's sources):
 - generate  → POST {base}/images/generations, JSON

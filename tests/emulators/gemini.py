@@ -227,7 +227,8 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
         parts = []
         if model in THINKING_MODELS:
             parts += [{"text": "**Composing the scene**\n\nPlacing the subject first.", "thought": True},
-                      {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(thought_image()).decode()}, "thought": True}]
+                      {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(thought_image()).decode()},
+                       "thought": True}]
         parts.append({"text": "Here is the image you asked for."})
         if fault_kind not in ("text_only", "no_image"):
             parts.append({"inlineData": {"mimeType": "image/png", "data": data}})

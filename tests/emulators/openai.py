@@ -436,7 +436,7 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
         else:
             limit, types = 50 * 1024 * 1024, ("png", "jpeg", "webp")
         first_size = None
-        for i, (filename, _ctype, data) in enumerate(images):
+        for i, (_filename, _ctype, data) in enumerate(images):
             if len(data) > limit:
                 raise OpenAIError(400, f"Invalid input image - image must be less than {limit // (1024 * 1024)} MB.",
                                   code="invalid_value", param="image")

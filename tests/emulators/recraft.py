@@ -11,7 +11,8 @@ What it mirrors:
 - validation (400): JSON body, `prompt` required and within the model's limit (V3 1,000, V4 10,000 characters),
   `model` one of Recraft's (vector models too), `size` from the model's table (or its "w:h" aspect), `n` 1-6,
   `style` only on V3 and only its families, `response_format` url | b64_json, unknown fields refused. Recraft
-  documents no JSON error schema; this emulator answers {"code": ..., "message": ...} (an assumption, see the docs page);
+  documents no JSON error schema; this emulator answers {"code": ..., "message": ...} (an assumption, see the docs
+  page);
 - a prompt containing "forbidden-upstream" → 400 {"code": "inappropriate_content", "message": "... inappropriate
   content ..."} (Recraft documents no refusal shape either: an assumption);
 - success: {"created", "credits" (API units: the model's price × n), "data": [{"image_id", "b64_json" | "url"}]};

@@ -206,7 +206,8 @@ def build_app(faults: Faults, requests: list, state: dict) -> Starlette:
                 reason = "missing authorization header"
             else:
                 reason = "Incorrect API key provided: " + (auth[7:11] + "****" if auth.startswith("Bearer ") else "?")
-            return (_v1_error(401, "unauthorized", reason) if v1 else _v2_error(401, "unauthorized", reason)), body, None
+            error = _v1_error(401, "unauthorized", reason) if v1 else _v2_error(401, "unauthorized", reason)
+            return error, body, None
         if rate_limited(auth):
             window = float(state.get("rate_window", DEFAULT_RATE_WINDOW))
             limit = state.get("rate_limit", DEFAULT_RATE_LIMIT)

@@ -49,7 +49,8 @@ Rules (all 400 invalid_request_error unless noted):
   * event summaries: customer, start_time, end_time required; both multiples of 60 ("... must be aligned with minute
     boundaries"), end > start; value_grouping_window=hour|day needs hour/day-aligned bounds; one summary for the range
     (even when 0), or one per hour/day bucket holding events, newest first, paginated (limit ≤ 100, default 10);
-    aggregated_value (float) = formula (sum|count|last) over accepted, not cancelled events with start ≤ timestamp < end.
+    aggregated_value (float) = formula (sum|count|last) over accepted, not cancelled events with
+    start ≤ timestamp < end.
   * checkout sessions: mode required; subscription mode needs line_items with recurring prices; a metered line item
     with quantity → "Quantity should not be specified where usage_type is `metered`. Remove quantity from
     `line_items[0]`." (param line_items[0][quantity]); a licensed one without quantity → "Quantity is required. ...";

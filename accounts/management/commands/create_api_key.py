@@ -25,5 +25,6 @@ class Command(BaseCommand):
                                                    scopes=[s for s in scopes.split(",") if s.strip()])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"Created key '{api_key.name}' ({api_key.prefix}…) for {organization.slug}; it is shown once:")
+        self.stdout.write(f"Created key '{api_key.name}' ({api_key.prefix}…) for {organization.slug}; "
+                          "it is shown once:")
         self.stdout.write(raw)
