@@ -55,7 +55,7 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
 MIDDLEWARE = [
     "config.http.middleware.RequestIdMiddleware",
-    "generation.api.ratelimit.RateLimitHeadersMiddleware",
+    "generation.pipeline.ratelimit.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -72,7 +72,7 @@ MIDDLEWARE = [
 # middleware, which the API does not use and which cost a thread hop each under ASGI.
 API_MIDDLEWARE = [
     "config.http.middleware.RequestIdMiddleware",
-    "generation.api.ratelimit.RateLimitHeadersMiddleware",
+    "generation.pipeline.ratelimit.RateLimitHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -231,7 +231,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["generation.api.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "generation.api.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["generation.api.ratelimit.RequestRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["generation.pipeline.ratelimit.RequestRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -267,7 +267,7 @@ SPEND_HOLD_TTL_SECONDS = env.int("SPEND_HOLD_TTL_SECONDS", default=120)
 DB_THREADS = env.int("DB_THREADS", default=16)
 # `last_used_at` on API keys is written at most this often per key.
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env.int("API_KEY_LAST_USED_RESOLUTION_SECONDS", default=60)
-# Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/api/ratelimit.py).
+# Requests per minute for API keys whose own rate_limit_rpm is 0 (generation/pipeline/ratelimit.py).
 RATE_LIMIT_DEFAULT_RPM = env.int("RATE_LIMIT_DEFAULT_RPM", default=300)
 
 # --- Upstream providers: each is on when its key is set (the built-in `local` always is) -----------------------------

@@ -34,7 +34,7 @@ class IdempotentResponse(models.Model):
     ledger row (generation/pipeline/commit.py): a retry after any crash finds the first result here, never charges
     twice.
     The unique (organization, key) pair is what makes a second charge for one key impossible in the database itself.
-    Kept 24 hours, like the Redis copy that serves replays in the common case (generation/api/idempotency.py)."""
+    Kept 24 hours, like the Redis copy that serves replays in the common case (generation/pipeline/idempotency.py)."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     key_hash = models.CharField(max_length=64)  # SHA-256 of the client's Idempotency-Key

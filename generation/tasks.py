@@ -10,6 +10,6 @@ def expire_images() -> int:
 
 @shared_task
 def expire_idempotent_responses() -> int:
-    from generation.api import idempotency
+    from generation.pipeline import idempotency
 
     return idempotency.delete_expired_durable()

@@ -1,4 +1,5 @@
-"""generation.api.idempotency against the real cache: Redis when REDIS_URL is set (as in production), and LocMemCache
+"""generation.pipeline.idempotency against the real cache: Redis when REDIS_URL is set (as in production), and
+LocMemCache
 (the embedded default). No database. Async code runs under asyncio.run in plain test functions."""
 import asyncio
 import json
@@ -17,8 +18,8 @@ from django.core.cache.backends.base import CacheKeyWarning
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 
-from generation.api import idempotency as idem
-from generation.api.idempotency import (
+from generation.pipeline import idempotency as idem
+from generation.pipeline.idempotency import (
     IdempotencyConflict,
     IdempotencyInProgress,
     StoredResponse,
@@ -291,7 +292,7 @@ _CHILD = r"""
 import asyncio, json, sys, django
 django.setup()
 from django_redis import get_redis_connection
-from generation.api.idempotency import StoredResponse, run_once
+from generation.pipeline.idempotency import StoredResponse, run_once
 
 scope, key, fp, counter_key = sys.argv[1:5]
 

@@ -16,9 +16,9 @@ from rest_framework.test import APIRequestFactory
 from accounts import services as account_services
 from accounts.authentication import KeyPrincipal
 from accounts.models import ApiKey, Organization
-from generation.api import ratelimit
 from generation.api.errors import RateLimited, api_exception_handler
-from generation.api.ratelimit import format_duration
+from generation.pipeline import ratelimit
+from generation.pipeline.ratelimit import format_duration
 
 S = 1_000_000  # µs per second
 T0 = 1_800_000_000 * S  # a fixed "now" for the deterministic tests
@@ -325,7 +325,7 @@ def test_throttle_is_configured_for_the_api():
 
     for view in (ImageGenerationsView, ModelListView):
         assert [type(t) for t in view().get_throttles()] == [ratelimit.RequestRateThrottle]
-    assert settings.MIDDLEWARE.index("generation.api.ratelimit.RateLimitHeadersMiddleware") == \
+    assert settings.MIDDLEWARE.index("generation.pipeline.ratelimit.RateLimitHeadersMiddleware") == \
         settings.MIDDLEWARE.index("config.http.middleware.RequestIdMiddleware") + 1
 
 

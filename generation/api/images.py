@@ -10,11 +10,10 @@ from accounts import keys
 from accounts.selectors import key_allows_model
 from config import db
 from generation import catalog
-from generation.api import idempotency, ratelimit
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
 from generation.api.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
 from generation.api.parsers import StrictJSONParser, parse_json
-from generation.pipeline import input_images, service
+from generation.pipeline import idempotency, input_images, ratelimit, service
 
 
 class ImageEndpoint(V1APIView):

@@ -22,7 +22,6 @@ from billing import spend
 from billing.models import LedgerEntry
 from config import db, faults
 from generation import catalog
-from generation.api import idempotency
 from generation.api.errors import (
     APIError,
     ContentPolicyViolation,
@@ -33,7 +32,7 @@ from generation.api.errors import (
     UpstreamError,
 )
 from generation.models import ProviderAttempt
-from generation.pipeline import commit, moderation, router, storage
+from generation.pipeline import commit, idempotency, moderation, router, storage
 from generation.pipeline.health import HealthBook
 from generation.pipeline.validation import ImageCall, validate
 from generation.providers import base as pb
@@ -147,7 +146,7 @@ async def run(
     idempotency_key: tuple[str, str] | None = None,
 ) -> Outcome:
     """Serve one image request; `idempotency_key` is (the client's Idempotency-Key, the request's fingerprint) when it
-    sent one: the charged answer is then committed with the charge (generation/api/idempotency.py)."""
+    sent one: the charged answer is then committed with the charge (generation/pipeline/idempotency.py)."""
     started = time.monotonic()
 
     def elapsed_ms() -> int:
