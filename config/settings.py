@@ -230,7 +230,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["generation.api.parsers.StrictJSONParser"],
-    "EXCEPTION_HANDLER": "generation.api.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "generation.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["generation.pipeline.ratelimit.RequestRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -22,5 +22,5 @@ urlpatterns = [
     path("docs/api/", reference.api_reference, name="api-reference"),
 ]
 
-handler404 = "generation.api.errors.handler404"
-handler500 = "generation.api.errors.handler500"
+handler404 = "generation.errors.handler404"
+handler500 = "generation.errors.handler500"

@@ -16,7 +16,7 @@ from rest_framework.test import APIRequestFactory
 from accounts import services as account_services
 from accounts.authentication import KeyPrincipal
 from accounts.models import ApiKey, Organization
-from generation.api.errors import RateLimited, api_exception_handler
+from generation.errors import RateLimited, api_exception_handler
 from generation.pipeline import ratelimit
 from generation.pipeline.ratelimit import format_duration
 

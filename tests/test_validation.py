@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from generation import catalog
-from generation.api.errors import InvalidRequest, ModelNotFound
+from generation.errors import InvalidRequest, ModelNotFound
 from generation.pipeline import input_images as _images
 from generation.pipeline.validation import validate
 from tests.images_util import jpeg, png

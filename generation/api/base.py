@@ -8,7 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.authentication import ApiKeyAuthentication, KeyPrincipal
 from config import db
-from generation.api.errors import APIError, handler404
+from generation.errors import APIError, handler404
 
 
 def base_url(request) -> str:

@@ -1,7 +1,7 @@
 """GET /images/{token}.{ext}: a generated image behind its signed, expiring URL (generation/pipeline/storage.py)."""
 from django.http import HttpResponse, JsonResponse
 
-from generation.api.errors import envelope
+from generation.errors import envelope
 from generation.pipeline import storage
 
 

@@ -11,8 +11,8 @@ from accounts.selectors import key_allows_model
 from config import db
 from generation import catalog
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
-from generation.api.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
 from generation.api.parsers import StrictJSONParser, parse_json
+from generation.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
 from generation.pipeline import idempotency, input_images, ratelimit, service
 
 

@@ -3,7 +3,7 @@ from rest_framework.response import Response
 
 from generation import catalog
 from generation.api.base import V1APIView
-from generation.api.errors import ModelNotFound
+from generation.errors import ModelNotFound
 from generation.pipeline import service
 from generation.providers import registry
 

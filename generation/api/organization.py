@@ -26,7 +26,7 @@ from billing.models import LedgerEntry
 from billing.usage import audit as q
 from generation.api import openapi
 from generation.api.base import V1APIView, require_scope
-from generation.api.errors import InvalidRequest
+from generation.errors import InvalidRequest
 
 
 class ReadsUsage(BasePermission):

@@ -13,7 +13,7 @@ from accounts import roles
 from accounts.views import membership_or_404
 from config.http.middleware import new_request_id
 from generation import catalog
-from generation.api.errors import APIError
+from generation.errors import APIError
 from generation.pipeline import ratelimit
 from generation.pipeline import service as services
 from generation.providers import registry

@@ -25,8 +25,8 @@ from contextlib import asynccontextmanager
 
 from PIL import Image, UnidentifiedImageError
 
-from generation.api.errors import InvalidRequest
 from generation.catalog import PNG, InputImageRules, ModelSpec
+from generation.errors import InvalidRequest
 from generation.providers.base import InputImage, sniff_image_type
 
 MAX_PIXELS = 50_000_000  # any model: Pillow's decompression-bomb guard stays below this too

@@ -51,7 +51,7 @@ from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 from rest_framework.throttling import BaseThrottle
 
-from generation.api.errors import RateLimited
+from generation.errors import RateLimited
 
 log = logging.getLogger(__name__)
 

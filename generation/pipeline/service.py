@@ -22,7 +22,7 @@ from billing import spend
 from billing.models import LedgerEntry
 from config import db, faults
 from generation import catalog
-from generation.api.errors import (
+from generation.errors import (
     APIError,
     ContentPolicyViolation,
     InsufficientQuota,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from accounts.selectors import key_allows_model
 from generation import catalog
-from generation.api.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from generation.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from generation.pipeline import input_images as images
 from generation.providers.base import ImageRequest, InputImage
 
