@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/imagegate
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run serve test services migrate worker beat bench bench-gateway bench-faults clean
+.PHONY: install run serve test lint services migrate worker beat bench bench-gateway bench-faults clean
 
 install: $(STAMP)
 
@@ -47,8 +47,14 @@ services:
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: install services browser
+test: install lint services browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The house rules that run: ruff (pyproject.toml [tool.ruff]) and the import contracts (pyproject.toml
+# [tool.importlinter]; docs/architecture.md says why each exists). `make test` runs this first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 worker: install
 	$(BIN)/celery -A config worker --loglevel=INFO

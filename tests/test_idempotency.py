@@ -1,6 +1,5 @@
 """generation.pipeline.idempotency against the real cache: Redis when REDIS_URL is set (as in production), and
-LocMemCache
-(the embedded default). No database. Async code runs under asyncio.run in plain test functions."""
+LocMemCache (the embedded default). No database. Async code runs under asyncio.run in plain test functions."""
 import asyncio
 import json
 import os
