@@ -1,9 +1,16 @@
-"""The API's errors, in OpenAI's envelope: {"error": {"message", "type", "param", "code"}}, all four keys always.
+"""The API's errors: the registry of every error code, the exceptions that raise them, and OpenAI's envelope
+{"error": {"message", "type", "param", "code"}} (all four keys always).
+
+The registry (CODES) is the one list of what the API can answer: APIError refuses a code it lacks, the OpenAPI
+description's `x-error-codes` and the reference page's table are generated from it (generation/api/openapi.py,
+/docs/api/), and tests/test_architecture.py fails when any module raises a code that is not here. To add a code:
+add an ErrorCode row below, raise it (`APIError(message, code="...")` takes its status and type from the row).
 
 Every failure on /v1 (our own, DRF's, Django's 404/500, anything unhandled) leaves through here, so a client never
-sees HTML or a stack trace.
+sees HTML or a stack trace. The API, the request pipeline and the playground all raise these.
 """
 import logging
+from dataclasses import dataclass
 
 from django.core.exceptions import (
     DisallowedHost,
@@ -20,7 +27,99 @@ from rest_framework.response import Response
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ErrorCode:
+    """One answer the API can give: HTTP status, OpenAI's `error.type`, `error.code` (None: OpenAI sends null), and
+    when it happens (the docs' wording)."""
+
+    status: int
+    type: str
+    code: str | None
+    when: str
+
+
+_REQ, _SERVER, _RATE, _QUOTA = "invalid_request_error", "server_error", "requests", "insufficient_quota"
+
+REGISTRY: tuple[ErrorCode, ...] = (
+    ErrorCode(400, _REQ, "invalid_json", "The body is not a JSON object (or not valid JSON)."),
+    ErrorCode(400, _REQ, "invalid_request_body",
+              "The body could not be read: a malformed multipart form, too many fields or files."),
+    ErrorCode(400, _REQ, "missing_required_parameter", "A required field (prompt, image) is missing."),
+    ErrorCode(400, _REQ, "unknown_parameter", "A field the endpoint (or the model) does not take."),
+    ErrorCode(400, _REQ, "invalid_type", "A field has the wrong type (e.g. a string for n)."),
+    ErrorCode(400, _REQ, "invalid_size", "The model does not offer this size; the message lists those it does."),
+    ErrorCode(400, _REQ, "invalid_parameter",
+              "Any other value the model does not accept; the message names the allowed values."),
+    ErrorCode(400, _REQ, "string_above_max_length", "prompt or user is longer than allowed."),
+    ErrorCode(400, _REQ, "invalid_image_format", "An uploaded image is not PNG/JPEG/WebP, or not a type the model "
+                                                 "accepts (checked by content, not by name)."),
+    ErrorCode(400, _REQ, "invalid_image", "An uploaded image could not be decoded."),
+    ErrorCode(400, _REQ, "invalid_image_dimensions",
+              "The model needs a square image, or the mask is not the image's size."),
+    ErrorCode(400, _REQ, "image_too_large", "An input image is over the model's byte or pixel limit."),
+    ErrorCode(400, _REQ, "invalid_mask", "The mask has no alpha channel."),
+    ErrorCode(400, _REQ, "invalid_image_url", "The `image` URL could not be fetched as an image."),
+    ErrorCode(400, _REQ, "content_policy_violation",
+              "The prompt was refused by the safety system; nothing is charged."),
+    ErrorCode(400, _REQ, "invalid_idempotency_key",
+              "The Idempotency-Key header is empty, over 255 characters or not printable ASCII."),
+    ErrorCode(400, _REQ, "invalid_host", "The Host header names a host this server does not answer for."),
+    ErrorCode(401, _REQ, None, "No API key: send `Authorization: Bearer <key>`."),
+    ErrorCode(401, _REQ, "invalid_api_key", "The API key is unknown, revoked or expired."),
+    ErrorCode(401, _REQ, "missing_scope",
+              "The key is restricted and lacks the permission this endpoint needs; the message names it."),
+    ErrorCode(403, _REQ, "permission_denied", "The key may not perform this request."),
+    ErrorCode(403, _REQ, "model_not_allowed", "The key's allowed models do not include this model."),
+    ErrorCode(404, _REQ, "model_not_found", "The model does not exist or is not enabled here."),
+    ErrorCode(404, _REQ, "not_found", "No such object (an image, a record)."),
+    ErrorCode(404, _REQ, "unknown_url", "No such URL under /v1."),
+    ErrorCode(405, _REQ, "method_not_allowed", "The URL exists but not with this HTTP method."),
+    ErrorCode(409, _REQ, "idempotency_key_reused", "The Idempotency-Key was already used with a different request."),
+    ErrorCode(409, _REQ, "idempotency_request_in_progress",
+              "A request with this Idempotency-Key is still running; retry later to get its response."),
+    ErrorCode(410, _REQ, "url_expired", "The image URL has expired (image URLs are valid for 60 minutes)."),
+    ErrorCode(413, _REQ, "request_too_large", "The request body is over the size limit."),
+    ErrorCode(415, _REQ, "unsupported_media_type",
+              "Wrong Content-Type: JSON for generations, multipart/form-data for edits and variations."),
+    ErrorCode(429, _RATE, "rate_limit_exceeded",
+              "Over the key's or the organization's requests per minute (or the upstream is limiting); honour "
+              "retry-after."),
+    ErrorCode(429, _QUOTA, "insufficient_quota",
+              "A monthly spend limit is reached or the organization's billing refuses more use; retrying will not "
+              "help (x-should-retry: false)."),
+    ErrorCode(500, _SERVER, None, "Our error; retry, and quote the x-request-id if it persists."),
+    ErrorCode(502, _SERVER, "upstream_error", "The upstream provider failed; nothing was charged. Retry."),
+    ErrorCode(503, _SERVER, "provider_unavailable",
+              "Every upstream that serves the model is unavailable right now (circuit open); retry after retry-after."),
+    ErrorCode(503, _SERVER, "model_unavailable", "The model cannot be served at this size and quality right now."),
+    ErrorCode(503, _SERVER, "idempotency_unavailable", "Idempotent requests are briefly unavailable; retry."),
+    ErrorCode(504, _SERVER, "upstream_timeout",
+              "The upstream provider did not answer in time; nothing was charged."),
+)
+
+CODES: dict[str, ErrorCode] = {row.code: row for row in REGISTRY if row.code is not None}
+
+# tests/conftest.py turns this on: an unregistered code then raises instead of being logged.
+STRICT = False
+
+
+class UnregisteredErrorCode(LookupError):
+    """An error code the registry lacks (a programming error: add an ErrorCode row)."""
+
+
+def registered(code: str | None) -> str | None:
+    """`code`, checked against the registry. Unknown: UnregisteredErrorCode when STRICT (tests), else logged."""
+    if code is not None and code not in CODES:
+        if STRICT:
+            raise UnregisteredErrorCode(f"error code {code!r} is not in generation/errors.py REGISTRY")
+        log.error("Unregistered API error code %r (add it to generation/errors.py REGISTRY)", code)
+    return code
+
+
 class APIError(Exception):
+    """An answer in OpenAI's envelope. `code` must be in the registry; its row gives the status and type unless the
+    subclass or the caller says otherwise."""
+
     status = 400
     type = "invalid_request_error"
     code: str | None = None
@@ -32,6 +131,9 @@ class APIError(Exception):
         self.param = param
         if code is not None:
             self.code = code
+            row = CODES.get(registered(code))
+            if row is not None and status is None and type(self) is APIError:
+                self.status, self.type = row.status, row.type
         if status is not None:
             self.status = status
         self.headers = headers or {}
@@ -98,7 +200,8 @@ class UpstreamError(APIError):
 
 
 def envelope(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    """OpenAI's error body; `code` is checked against the registry."""
+    return {"error": {"message": message, "type": type, "param": param, "code": registered(code)}}
 
 
 def _from_drf(exc: drf.APIException) -> tuple[int, dict]:
@@ -134,8 +237,9 @@ def _from_drf(exc: drf.APIException) -> tuple[int, dict]:
         return 404, envelope(message, type="invalid_request_error", code="not_found")
     if isinstance(exc, drf.Throttled):
         return 429, envelope(message, type="requests", code="rate_limit_exceeded")
+    # DRF's own detail codes ("parse_error", "not_authenticated", ...) are not ours: only registered ones pass.
     return exc.status_code, envelope(message, type="invalid_request_error",
-                                     code=code if isinstance(code, str) else None)
+                                     code=code if isinstance(code, str) and code in CODES else None)
 
 
 def error_parts(exc: Exception, *, where: str = "", request_id: str = "?") -> tuple[int, dict, dict[str, str]]:

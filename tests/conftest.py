@@ -97,6 +97,16 @@ def openai_client(live_url, api_key):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _strict_error_codes():
+    """An error code missing from the registry (generation/errors.py) fails the test that raised it."""
+    from generation import errors
+
+    errors.STRICT = True
+    yield
+    errors.STRICT = False
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _fresh_cache():
     """The suite's Redis database starts empty (rate-limit counters from an earlier run must not leak in)."""
     from django.core.cache import cache

@@ -84,7 +84,9 @@ def test_every_path_refuses_a_body_over_its_limit_before_reading_it(live_url, pa
         assert chunked.status_code == 413, path
     except httpx.WriteError:  # the server answered 413 and closed while the client was still sending
         pass
-    assert body.sent <= limit + 4 * 1024 * 1024, (path, body.sent)  # stopped at the limit, not after 300 MB
+    # Stopped at the limit, not after 300 MB. The slack is what the loopback socket buffers (the client's send and
+    # the server's receive buffer, up to ~6 MB each under Linux autotuning) hold before the server's close is seen.
+    assert body.sent <= limit + 16 * 1024 * 1024, (path, body.sent)
     if path.startswith("/v1/"):
         assert '"code": "request_too_large"' in body_text
 

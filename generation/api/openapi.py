@@ -21,7 +21,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
-from generation import catalog
+from generation import catalog, errors
 from generation.api import images, model_list
 from generation.pipeline import validation
 from generation.providers import registry
@@ -31,50 +31,6 @@ EXAMPLE_BASE_URL = "http://127.0.0.1:8000"  # the reference page swaps in the se
 
 MODES = validation.MODE  # endpoint -> capability ("generations" -> "generate", ...)
 
-# Every error the API answers with: (HTTP status, error.type, error.code, when). The Error schema carries it as
-# `x-error-codes`, and the reference page renders it from there.
-ERROR_CODES = [
-    (400, "invalid_request_error", "invalid_json", "The body is not a JSON object (or not valid JSON)."),
-    (400, "invalid_request_error", "missing_required_parameter", "A required field (prompt, image) is missing."),
-    (400, "invalid_request_error", "unknown_parameter", "A field the endpoint (or the model) does not take."),
-    (400, "invalid_request_error", "invalid_type", "A field has the wrong type (e.g. a string for n)."),
-    (400, "invalid_request_error", "invalid_size",
-     "The model does not offer this size; the message lists those it does."),
-    (400, "invalid_request_error", "invalid_parameter",
-     "Any other value the model does not accept; the message names the allowed values."),
-    (400, "invalid_request_error", "string_above_max_length", "prompt or user is longer than allowed."),
-    (400, "invalid_request_error", "invalid_image_format", "An uploaded image is not PNG/JPEG/WebP, or not a type the "
-                                                           "model accepts (checked by content, not by name)."),
-    (400, "invalid_request_error", "invalid_image", "An uploaded image could not be decoded."),
-    (400, "invalid_request_error", "invalid_image_dimensions",
-     "The model needs a square image, or the mask is not the image's size."),
-    (400, "invalid_request_error", "image_too_large", "An input image is over the model's byte or pixel limit."),
-    (400, "invalid_request_error", "invalid_mask", "The mask has no alpha channel."),
-    (400, "invalid_request_error", "invalid_image_url", "The `image` URL could not be fetched as an image."),
-    (400, "invalid_request_error", "content_policy_violation", "The prompt was refused by the safety system."),
-    (400, "invalid_request_error", "invalid_idempotency_key",
-     "The Idempotency-Key header is empty, over 255 characters or not printable ASCII."),
-    (401, "invalid_request_error", None, "No API key: send `Authorization: Bearer <key>`."),
-    (401, "invalid_request_error", "invalid_api_key", "The API key is unknown or revoked."),
-    (403, "invalid_request_error", "permission_denied", "The key may not perform this request."),
-    (404, "invalid_request_error", "model_not_found", "The model does not exist or is not enabled here."),
-    (404, "invalid_request_error", "unknown_url", "No such URL under /v1."),
-    (405, "invalid_request_error", "method_not_allowed", "The URL exists but not with this HTTP method."),
-    (409, "invalid_request_error", "idempotency_key_reused",
-     "The Idempotency-Key was already used with a different request."),
-    (409, "invalid_request_error", "idempotency_request_in_progress",
-     "A request with this Idempotency-Key is still running; retry later to get its response."),
-    (413, "invalid_request_error", "request_too_large", "The request body is over the size limit."),
-    (415, "invalid_request_error", "unsupported_media_type",
-     "Wrong Content-Type: JSON for generations, multipart/form-data for edits and variations."),
-    (429, "requests", "rate_limit_exceeded",
-     "Over the key's or the organization's requests per minute (or the upstream is limiting); honour retry-after."),
-    (500, "server_error", None, "Our error; retry, and quote the x-request-id if it persists."),
-    (502, "server_error", "upstream_error", "The upstream provider failed; nothing was charged. Retry."),
-    (503, "server_error", "model_unavailable", "The model cannot be served at this size and quality right now."),
-    (503, "server_error", "idempotency_unavailable", "Idempotent requests are briefly unavailable; retry."),
-    (504, "server_error", "upstream_timeout", "The upstream provider did not answer in time; nothing was charged."),
-]
 
 
 # --- Catalog-derived values ---------------------------------------------------------------------------------------
@@ -700,9 +656,9 @@ def postprocess(result, generator, request, public):
     if "ImageEditRequest" in schemas:
         schemas["ImageEditRequest"]["anyOf"] = [{"required": ["image"]}, {"required": ["image[]"]}]
     if "Error" in schemas:
-        schemas["Error"]["x-error-codes"] = [
-            {"status": status, "type": type_, "code": code, "description": text}
-            for status, type_, code, text in ERROR_CODES
+        schemas["Error"]["x-error-codes"] = [  # generated from the one registry (generation/errors.py)
+            {"status": row.status, "type": row.type, "code": row.code, "description": row.when}
+            for row in errors.REGISTRY
         ]
     return result
 
