@@ -104,11 +104,6 @@ class Membership(models.Model):
     def __str__(self):
         return f"{self.user} in {self.organization} ({self.role})"
 
-    @property
-    def can_manage(self) -> bool:
-        """Owners and admins manage keys, members and billing; members see usage."""
-        return self.role in (self.Role.OWNER, self.Role.ADMIN)
-
     def has_perm(self, permission: str) -> bool:
         """Whether this member's role grants `permission` (accounts/roles.py: what each role may do)."""
         from .roles import ROLE_PERMISSIONS

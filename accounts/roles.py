@@ -30,3 +30,11 @@ def table() -> list[dict]:
     """Rows for the team page: [{"permission", "label", "owner": bool, "admin": bool, "member": bool}]."""
     return [{"permission": p, "label": label, **{role: p in perms for role, perms in ROLE_PERMISSIONS.items()}}
             for p, label in PERMISSIONS.items()]
+
+
+def refusal(role: str, permission: str) -> str:
+    """Why a member with `role` may not do what `permission` allows, for the 403 page."""
+    allowed = [r for r, perms in ROLE_PERMISSIONS.items() if permission in perms]
+    what = PERMISSIONS.get(permission, permission)
+    return (f"Your role ({role}) does not allow this: {what[0].lower() + what[1:]}. "
+            f"Ask an {' or '.join(allowed)} of your organization.")

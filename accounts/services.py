@@ -12,7 +12,7 @@ from django.utils.text import slugify
 
 from config import process_cache
 
-from . import identity, keys
+from . import identity, keys, roles
 from .models import ApiKey, Invitation, Membership, Organization, User
 
 # Sent after a key is rotated, with `old_key` and `new_key`: apps that keep per-key state accounts cannot see (billing's
@@ -217,7 +217,7 @@ def _lock_owners(organization: Organization) -> list[Membership]:
 
 
 def _require_manager(actor: Membership, organization: Organization) -> None:
-    if actor.organization_id != organization.pk or not actor.can_manage:
+    if actor.organization_id != organization.pk or not actor.has_perm(roles.MANAGE_TEAM):
         raise NotAllowed("Only owners and admins can change the team.")
 
 

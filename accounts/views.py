@@ -2,81 +2,58 @@
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponseForbidden
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from . import identity, roles, selectors, services
+from .access import organization_page, require, scoped_or_404
 from .forms import ApiKeyCreateForm, ApiKeyRotateForm, InviteForm, RoleForm
 from .models import ApiKey, Invitation, Membership, User
 
 
-def membership_or_404(request):
-    membership = selectors.current_membership(request.user, request.session.get("organization_id"))
-    if membership is None:
-        raise Http404("You are not a member of any organization.")
-    request._membership_cache = membership
-    return membership
-
-
-def _scoped_or_404(model, organization, pk):
-    try:
-        return model.objects.for_organization(organization).get(pk=pk)
-    except model.DoesNotExist as exc:
-        raise Http404(f"No such {model._meta.verbose_name}.") from exc
-
-
-def _render_keys(request, membership, *, form=None, new_key=None, status=200):
+def _render_keys(request, *, form=None, new_key=None, status=200):
     return render(request, "dashboard/api_keys.html", {
         "form": form or ApiKeyCreateForm(),
         "rotate_form": ApiKeyRotateForm(),
         "new_key": new_key,
-        "keys": selectors.api_keys_for_organization(membership.organization),
+        "keys": selectors.api_keys_for_organization(request.organization),
         "api_base": request.build_absolute_uri("/v1"),
     }, status=status)
 
 
-@login_required
+@organization_page(roles.VIEW_USAGE, post=roles.MANAGE_KEYS)
 def api_keys(request):
-    membership = membership_or_404(request)
     if request.method != "POST":
-        return _render_keys(request, membership)
-    if not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can create API keys.")
+        return _render_keys(request)
     form = ApiKeyCreateForm(request.POST)
     if not form.is_valid():
-        return _render_keys(request, membership, form=form)
+        return _render_keys(request, form=form)
     api_key, new_key = services.create_api_key(
-        organization=membership.organization, name=form.cleaned_data["name"], created_by=request.user,
+        organization=request.organization, name=form.cleaned_data["name"], created_by=request.user,
         rate_limit_rpm=form.cleaned_data.get("rate_limit_rpm") or 0,
         expires_at=form.cleaned_data.get("expires_on"), allowed_models=form.cleaned_data.get("allowed_models"),
         scopes=form.cleaned_data.get("scopes"),
     )
     messages.success(request, f"Key “{api_key.name}” created. Copy it now: it will not be shown again.")
-    return _render_keys(request, membership, new_key=new_key)
+    return _render_keys(request, new_key=new_key)
 
 
-@login_required
 @require_POST
+@organization_page(roles.MANAGE_KEYS)
 def revoke_api_key(request, key_id: int):
-    membership = membership_or_404(request)
-    if not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can revoke API keys.")
-    api_key = _scoped_or_404(ApiKey, membership.organization, key_id)
+    api_key = scoped_or_404(ApiKey, request, key_id)
     services.revoke_api_key(api_key=api_key)
     messages.success(request, f"Key “{api_key.name}” ({api_key.prefix}…) revoked. Requests using it now get 401.")
     return redirect("api-keys")
 
 
-@login_required
 @require_POST
+@organization_page(roles.MANAGE_KEYS)
 def rotate_api_key(request, key_id: int):
-    membership = membership_or_404(request)
-    if not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can rotate API keys.")
-    api_key = _scoped_or_404(ApiKey, membership.organization, key_id)
+    api_key = scoped_or_404(ApiKey, request, key_id)
     form = ApiKeyRotateForm(request.POST)
     revoke_old = form.is_valid() and form.cleaned_data["revoke_old"]
     try:
@@ -90,16 +67,17 @@ def rotate_api_key(request, key_id: int):
         old_note = f"The old key keeps working until {api_key.expires_at:%Y-%m-%d %H:%M} UTC."
     messages.success(request, f"Key “{new_row.name}” created to replace {api_key.prefix}…. {old_note} "
                               "Copy the new key now: it will not be shown again.")
-    return _render_keys(request, membership, new_key=new_key)
+    return _render_keys(request, new_key=new_key)
 
 
 # --- Team -------------------------------------------------------------------------------------------------------
 
-def _render_team(request, membership, *, invite_form=None, status=200):
-    organization = membership.organization
+def _render_team(request, *, invite_form=None, status=200):
+    organization = request.organization
     return render(request, "dashboard/team.html", {
         "members": selectors.team_members(organization),
-        "invitations": selectors.pending_invitations(organization) if membership.can_manage else [],
+        "invitations": (selectors.pending_invitations(organization)
+                        if request.membership.has_perm(roles.MANAGE_TEAM) else []),
         "invite_form": invite_form or InviteForm(),
         "roles": Membership.Role.choices,
         "owner_count": selectors.owner_count(organization),
@@ -107,51 +85,41 @@ def _render_team(request, membership, *, invite_form=None, status=200):
     }, status=status)
 
 
-def _forbidden(exc: Exception):
-    return HttpResponseForbidden(str(exc))
-
-
-@login_required
+@organization_page(roles.VIEW_USAGE, post=roles.MANAGE_TEAM)
 def team(request):
-    membership = membership_or_404(request)
     if request.method != "POST":
-        return _render_team(request, membership)
-    if not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can invite people.")
+        return _render_team(request)
     form = InviteForm(request.POST)
     if not form.is_valid():
-        return _render_team(request, membership, invite_form=form)
+        return _render_team(request, invite_form=form)
     try:
         invitation, token = services.invite_member(
-            organization=membership.organization, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
-            invited_by=membership,
+            organization=request.organization, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
+            invited_by=request.membership,
         )
     except services.NotAllowed as exc:
-        return _forbidden(exc)
+        raise PermissionDenied(str(exc)) from exc
     except (services.TeamError, ValueError) as exc:
         form.add_error(None, str(exc))
-        return _render_team(request, membership, invite_form=form)
+        return _render_team(request, invite_form=form)
     services.send_invitation_email(
         invitation=invitation, accept_url=request.build_absolute_uri(reverse("invite-accept", args=[token])))
     messages.success(request, f"Invitation sent to {invitation.email} ({invitation.get_role_display().lower()}).")
     return redirect("team")
 
 
-@login_required
 @require_POST
+@organization_page(roles.MANAGE_TEAM)
 def change_member_role(request, membership_id: int):
-    membership = membership_or_404(request)
-    if not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can change roles.")
-    target = _scoped_or_404(Membership, membership.organization, membership_id)
+    target = scoped_or_404(Membership, request, membership_id)
     form = RoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a role: owner, admin or member.")
         return redirect("team")
     try:
-        target = services.change_role(membership=target, role=form.cleaned_data["role"], actor=membership)
+        target = services.change_role(membership=target, role=form.cleaned_data["role"], actor=request.membership)
     except services.NotAllowed as exc:
-        return _forbidden(exc)
+        raise PermissionDenied(str(exc)) from exc
     except services.TeamError as exc:
         messages.error(request, str(exc))
         return redirect("team")
@@ -159,18 +127,18 @@ def change_member_role(request, membership_id: int):
     return redirect("team")
 
 
-@login_required
 @require_POST
+@organization_page(roles.VIEW_USAGE)
 def remove_member(request, membership_id: int):
-    membership = membership_or_404(request)
-    target = _scoped_or_404(Membership, membership.organization, membership_id)
+    membership = request.membership
+    target = scoped_or_404(Membership, request, membership_id)
     leaving = target.pk == membership.pk
-    if not leaving and not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can remove people.")
+    if not leaving:  # anyone may leave; removing someone else is managing the team
+        require(membership, roles.MANAGE_TEAM)
     try:
         services.remove_member(membership=target, actor=membership)
     except services.NotAllowed as exc:
-        return _forbidden(exc)
+        raise PermissionDenied(str(exc)) from exc
     except services.TeamError as exc:
         messages.error(request, str(exc))
         return redirect("team")
@@ -182,17 +150,14 @@ def remove_member(request, membership_id: int):
     return redirect("team")
 
 
-@login_required
 @require_POST
+@organization_page(roles.MANAGE_TEAM)
 def revoke_invitation(request, invitation_id: int):
-    membership = membership_or_404(request)
-    if not membership.can_manage:
-        return HttpResponseForbidden("Only owners and admins can withdraw invitations.")
-    invitation = _scoped_or_404(Invitation, membership.organization, invitation_id)
+    invitation = scoped_or_404(Invitation, request, invitation_id)
     try:
-        services.revoke_invitation(invitation=invitation, actor=membership)
+        services.revoke_invitation(invitation=invitation, actor=request.membership)
     except services.NotAllowed as exc:
-        return _forbidden(exc)
+        raise PermissionDenied(str(exc)) from exc
     messages.success(request, f"Invitation for {invitation.email} withdrawn.")
     return redirect("team")
 

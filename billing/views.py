@@ -1,13 +1,13 @@
 """Billing endpoints: the Stripe webhook, and the dashboard's Checkout / customer-portal buttons."""
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from accounts.selectors import current_membership
+from accounts import roles
+from accounts.access import organization_page
 from billing import policy
 from billing.stripe import gateway as stripe_gateway
 from billing.stripe import webhooks
@@ -26,49 +26,30 @@ def stripe_webhook(request):
     return HttpResponse("duplicate" if duplicate else "ok")
 
 
-def _manager_membership(request):
-    membership = current_membership(request.user, request.session.get("organization_id"))
-    if membership is None or not membership.can_manage:
-        return None
-    return membership
-
-
-@login_required
 @require_POST
+@organization_page(roles.MANAGE_BILLING)
 def checkout(request):
-    membership = _manager_membership(request)
-    if membership is None:
-        return HttpResponseForbidden("Only owners and admins manage billing.")
     if not policy.stripe_enabled():
         messages.error(request, "Billing is not configured on this server.")
         return redirect("billing")
     url = stripe_gateway.checkout_url(
-        membership.organization, success_url=request.build_absolute_uri(reverse("billing")) + "?checkout=success",
+        request.organization, success_url=request.build_absolute_uri(reverse("billing")) + "?checkout=success",
         cancel_url=request.build_absolute_uri(reverse("billing")) + "?checkout=cancelled",
     )
     return redirect(url)
 
 
-@login_required
 @require_POST
+@organization_page(roles.MANAGE_BILLING)
 def portal(request):
-    membership = _manager_membership(request)
-    if membership is None:
-        return HttpResponseForbidden("Only owners and admins manage billing.")
     if not policy.stripe_enabled():
         messages.error(request, "Billing is not configured on this server.")
         return redirect("billing")
-    return redirect(stripe_gateway.portal_url(membership.organization,
+    return redirect(stripe_gateway.portal_url(request.organization,
                                               return_url=request.build_absolute_uri(reverse("billing"))))
 
 
-def _membership(request):
-    from accounts.views import membership_or_404
-
-    return membership_or_404(request)
-
-
-@login_required
+@organization_page(roles.VIEW_USAGE)
 def overview(request):
     """The dashboard's home: month-to-date spend, images and requests; for a chosen date range (this month by
     default) the totals, spend and images per day, and breakdowns by model, provider and API key."""
@@ -82,7 +63,7 @@ def overview(request):
     from . import selectors
     from .forms import UsageRangeForm
 
-    organization = _membership(request).organization
+    organization = request.organization
     tz = timezone.get_current_timezone()
     today = timezone.localdate()
     default_from, default_to = today.replace(day=1), today
@@ -146,7 +127,7 @@ def _bar_chart(days: list[dict], field: str) -> dict:
     return {"bars": bars, "width": len(days) * width, "height": _CHART_HEIGHT, "peak": peak}
 
 
-@login_required
+@organization_page(roles.VIEW_USAGE, post=roles.MANAGE_BILLING)
 def billing_page(request):
     """Stripe status, this period's usage and estimated charge, spend limit, invoices, Checkout and portal."""
     from accounts.selectors import api_keys_for_organization
@@ -154,16 +135,13 @@ def billing_page(request):
     from . import selectors, services
     from .forms import KeySpendLimitForm, SpendLimitForm
 
-    membership = _membership(request)
-    organization = membership.organization
+    organization = request.organization
     account = selectors.billing_account(organization=organization)
     form = SpendLimitForm(initial={"monthly_limit_usd": (account.monthly_spend_limit_micros / 1e6)
                                    if account and account.monthly_spend_limit_micros is not None else None})
     keys = api_keys_for_organization(organization).filter(revoked_at__isnull=True)
     key_form = KeySpendLimitForm(keys=keys)
     if request.method == "POST":
-        if not membership.can_manage:
-            return HttpResponseForbidden("Only owners and admins manage billing.")
         if "api_key" in request.POST:
             key_form = KeySpendLimitForm(request.POST, keys=keys)
             if key_form.is_valid():

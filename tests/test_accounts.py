@@ -27,7 +27,7 @@ def test_create_organization_makes_the_user_its_owner(user):
     org = services.create_organization(name="Acme Rockets", owner=user)
     assert org.slug == "acme-rockets"
     membership = Membership.objects.for_organization(org).get()
-    assert membership.user == user and membership.role == "owner" and membership.can_manage
+    assert membership.user == user and membership.role == "owner" and membership.has_perm("manage_team")
     assert services.create_organization(name="Acme Rockets", owner=user).slug == "acme-rockets-2"
 
 

@@ -182,3 +182,30 @@ def test_provider_adapters_touch_no_database():
                 modules = [node.module]
             for module in modules:
                 assert not module.startswith(("django.db", "django.contrib", "psycopg")), f"{name} imports {module}"
+
+
+# --- Page tenancy ---------------------------------------------------------------------------------------------------
+
+
+def _dashboard_views():
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    def walk(patterns, prefix):
+        for entry in patterns:
+            if isinstance(entry, URLResolver):
+                yield from walk(entry.url_patterns, prefix + str(entry.pattern))
+            elif isinstance(entry, URLPattern):
+                yield prefix + str(entry.pattern), entry.callback
+
+    return [(route, view) for route, view in walk(get_resolver().url_patterns, "") if route.startswith("dashboard/")]
+
+
+def test_every_customer_page_goes_through_the_one_tenancy_door():
+    """Every /dashboard/ view is wrapped by accounts.access.organization_page (which resolves the organization and
+    checks a role permission); a page that resolves its organization some other way fails here."""
+    # Accepting an invitation is the one page for someone who is not yet a member (it checks the signed token).
+    outside = {"dashboard/invite/<str:token>/"}
+    views = _dashboard_views()
+    assert len(views) >= 10
+    doorless = [route for route, view in views if not getattr(view, "organization_permission", None)]
+    assert sorted(set(doorless) - outside) == []

@@ -4,13 +4,11 @@ It calls the same generation service as the API (validation, moderation, routing
 request is recorded in the ledger without an API key (the member's session made it)."""
 from asgiref.sync import async_to_sync
 from django import forms
-from django.contrib.auth.decorators import login_required
-from django.http import HttpResponseForbidden
 from django.shortcuts import render
 from redis.exceptions import RedisError
 
 from accounts import roles
-from accounts.views import membership_or_404
+from accounts.access import organization_page
 from config.http.middleware import new_request_id
 from generation import catalog
 from generation.errors import APIError
@@ -37,15 +35,12 @@ class PlaygroundForm(forms.Form):
         self.fields["model"].choices = [(m.id, m.id) for m in _models()]
 
 
-@login_required
+@organization_page(roles.VIEW_USAGE, post=roles.GENERATE_IMAGES)
 def playground(request):
-    membership = membership_or_404(request)
+    membership = request.membership
     may_generate = membership.has_perm(roles.GENERATE_IMAGES)
     form = PlaygroundForm(request.POST or None, initial={"model": catalog.DEFAULT_MODEL})
     result, error = None, None
-    if request.method == "POST" and not may_generate:
-        return HttpResponseForbidden("Your role may see usage but not generate images: the playground is charged to "
-                                     "the organization. Ask an owner or admin.")
     if request.method == "POST" and form.is_valid():
         try:
             decision = ratelimit.check_playground(request.user, membership.organization)

@@ -10,14 +10,14 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django import forms
-from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from accounts import roles
+from accounts.access import organization_page
 from accounts.selectors import api_keys_for_organization
-from accounts.views import membership_or_404
 from billing import selectors as billing_selectors
 from billing.exports import csv_lines
 from billing.forms import UsageDateField
@@ -98,9 +98,9 @@ def _query_without(request, *names) -> str:
     return params.urlencode()
 
 
-@login_required
+@organization_page(roles.VIEW_USAGE)
 def request_log(request):
-    organization = membership_or_404(request).organization
+    organization = request.organization
     form = _filter_form(request, organization)
     entries, next_cursor = [], None
     status = 200
@@ -125,9 +125,9 @@ def request_log(request):
     }, status=status)
 
 
-@login_required
+@organization_page(roles.VIEW_USAGE)
 def request_detail(request, request_id: str):
-    organization = membership_or_404(request).organization
+    organization = request.organization
     entry = billing_selectors.request_entry(organization=organization, request_id=request_id)
     if entry is None:
         raise Http404("No such request.")
@@ -166,9 +166,9 @@ async def _async_chunks(lines, lines_per_chunk: int = 500):
         yield chunk
 
 
-@login_required
+@organization_page(roles.VIEW_USAGE)
 def request_export(request):
-    organization = membership_or_404(request).organization
+    organization = request.organization
     form = _filter_form(request, organization)
     if not form.is_valid():
         return HttpResponseBadRequest("Invalid filters: " + "; ".join(
