@@ -172,7 +172,7 @@ def test_admin_totals_from_rollups_are_exact(traffic, client, monkeypatch, djang
     totals = response.context["ledger_totals"]
     expected = LedgerEntry.objects.for_organization(org).filter(status="succeeded", provider="local").aggregate(
         rows=Count("id"), images=Sum("n"), cost=Sum("cost_micros"))
-    assert (totals["rows"], totals["images"], totals["cost_micros"]) == (expected["rows"], expected["images"],
+    assert (totals["requests"], totals["images"], totals["cost_micros"]) == (expected["rows"], expected["images"],
                                                                          expected["cost"])
     assert response.context["cl"].result_count == expected["rows"]
 
