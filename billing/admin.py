@@ -328,12 +328,15 @@ class StripeEventAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     fields = ["event_id", "type", "received_at", "processed_at", "error", "pretty_payload"]
 
+    class Media:
+        css = {"all": ["css/admin.css"]}  # pre.payload (no inline styles under the Content-Security-Policy)
+
     def get_readonly_fields(self, request, obj=None):
         return self.fields
 
     @admin.display(description="payload")
     def pretty_payload(self, obj):
-        return format_html("<pre style='white-space: pre-wrap'>{}</pre>",
+        return format_html("<pre class='payload'>{}</pre>",
                            json.dumps(obj.payload, indent=2, sort_keys=True))
 
 

@@ -70,6 +70,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "The key is restricted and lacks the permission this endpoint needs; the message names it."),
     ErrorCode(403, _REQ, "permission_denied", "The key may not perform this request."),
     ErrorCode(403, _REQ, "model_not_allowed", "The key's allowed models do not include this model."),
+    ErrorCode(403, _REQ, "https_required",
+              "The request came over plain HTTP: the API answers HTTPS only, and refuses rather than redirects "
+              "(the key was already sent in clear text; rotate it if it may have been seen)."),
     ErrorCode(404, _REQ, "model_not_found", "The model does not exist or is not enabled here."),
     ErrorCode(404, _REQ, "not_found", "No such object (an image, a record)."),
     ErrorCode(404, _REQ, "unknown_url", "No such URL under /v1."),
