@@ -194,11 +194,16 @@ def test_a_local_edit_streams_one_image_edit_completed_event(configured, openai_
     ({"model": "dall-e-3", "response_format": "url"}, 400, "invalid_parameter"),
     ({"model": "dall-e-9"}, 404, "model_not_found"),
     ({"model": "gpt-image-1", "prompt": "forbidden-upstream thing"}, 400, "content_policy_violation"),
+    ({"model": "gpt-image-1", "prompt": "forbidden-upstream thing", "partial_images": 2}, 400,
+     "content_policy_violation"),  # the upstream refuses before its stream begins
+    ({"model": "gpt-image-1", "stream": "yes"}, 400, "invalid_type"),
 ])
 def test_errors_before_the_first_event_keep_the_json_envelope_and_status(configured, live_url, api_key, body,
                                                                          status, code):
     _, raw = api_key
     payload = {"prompt": "x", "stream": True, **body}
+    if payload["stream"] == "yes":  # not a stream: refused by validation, as JSON
+        assert status == 400
     response = httpx.post(f"{live_url}/v1/images/generations", json=payload, timeout=30,
                           headers={"Authorization": f"Bearer {raw}"})
     assert response.status_code == status
