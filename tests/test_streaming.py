@@ -5,6 +5,7 @@ once."""
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
 
@@ -257,7 +258,7 @@ def test_an_idempotency_key_replay_of_a_stream_replays_its_completed_event(confi
 def test_a_client_that_disconnects_after_the_first_partial_is_charged_once_and_its_retry_is_not_charged(
         transactional_db, prices, api_key, upstream):
     upstream.reset()
-    upstream.state["partial_delay"] = 0.4  # the rest of the stream comes well after the client has gone
+    gate = upstream.state["gate"] = threading.Event()  # the upstream holds its stream after the first partial
     _, raw = api_key
     key = f"disconnect-{uuid.uuid4()}"
     headers = {"Authorization": f"Bearer {raw}", "Idempotency-Key": key}
@@ -272,7 +273,10 @@ def test_a_client_that_disconnects_after_the_first_partial_is_charged_once_and_i
                     if line.startswith("data:"):
                         assert json.loads(line[5:])["type"] == "image_generation.partial_image"
                         break
-        # The connection is closed: the client saw one partial image. The generation goes on and is charged once.
+        # The connection is closed: the client saw one partial image, and nothing is charged yet (the upstream is
+        # still holding the rest). Then the upstream finishes: the generation goes on and is charged once.
+        assert not LedgerEntry.objects.for_organization(api_key[0].organization).exists()
+        gate.set()
         deadline = time.monotonic() + 20
         while not LedgerEntry.objects.for_organization(api_key[0].organization).exists():
             assert time.monotonic() < deadline, "the generation was not recorded after the client left"
@@ -280,7 +284,6 @@ def test_a_client_that_disconnects_after_the_first_partial_is_charged_once_and_i
         (row,) = _rows(api_key)
         price = current_price(model="gpt-image-1", size="1024x1024", quality="low").unit_price_micros
         assert row.status == "succeeded" and row.cost_micros == price
-        upstream.state["partial_delay"] = 0
         sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=raw, max_retries=0, timeout=30)
         deadline = time.monotonic() + 20
         while True:  # 409 while the first attempt still stores its answer (the SDK would retry it by itself)

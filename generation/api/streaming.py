@@ -32,6 +32,9 @@ its completed events again, without partial images and without a charge. A clien
 the request: its task runs to the end (the pipeline is shielded as well), the image that was made is charged once
 and its answer stored, and a retry with the same key replays it.
 
+Headers are the JSON answer's (x-provider, idempotent-replayed) when the request ended before the stream began; a
+stream that began with a partial image sends its headers before the provider is final, so without x-provider.
+
 Partial images reach the client only after the first one decided to stream: an upstream that streams is never
 served with decoded input pixels kept for the request (input_images.keep_policy keeps them for the built-in renderer
 alone, which does not stream), so the request's KeptPixels may end when the response starts.

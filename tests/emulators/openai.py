@@ -20,7 +20,7 @@ sends them (docs/providers/openai.md), `event: <type>` then `data: <JSON>`: for 
 `image_generation.partial_image` events (`image_edit.partial_image` on edits) with b64_json, created_at, size,
 quality, background, output_format, partial_image_index; then one `*.completed` event per image with b64_json,
 created_at, size, quality, background, output_format and usage. `emu.state["partial_delay"]` (seconds) is waited
-before every event.
+before every event; `emu.state["gate"]` (a threading.Event) holds a stream after its first event until it is set.
 
 Faults (`emu.faults.set(name, Fault(...))`, name = "generate" | "edit" | "variation" | "download" | "*"):
 - status=...: answer with that status; body defaults to OpenAI's own body for it (429 rate_limit_exceeded with
@@ -589,6 +589,8 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
                 if sent == 1 and (last := await after_first()) is not None:
                     yield last
                     return
+                while sent == 1 and state.get("gate") is not None and not state["gate"].is_set():
+                    await asyncio.sleep(0.02)
         for item in body["data"]:
             if pause:
                 await asyncio.sleep(pause)
