@@ -355,3 +355,46 @@ def test_the_adapter_maps_a_stream_that_fails_after_its_first_event(upstream, ki
         _adapter_run(upstream, _gpt(), got.append)
     assert len(got) == 1
     upstream.reset()
+
+
+def test_the_transport_reads_server_sent_events_of_any_length_as_they_come():
+    from starlette.applications import Starlette
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    from generation.providers.transport import Transport
+    from tests.emulators.base import serve
+
+    big = "A" * 3_000_000  # a 1024x1024 PNG in base64 is a data line of this order, far above aiohttp's line limit
+
+    async def events(request):
+        async def body():
+            yield b": a comment\r\nevent: first\r\ndata: {\"n\": 1}\r\n\r\n"
+            yield ("data: " + big[:1_000_000]).encode()  # one event split across writes
+            yield (big[1_000_000:] + "\ndata: second line\n\n").encode()
+            yield b"event: dropped\ndata: no blank line after it"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def as_json(request):
+        return Response(b'{"ok": true}', media_type="application/json")
+
+    app = Starlette(routes=[Route("/sse", events, methods=["POST"]), Route("/json", as_json, methods=["POST"])])
+    got = []
+
+    async def go(path, **kwargs):
+        transport = Transport(provider="test", timeout=10)
+        try:
+            return await transport.request("POST", emu.url + path, json={}, on_event=lambda *e: got.append(e),
+                                           **kwargs)
+        finally:
+            await transport.aclose()
+
+    with serve(app) as emu:
+        reply = asyncio.run(go("/sse"))
+        assert reply.status == 200 and reply.body == b""
+        assert got == [("first", '{"n": 1}'), ("message", big + "\nsecond line")]
+        got.clear()
+        assert asyncio.run(go("/json")).json() == {"ok": True} and got == []  # not a stream: read whole
+        with pytest.raises(pb.UpstreamUnavailable, match="larger than"):
+            asyncio.run(go("/sse", max_bytes=1_000_000))
