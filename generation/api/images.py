@@ -1,5 +1,6 @@
 """POST /v1/images/generations, /v1/images/edits and /v1/images/variations: read and check the body, honour an
-Idempotency-Key, hand the request to the pipeline (generation/pipeline/service.py), answer in OpenAI's shapes."""
+Idempotency-Key, hand the request to the pipeline (generation/pipeline/service.py), answer in OpenAI's shapes: JSON,
+or Server-Sent Events for `stream: true` (generation/api/streaming.py)."""
 import asyncio
 
 from django.http import HttpResponse, JsonResponse
@@ -10,6 +11,7 @@ from accounts import keys
 from accounts.selectors import key_allows_model
 from config import db
 from generation import catalog
+from generation.api import streaming
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
 from generation.api.parsers import StrictJSONParser, parse_json
 from generation.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
@@ -51,6 +53,9 @@ class ImageEndpoint(V1APIView):
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
             async with input_images.KeptPixels():  # decoded input images kept for the request, given back at its end
                 data, files = await self._read(request)
+                if streaming.requested(data):  # the same request, answered as Server-Sent Events
+                    return await streaming.respond(self._answer(request, principal, data, files), request=request,
+                                                   endpoint=self.endpoint, data=data)
                 return await self._generate(request, principal, data, files)
         except Exception as exc:  # every failure leaves in OpenAI's envelope
             return error_response(exc, request)
@@ -66,6 +71,12 @@ class ImageEndpoint(V1APIView):
         return parse_json(request.body), {}  # ParseError → 400 invalid_json (errors.py)
 
     async def _generate(self, request, principal, data, files: dict) -> HttpResponse:
+        stored, headers = await self._answer(request, principal, data, files)
+        return JsonResponse(stored.body, status=stored.status, headers=headers)
+
+    async def _answer(self, request, principal, data, files: dict) -> tuple[idempotency.StoredResponse, dict]:
+        """The request's answer (status, body) and its response headers: the pipeline's, or the one stored under
+        its Idempotency-Key."""
         request_id = request.request_id
         durable: tuple[str, str] | None = None  # (Idempotency-Key, fingerprint) once known
         earlier = {"replayed": False}
@@ -122,7 +133,7 @@ class ImageEndpoint(V1APIView):
         request.request_id = headers.pop("x-request-id", request_id)
         if replayed or earlier["replayed"]:
             headers[idempotency.REPLAYED_HEADER] = "true"
-        return JsonResponse(stored.body, status=stored.status, headers=headers)
+        return stored, headers
 
     def _fingerprint_body(self, data, files):
         return data
