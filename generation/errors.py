@@ -63,6 +63,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "The prompt was refused by the safety system; nothing is charged."),
     ErrorCode(400, _REQ, "invalid_idempotency_key",
               "The Idempotency-Key header is empty, over 255 characters or not printable ASCII."),
+    ErrorCode(400, _REQ, "cost_limit_exceeded",
+              "The request's price (for \"auto\" sizes or qualities, its dearest outcome) is over its `max_cost` "
+              "or the key's default ceiling; the message names the price. Nothing is generated or charged."),
     ErrorCode(400, _REQ, "invalid_host", "The Host header names a host this server does not answer for."),
     ErrorCode(401, _REQ, None, "No API key: send `Authorization: Bearer <key>`."),
     ErrorCode(401, _REQ, "invalid_api_key", "The API key is unknown, revoked or expired."),

@@ -33,7 +33,7 @@ from tests.images_util import png
 
 V1_PATHS = {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models",
             "/v1/models/{model_id}", "/v1/organization/usage/images", "/v1/organization/costs",
-            "/v1/organization/usage/records"}
+            "/v1/organization/usage/records", "/v1/images/quote"}
 REQUEST_SCHEMAS = {"generations": "ImageGenerationRequest", "edits": "ImageEditRequest",
                    "variations": "ImageVariationRequest"}
 
@@ -65,7 +65,7 @@ def test_schema_describes_v1_only(schema):
         assert not any(word in path for word in ("dashboard", "admin", "accounts", "openapi", "docs"))
     operation_ids = {op["operationId"] for item in schema["paths"].values() for op in item.values()}
     assert operation_ids == {"createImage", "createImageEdit", "createImageVariation", "listModels", "retrieveModel",
-                             "usageImages", "usageCosts", "listUsageRecords"}
+                             "usageImages", "usageCosts", "listUsageRecords", "quoteImage"}
 
 
 def test_every_operation_needs_a_bearer_key(schema):
@@ -204,6 +204,7 @@ BUDGET = {
     "POST /v1/images/generations": {GenerationMode.POSITIVE: 250, GenerationMode.NEGATIVE: 100},
     "POST /v1/images/edits": {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 60},
     "POST /v1/images/variations": {GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 50},
+    "POST /v1/images/quote": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30},
     "GET /v1/models": {GenerationMode.POSITIVE: 10},
     "GET /v1/models/{model_id}": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 20},
     "GET /v1/organization/usage/images": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},

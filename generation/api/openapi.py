@@ -30,7 +30,8 @@ from rest_framework import serializers
 
 from generation import catalog, errors
 from generation.api import images, model_list, streaming
-from generation.pipeline import validation
+from generation.api import quote as quote_api
+from generation.pipeline import quote, validation
 from generation.providers import registry
 
 SECURITY_SCHEME = "bearerAuth"
@@ -218,6 +219,16 @@ def _f_seed(endpoint, models, nullable):
                               "it (local-preview does).", nullable=nullable)
 
 
+def _f_max_cost(endpoint, models, nullable):
+    return serializers.FloatField(
+        required=False, allow_null=nullable, min_value=0.000001, max_value=quote.MAX_COST_LIMIT_USD,
+        help_text="Imagegate extension: the most this request may cost, in US dollars. It is checked against the "
+                  "list price before any upstream call (for \"auto\" sizes or qualities, against the dearest "
+                  "outcome); over it the request is refused with 400 `cost_limit_exceeded` naming the price, and "
+                  "nothing is generated or charged. Without it the API key's default ceiling applies, if it has "
+                  "one. POST /v1/images/quote says what a request costs.")
+
+
 def _f_image_url(endpoint, models, nullable):
     owners = [m for m in models if m.supports("image_input")]
     return serializers.URLField(
@@ -280,6 +291,7 @@ _FIELD_DOCS = {
     "partial_images": _f_partial_images,
     "provider": _f_provider,
     "seed": _f_seed,
+    "max_cost": _f_max_cost,
 }
 _FILE_FIELD_DOCS = {"image": _f_image_file, "image[]": _f_image_array, "mask": _f_mask}
 # A field named in validation.FIELDS must be documented: the generations `image` is a URL, elsewhere a file.
@@ -296,7 +308,7 @@ def undocumented_fields(endpoint: str) -> set[str]:
 # Field order in the schema: OpenAI's order, then anything else alphabetically.
 _ORDER = ["prompt", "image", "image[]", "mask", "model", "n", "size", "quality", "style", "response_format",
           "background", "moderation", "output_format", "output_compression", "stream", "partial_images", "user",
-          "provider", "seed"]
+          "provider", "seed", "max_cost"]
 
 
 def request_fields(endpoint: str) -> dict[str, serializers.Field]:
@@ -421,6 +433,15 @@ def _stream_events(prefix: str, title: str) -> PolymorphicProxySerializer:
         serializers={f"{prefix}.partial_image": partial, f"{prefix}.completed": completed, "error": error})
 
 
+class PriceSerializer(serializers.Serializer):
+    size = serializers.CharField()
+    quality = serializers.CharField()
+    unit_price = serializers.FloatField(help_text="USD per image.")
+    unit_price_micros = serializers.IntegerField(min_value=1, help_text="The same in micro-USD (exact).")
+    currency = serializers.ChoiceField(choices=["usd"])
+    effective_from = serializers.CharField(help_text="When this price took effect (ISO 8601, UTC).")
+
+
 class ModelSerializer(serializers.Serializer):
     """OpenAI's model object, plus what the catalog knows about the model (SDKs keep the extra keys)."""
 
@@ -436,6 +457,7 @@ class ModelSerializer(serializers.Serializer):
     max_n = serializers.IntegerField(min_value=1)
     max_prompt_chars = serializers.IntegerField(min_value=1)
     description = serializers.CharField(allow_blank=True)
+    pricing = PriceSerializer(many=True, help_text="Our list price per image, per size and quality (Imagegate).")
 
     def get_fields(self):
         fields = super().get_fields()
@@ -444,6 +466,29 @@ class ModelSerializer(serializers.Serializer):
             child=serializers.ChoiceField(choices=capabilities),
             help_text="generate, edit, variation; image_input = takes an `image` URL on generations.")
         return fields
+
+
+class QuoteRangeSerializer(serializers.Serializer):
+    min = serializers.FloatField(help_text="USD: the cheapest outcome × n.")
+    max = serializers.FloatField(help_text="USD: the dearest outcome × n (what max_cost is held to).")
+    unit_min = serializers.FloatField(help_text="USD per image, cheapest outcome.")
+    unit_max = serializers.FloatField(help_text="USD per image, dearest outcome.")
+
+
+class QuoteSerializer(serializers.Serializer):
+    """What a request would cost (POST /v1/images/quote); nothing is generated or charged."""
+
+    object = serializers.ChoiceField(choices=["image.quote"])
+    model = serializers.CharField()
+    size = serializers.CharField(help_text="As asked (\"auto\" stays auto: see range).")
+    quality = serializers.CharField(help_text="As asked (\"auto\" stays auto: see range).")
+    n = serializers.IntegerField(min_value=1)
+    currency = serializers.ChoiceField(choices=["usd"])
+    unit_price = serializers.FloatField(help_text="USD per image (for \"auto\": the dearest outcome).")
+    cost = serializers.FloatField(help_text="USD: unit_price × n, the most the request can cost.")
+    price_version = serializers.CharField(help_text="When the prices used took effect (ISO 8601, UTC).")
+    range = QuoteRangeSerializer(required=False, help_text="Only for \"auto\" sizes or qualities.")
+    within_max_cost = serializers.BooleanField(required=False, help_text="Only when the body has max_cost.")
 
 
 class ModelListSerializer(serializers.Serializer):
@@ -468,6 +513,7 @@ class ErrorSerializer(serializers.Serializer):
 
 _IMAGE_STATUSES = [200, 400, 401, 403, 404, 409, 413, 415, 429, 500, 502, 503, 504]
 _MODEL_LIST_STATUSES = [200, 401, 403, 429, 500]
+_QUOTE_STATUSES = [200, 400, 401, 403, 404, 413, 415, 500, 503]
 _MODEL_DETAIL_STATUSES = [200, 401, 403, 404, 429, 500]
 _AUTHENTICATED = [s for s in _IMAGE_STATUSES if s not in (401, 413)]  # responses that passed authentication
 
@@ -674,6 +720,7 @@ OPERATION_IDS = {
     ("/v1/images/generations", "post"): "createImage",
     ("/v1/images/edits", "post"): "createImageEdit",
     ("/v1/images/variations", "post"): "createImageVariation",
+    ("/v1/images/quote", "post"): "quoteImage",
     ("/v1/models", "get"): "listModels",
     ("/v1/models/{model_id}", "get"): "retrieveModel",
 }
@@ -794,6 +841,19 @@ def annotate() -> None:
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("variations")},
     )(images.ImageVariationsView)
+    extend_schema(
+        tags=["Images"], summary="Quote a request",
+        description="What a generation (JSON body) or an edit (multipart body) would cost, validated exactly as the "
+                    "request itself would be, without generating or charging: no upstream is called and no rate "
+                    "limit or spend is used. For \"auto\" sizes or qualities the answer has the range of outcomes "
+                    "and `cost` is the dearest, which is what `max_cost` is held to. Imagegate extension.",
+        request={"application/json": ImageGenerationSerializer,
+                 "multipart/form-data": OpenApiRequest(
+                     ImageEditSerializer, encoding={"image": _FILE_ENCODING, "image[]": _FILE_ENCODING,
+                                                    "mask": {"contentType": "image/png"}})},
+        responses=_responses(QuoteSerializer, _QUOTE_STATUSES, "The quote."),
+        parameters=_headers(_QUOTE_STATUSES, images=False),
+    )(quote_api.QuoteView)
     extend_schema(
         tags=["Models"], summary="List models",
         description="The models enabled on this server (those at least one configured provider serves), with "

@@ -12,6 +12,7 @@ from accounts.selectors import key_allows_model
 from generation import catalog
 from generation.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from generation.pipeline import input_images as images
+from generation.pipeline import quote
 from generation.providers.base import ImageRequest, InputImage
 
 # Fields per endpoint: OpenAI's own, then our documented extras (`provider`, `image` URL, `seed`).
@@ -19,14 +20,14 @@ FIELDS = {
     "generations": {
         "prompt", "model", "n", "size", "quality", "style", "response_format", "user",
         "background", "moderation", "output_format", "output_compression", "stream", "partial_images",
-        "provider", "image", "seed",
+        "provider", "image", "seed", "max_cost",
     },
     "edits": {
         "prompt", "model", "n", "size", "quality", "response_format", "user",
         "background", "moderation", "output_format", "output_compression", "stream", "partial_images",
-        "provider", "seed",
+        "provider", "seed", "max_cost",
     },
-    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed"},
+    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed", "max_cost"},
 }
 FILE_FIELDS = {"generations": set(), "edits": {"image", "image[]", "mask"}, "variations": {"image"}}
 INT_FIELDS = {"n", "output_compression", "seed", "partial_images"}
@@ -49,6 +50,7 @@ class ImageCall:
     provider: str | None
     image_url: str | None = None  # generations' `image`: fetched (safely) by the service
     stream: bool = False  # answered as Server-Sent Events (generation/api/streaming.py); images always base64
+    max_cost_micros: int | None = None  # the request's price ceiling (`max_cost`, USD → micro-USD): pipeline/quote.py
 
 
 def _type_name(value) -> str:
@@ -278,4 +280,5 @@ def validate(
                            user=user, mode=mode, images=tuple(input_images), mask=mask, options=options,
                            partial_images=(partial_images or 0) if stream else None)
     return ImageCall(endpoint=endpoint, spec=spec, request=request, response_format=response_format,
-                     provider=provider, image_url=image_url, stream=stream)
+                     provider=provider, image_url=image_url, stream=stream,
+                     max_cost_micros=quote.parse_max_cost(data.get("max_cost")))
