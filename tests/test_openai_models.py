@@ -182,6 +182,15 @@ def test_the_alias_records_the_dated_model_that_served_it(oa, openai_client, api
     assert (second.model, second.served_model) == ("chatgpt-image-latest", "gpt-image-2-2026-11-02")
     assert first.cost_micros == Price.objects.get(model="gpt-image-2", size="1024x1024", quality="low")\
         .unit_price_micros
+    # served_model is in the seal's hash when set; the chains still verify, and a row without it hashes as before.
+    from billing import ledger, sealing
+
+    verification = sealing.verify()
+    assert verification.breaks == [] and verification.rows >= 2
+    values = ledger.row_values(first, sequence=1)
+    without = {k: v for k, v in values.items() if k != "served_model"}
+    assert ledger.digest(values, ledger.GENESIS) != ledger.digest({**values, "served_model": ""}, ledger.GENESIS)
+    assert ledger.digest(without, ledger.GENESIS) == ledger.digest({**values, "served_model": ""}, ledger.GENESIS)
 
 
 def test_background_and_output_options_are_sent_and_what_was_produced_is_answered(oa, openai_client):
