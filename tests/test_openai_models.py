@@ -137,7 +137,10 @@ def test_gpt_image_2_takes_a_free_form_size_priced_by_its_tokens(oa, openai_clie
     (row,) = _rows(api_key)
     expected = price_list.gpt_image_2_list_price_micros("1536x864", "high")
     assert (row.size, row.cost_micros, row.price.unit_price_micros) == ("1536x864", expected, expected)
-    assert row.upstream_cost_micros == adapter.gpt_image_2_price("1536x864", "high") < expected
+    # What OpenAI bills us: the tokens it reported ($5 text in, $8 image in, $30 image out per 1M).
+    usage = body["usage"]
+    assert row.upstream_cost_micros == 5 * usage["input_tokens_details"]["text_tokens"] + 30 * usage[
+        "output_tokens"] < expected
     # The emulator reported its tokens; they are the response's.
     assert body["usage"]["output_tokens"] == openai_emu.gpt_image_2_tokens("1536x864", "high")
     # A second request at the same size finds the row the first one made.
@@ -295,3 +298,32 @@ def test_models_list_the_new_models_with_their_sizes(oa, openai_client):
     two = openai_client.models.retrieve("gpt-image-2")
     assert "3840x2160" in two.model_extra["sizes"] and two.model_extra["capabilities"] == ["edit", "generate",
                                                                                            "image_input"]
+
+
+# --- The adapter alone: what a GPT image reply says ------------------------------------------------------------------
+
+
+def test_the_adapter_keeps_what_the_reply_says_it_produced():
+    usage = {"input_tokens": 12, "input_tokens_details": {"text_tokens": 10, "image_tokens": 2}, "output_tokens": 196,
+             "total_tokens": 208}
+    body = {"background": "opaque", "output_format": "webp", "usage": usage}
+    produced = adapter._produced(body, {"openai-model": "gpt-image-2-2026-04-21"})
+    assert produced == {"resolved_background": "opaque", "resolved_output_format": "webp",
+                        "served_model": "gpt-image-2-2026-04-21", "usage": usage}
+    # A body `model` (OpenAI-compatible hosts) wins over the header; "auto" or junk is not a produced value.
+    assert adapter._produced({"model": "snap-1", "background": "auto"}, {"openai-model": "snap-2"}) == {
+        "served_model": "snap-1"}
+    # Token counts are kept only when every documented count is an integer (a missing detail counts 0).
+    assert "usage" not in adapter._produced({"usage": {**usage, "output_tokens": "196"}}, {})
+    partial = adapter._produced({"usage": {k: v for k, v in usage.items() if k != "input_tokens_details"}}, {})
+    assert partial["usage"]["input_tokens_details"] == {"text_tokens": 0, "image_tokens": 0}
+
+
+def test_gpt_image_2_upstream_cost_is_its_reported_tokens():
+    provider = adapter.OpenAIProvider(api_key="k")
+    usage = {"input_tokens": 1_010, "input_tokens_details": {"text_tokens": 10, "image_tokens": 1_000},
+             "output_tokens": 7_024, "total_tokens": 8_034}
+    assert provider._token_cost("gpt-image-2", usage) == 10 * 5 + 1_000 * 8 + 7_024 * 30
+    assert provider._token_cost("chatgpt-image-latest", usage) == provider._token_cost("gpt-image-2", usage)
+    assert provider._token_cost("gpt-image-1.5", usage) is None  # priced per image from OpenAI's table
+    assert provider._token_cost("gpt-image-2", None) is None

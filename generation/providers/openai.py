@@ -213,10 +213,13 @@ class OpenAIProvider:
         size, quality = self._resolved(request, body, rules)
         # The cost of this call: from the size/quality the reply says were made ("auto" resolved), else the request's.
         extra = {"resolved_size": size, "resolved_quality": quality}
+        upstream = self._unit_price(request.model, size, quality) * request.n
         if rules is not None and rules.gpt_image:
             extra.update(_produced(body, reply_headers))
-        return ProviderResult(images=images,
-                              upstream_cost_micros=self._unit_price(request.model, size, quality) * request.n, **extra)
+            tokens = self._token_cost(request.model, extra.get("usage"))
+            if tokens is not None:
+                upstream = tokens
+        return ProviderResult(images=images, upstream_cost_micros=upstream, **extra)
 
     async def aclose(self) -> None:
         """Close the HTTP session of the running event loop (each loop gets its own)."""
@@ -241,6 +244,15 @@ class OpenAIProvider:
         if model == "gpt-image-2":
             return gpt_image_2_price(size, quality)
         return 0  # a self-hosted model without a configured cost: our list price still applies
+
+    def _token_cost(self, model: str, usage: dict | None) -> int | None:
+        """What OpenAI bills for a token-priced model's call, from the tokens it reported (micro-USD: $1 per 1M
+        tokens is 1 micro-USD per token): gpt-image-2 (and the alias, priced as it) at $5 text in, $8 image in, $30
+        image out per 1M (docs/providers/openai.md). None when not applicable (no usage, a configured cost)."""
+        if usage is None or model in self.cost_micros or ALIASES.get(model, model) != "gpt-image-2":
+            return None
+        details = usage["input_tokens_details"]
+        return 5 * details["text_tokens"] + 8 * details["image_tokens"] + 30 * usage["output_tokens"]
 
     @staticmethod
     def _resolved(request: ImageRequest, body: dict, rules: _ModelRules | None) -> tuple[str, str]:
