@@ -158,7 +158,8 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     paginator = EstimatingPaginator
     list_per_page = 100
     actions = ["export_selected_csv"]
-    fields = ["created_at", "request_id", "organization", "api_key", "endpoint", "model", "provider", "size",
+    fields = ["created_at", "request_id", "organization", "api_key", "endpoint", "model", "served_model", "provider",
+              "size",
               "quality", "n", "price", "unit_price_micros", "cost_micros", "cost", "upstream_cost_micros",
               "latency_ms", "status", "error_code", "sequence", "prev_hash", "entry_hash"]
 

@@ -47,6 +47,9 @@ class LedgerEntry(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     endpoint = models.CharField(max_length=32, default="generations")
     model = models.CharField(max_length=100, blank=True)
+    # The dated upstream model that served the request, when the upstream named one other than `model` (an alias
+    # such as chatgpt-image-latest → gpt-image-2-2026-04-21); "" otherwise.
+    served_model = models.CharField(max_length=100, blank=True, default="")
     provider = models.CharField(max_length=50, blank=True)
     size = models.CharField(max_length=20, blank=True)
     quality = models.CharField(max_length=20, blank=True)

@@ -8,6 +8,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from config import process_cache
 
+from . import price_list
 from .models import LedgerEntry, Price
 from .usage import reader
 
@@ -23,6 +24,8 @@ def _load_price(key) -> tuple[Price | None, datetime | None]:
     model, size, quality = key
     now = timezone.now()
     price = _lookup_price(model, size, quality, now)
+    if price is None and price_list.materialize(Price, model, size, quality):  # a formula-priced size's first use
+        price = _lookup_price(model, size, quality, now)
     upcoming = (Price.objects.filter(model=model, size=size, quality=quality, effective_from__gt=now)
                 .order_by("effective_from").values_list("effective_from", flat=True).first())
     return price, upcoming
