@@ -63,10 +63,6 @@ class UsageSummary:
     images: int
     cost_micros: int
 
-    @property
-    def cost_usd(self) -> float:
-        return self.cost_micros / 1_000_000
-
 
 def usage_since(*, organization: Organization, since: datetime) -> UsageSummary:
     return _summary(organization, since, None)

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import roles
 from accounts.access import organization_page
-from billing import policy
+from billing import money, policy
 from billing.stripe import gateway as stripe_gateway
 from billing.stripe import webhooks
 
@@ -137,8 +137,8 @@ def billing_page(request):
 
     organization = request.organization
     account = selectors.billing_account(organization=organization)
-    form = SpendLimitForm(initial={"monthly_limit_usd": (account.monthly_spend_limit_micros / 1e6)
-                                   if account and account.monthly_spend_limit_micros is not None else None})
+    form = SpendLimitForm(initial={"monthly_limit_usd": money.dollars_for_input(
+        account.monthly_spend_limit_micros if account else None)})
     keys = api_keys_for_organization(organization).filter(revoked_at__isnull=True)
     key_form = KeySpendLimitForm(keys=keys)
     if request.method == "POST":
@@ -156,10 +156,12 @@ def billing_page(request):
                 services.set_spend_limit(organization=organization, monthly_limit_micros=form.limit_micros())
                 messages.success(request, "Monthly spend limit saved.")
                 return redirect("billing")
+    usage = selectors.month_to_date(organization=organization)
     return render(request, "dashboard/billing.html", {
         "stripe_enabled": policy.stripe_enabled(),
         "account": account,
-        "usage": selectors.month_to_date(organization=organization),
+        "usage": usage,
+        "estimate": policy.estimated_charge(account, usage.cost_micros),
         "invoices": selectors.invoices(organization=organization),
         "form": form,
         "key_form": key_form,

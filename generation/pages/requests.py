@@ -6,7 +6,6 @@ generation). Ledger reads go through billing.selectors; every query is scoped to
 import base64
 import itertools
 from datetime import datetime, time, timedelta
-from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django import forms
@@ -18,6 +17,7 @@ from django.utils import timezone
 from accounts import roles
 from accounts.access import organization_page
 from accounts.selectors import api_keys_for_organization
+from billing import money
 from billing import selectors as billing_selectors
 from billing.exports import csv_lines
 from billing.forms import UsageDateField
@@ -142,14 +142,10 @@ def request_detail(request, request_id: str):
     })
 
 
-def _cost_usd(micros: int) -> str:
-    return f"{Decimal(micros) / Decimal(1_000_000):.6f}"
-
-
 def _csv_lines(rows):
     return csv_lines(EXPORT_COLUMNS, (
         [created_at.isoformat(), request_id, key_name or "", model, provider, size, quality, n, status, error_code,
-         cost, _cost_usd(cost), latency]
+         cost, money.exact(cost), latency]
         for created_at, request_id, key_name, model, provider, size, quality, n, status, error_code, cost, latency
         in rows))
 
