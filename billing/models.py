@@ -86,6 +86,11 @@ class LedgerEntry(models.Model):
     def __str__(self):
         return f"{self.request_id} {self.model} {self.status} ${exact(self.cost_micros)}"
 
+    @property
+    def images_made(self) -> int:
+        """Images the request delivered: n for a success, 0 for anything else (a failure's n is what was asked)."""
+        return self.n if self.status == self.Status.SUCCEEDED else 0
+
 
 class LedgerSeal(models.Model):
     """A ledger row's place in its organization's hash chain: sequence 1, 2, 3, ... in sealing order; `entry_hash`
