@@ -12,7 +12,7 @@ from django.utils.text import slugify
 
 from config import process_cache
 
-from . import identity, keys, roles
+from . import identity, keys, model_catalog, roles
 from .models import ApiKey, Invitation, Membership, Organization, User
 
 # Sent after a key is rotated, with `old_key` and `new_key`: apps that keep per-key state accounts cannot see (billing's
@@ -90,8 +90,9 @@ def ensure_organization(*, slug: str, owner: User, name: str | None = None) -> t
 
 
 def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Model ids as stored: stripped, de-duplicated in order; each must look like a model id (they are checked
-    against the catalog when a request is made, which accounts cannot see)."""
+    """Model ids as stored: stripped, de-duplicated in order; each must look like a model id and be in the catalog
+    that generation registers (accounts/model_catalog.py). ValueError names the first bad id and, for a misspelt
+    one, the nearest catalog id."""
     out: list[str] = []
     for model in models or []:
         model = str(model).strip()
@@ -99,6 +100,8 @@ def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list
             continue
         if not _MODEL_ID.match(model):
             raise ValueError(f"'{model[:40]}' is not a model id (letters, digits and . _ : / @ + -).")
+        if (problem := model_catalog.problem(model)) is not None:
+            raise ValueError(problem)
         if model not in out:
             out.append(model)
     if len(out) > MAX_ALLOWED_MODELS:
