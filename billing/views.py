@@ -97,8 +97,8 @@ def overview(request):
         "range_errors": range_errors,
         "range_usage": selectors.usage_between(organization=organization, start=start, end=end),
         "days": days,
-        "spend_chart": _bar_chart(days, "cost_micros"),
-        "images_chart": _bar_chart(days, "images"),
+        "chart_data": selectors.usage_chart_data(organization=organization, start=start, end=end, days=days),
+        "has_usage": any(d["requests"] for d in days),
         "breakdowns": [
             {"title": title, "column": column, "id": html_id,
              "rows": selectors.usage_breakdown(organization=organization, start=start, end=end, by=by)}
@@ -110,21 +110,6 @@ def overview(request):
 
 
 OVERVIEW_MAX_DAYS = 366
-_CHART_HEIGHT = 120
-
-
-def _bar_chart(days: list[dict], field: str) -> dict:
-    """Geometry of a server-rendered SVG bar chart: one bar per day, scaled to the largest value."""
-    peak = max((d[field] for d in days), default=0)
-    width = max(4, min(24, 720 // max(1, len(days))))
-    bars = []
-    for i, d in enumerate(days):
-        height = round(d[field] * _CHART_HEIGHT / peak) if peak else 0
-        if d[field] and height < 1:
-            height = 1
-        bars.append({"x": i * width, "y": _CHART_HEIGHT - height, "width": max(1, width - 2), "height": height,
-                     "day": d["day"], "value": d[field]})
-    return {"bars": bars, "width": len(days) * width, "height": _CHART_HEIGHT, "peak": peak}
 
 
 @organization_page(roles.VIEW_USAGE, post=roles.MANAGE_BILLING)
