@@ -331,3 +331,15 @@ def remove_member(*, membership: Membership, actor: Membership) -> None:
             raise TeamError("The organization's last owner cannot be removed or leave. "
                             "Make someone else an owner first.")
     membership.delete()
+
+
+MAX_PROMPT_RETENTION_DAYS = 365
+
+
+def set_prompt_retention(*, organization: Organization, days: int) -> None:
+    """How many days the organization's prompts are kept for its request log (0 = none are stored). ValueError
+    outside 0..MAX_PROMPT_RETENTION_DAYS. generation/prompts.py applies it to the prompts already kept."""
+    if not 0 <= int(days) <= MAX_PROMPT_RETENTION_DAYS:
+        raise ValueError(f"Prompts are kept for 0 to {MAX_PROMPT_RETENTION_DAYS} days.")
+    Organization.objects.filter(pk=organization.pk).update(prompt_retention_days=int(days))
+    organization.prompt_retention_days = int(days)

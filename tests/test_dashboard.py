@@ -243,7 +243,8 @@ def test_detail_of_a_failed_request_without_attempts_or_images(signed_in, usage)
     response = signed_in.get(reverse("request-detail", args=["req_d3b"]))
     assert response.status_code == 200
     html = response.content.decode()
-    assert "upstream_error" in html and "No upstream call" in html and "No image to show" in html
+    assert "upstream_error" in html and "No upstream call" in html
+    assert "This request made no images." in html and 'id="detail-images">0<' in html
 
 
 def test_other_organizations_request_is_404_and_absent(signed_in, usage):
