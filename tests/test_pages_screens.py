@@ -88,7 +88,7 @@ def _check(tab, url: str, name: str, errors: list, *, status: int = 200) -> None
         tab.wait_for_load_state("load")
         tab.wait_for_timeout(50)  # charts draw on DOMContentLoaded + a frame
         scroll, inner = tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        assert scroll <= inner, f"{url} at {width} px: the tab is {scroll} px wide: {_widest(tab)}"
+        assert scroll <= inner, f"{url} at {width} px: the page is {scroll} px wide: {_widest(tab)}"
         inline = tab.evaluate("""Array.from(document.querySelectorAll('script:not([src])'))
             .filter(s => s.type !== 'application/json').length""")
         handlers = tab.evaluate("""Array.from(document.querySelectorAll('*')).filter(e =>
