@@ -343,3 +343,4 @@ def set_prompt_retention(*, organization: Organization, days: int) -> None:
         raise ValueError(f"Prompts are kept for 0 to {MAX_PROMPT_RETENTION_DAYS} days.")
     Organization.objects.filter(pk=organization.pk).update(prompt_retention_days=int(days))
     organization.prompt_retention_days = int(days)
+    process_cache.invalidate("api_keys")  # the API's cached organizations learn it within a second

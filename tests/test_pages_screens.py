@@ -50,6 +50,24 @@ def _sign_in(tab, email="owner@example.com"):
     tab.wait_for_url(re.compile(r"/dashboard/$"))
 
 
+# What django-csp will send (another change adds it): no inline script or style, nothing from elsewhere. Every page
+# here is served with it, so a violation is a console error and fails the test.
+STRICT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+              "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'")
+
+
+def _strict_csp(tab) -> None:
+    """Serve every page to `tab` with STRICT_CSP, as if the server sent it."""
+    def add_header(route):
+        if route.request.resource_type != "document":
+            route.continue_()
+            return
+        response = route.fetch(max_redirects=0)
+        route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
+
+    tab.route("**/*", add_header)
+
+
 def _console_errors(tab) -> list:
     errors = []
     tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
@@ -85,6 +103,7 @@ def _check(tab, url: str, name: str, errors: list, *, status: int = 200) -> None
         tab.set_viewport_size({"width": width, "height": 900})
         response = tab.goto(url)
         assert response is not None and response.status == status, f"{url}: HTTP {response and response.status}"
+        assert response.headers.get("content-security-policy") == STRICT_CSP
         tab.wait_for_load_state("load")
         tab.wait_for_timeout(50)  # charts draw on DOMContentLoaded + a frame
         scroll, inner = tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
@@ -103,6 +122,7 @@ def _check(tab, url: str, name: str, errors: list, *, status: int = 200) -> None
 
 
 def test_every_page_fits_390_768_1366_without_console_errors(customer, page):  # noqa: F811
+    _strict_csp(page)
     errors = _console_errors(page)
     for url, name in (("/accounts/login/", "login"), ("/accounts/signup/", "signup"), ("/docs/api/", "api-reference")):
         _check(page, url, f"anon-{name}", errors)
@@ -163,6 +183,7 @@ def test_a_new_key_has_a_copy_button_and_a_first_key_call(user, organization, pa
 
 
 def test_the_charts_have_axes_with_units_hover_values_and_stacks(customer, page):  # noqa: F811
+    _strict_csp(page)
     errors = _console_errors(page)
     _sign_in(page)
     page.set_viewport_size({"width": 1366, "height": 900})

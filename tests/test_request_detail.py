@@ -2,6 +2,7 @@
 error message; truthful image counts and retention notes. Requests are made through the official SDK against the
 live server; the pages are read through Django's test client."""
 import re
+import time
 from datetime import timedelta
 
 import openai
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import Membership
+from config import process_cache
 from generation import prompts
 from generation.models import RequestText
 
@@ -79,6 +81,7 @@ def test_a_prompt_can_be_deleted_and_expires_with_the_retention(openai_client, s
     response = signed_in.post(reverse("prompt-retention"), {"prompt_retention_days": "0"})
     assert response.status_code == 302
     assert RequestText.objects.for_organization(organization).exclude(prompt="").count() == 0
+    time.sleep(2 * process_cache.POLL_SECONDS)  # every process has dropped its cached organization
     new = openai_client.images.with_raw_response.generate(model="local-preview", prompt="not kept",
                                                           size="256x256").headers["x-request-id"]
     assert not RequestText.objects.for_organization(organization).filter(request_id=new).exists()
@@ -105,3 +108,16 @@ def test_members_see_prompts_but_cannot_delete_them(openai_client, client, organ
     assert _testid(html, "prompt") == "kept" and 'data-testid="delete-prompt"' not in html
     assert client.post(reverse("request-prompt-delete", args=[request_id])).status_code == 403
     assert client.post(reverse("prompt-retention"), {"prompt_retention_days": "1"}).status_code == 403
+
+
+def test_the_purge_runs_as_a_periodic_celery_task(organization, settings):
+    from generation.tasks import purge_prompts
+
+    assert settings.CELERY_BEAT_SCHEDULE["purge-prompts"] == {"task": "generation.tasks.purge_prompts",
+                                                              "schedule": 600.0}
+    text = prompts.row_for(organization=organization, request_id="req_due", prompt="due")
+    text.prompt_expires_at = timezone.now() - timedelta(minutes=1)
+    text.save()
+    assert purge_prompts.apply().get() == 1
+    gone = RequestText.objects.for_organization(organization).get(request_id="req_due")
+    assert (gone.prompt, gone.prompt_deleted_reason) == ("", RequestText.Removal.EXPIRED)
