@@ -21,7 +21,7 @@ from billing import selectors as billing_selectors
 from billing import spend
 from billing.models import LedgerEntry
 from config import db, faults
-from generation import catalog
+from generation import catalog, prompts
 from generation.errors import (
     APIError,
     ContentPolicyViolation,
@@ -207,6 +207,9 @@ async def run(
         rows = [*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
                 *(storage.image_row(organization_id=organization.pk, request_id=request_id, saved=saved)
                   for saved in files_saved)]
+        text = prompts.row_for(organization=organization, request_id=request_id, prompt=req.prompt)
+        if text is not None:
+            rows.append(text)
         if idempotency_key is not None:
             rows.append(idempotency.durable_row(
                 organization_id=organization.pk, key=idempotency_key[0], fingerprint=idempotency_key[1],
@@ -416,6 +419,14 @@ def _printable(value) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _text_rows(exc: APIError, *, organization, request_id: str, data, call) -> list:
+    """The failed request's prompt (as sent, per the organization's retention) and full error message."""
+    prompt = call.request.prompt if call is not None else (data.get("prompt") if isinstance(data, dict) else None)
+    text = prompts.row_for(organization=organization, request_id=request_id, prompt=prompt,
+                           error_message=exc.message)
+    return [text] if text is not None else []
+
+
 async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, attempts,
                           provider, latency_ms):
     """The failed request's ledger row (cost 0) and its attempts, in one transaction."""
@@ -433,7 +444,8 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
             usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
                        status=_status_for(exc), provider=provider, latency_ms=latency_ms,
                        error_code=exc.code or exc.type, **fields),
-            rows=_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+            rows=[*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+                  *_text_rows(exc, organization=organization, request_id=request_id, data=data, call=call)],
         ))
     except Exception:  # the client's error matters more than our audit row; log loudly, answer with the error
         log.exception("Could not record failed request %s", request_id)
