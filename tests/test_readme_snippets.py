@@ -7,10 +7,13 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from billing.models import LedgerEntry
+from generation import providers
 from generation.api import openapi
+from tests.emulators import openai as openai_emu
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_BASE = "http://127.0.0.1:8000"
@@ -42,7 +45,18 @@ def test_the_readme_has_python_snippets_that_read_the_cost_with_the_sdk():
     assert not any('model_extra["usage"]' in b for b in blocks)
 
 
-def test_the_readme_snippets_run_against_a_live_server(live_url, api_key, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def openai_upstream():
+    with openai_emu.emulator() as emu:
+        yield emu
+
+
+def test_the_readme_snippets_run_against_a_live_server(live_url, api_key, tmp_path, monkeypatch, settings,
+                                                       openai_upstream):
+    """In order, sharing one namespace as a reader's session would: local-preview's generation, edit and variation;
+    a streamed generation; a generation under max_cost and a quote (OpenAI's models: the emulator stands in)."""
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = openai_emu.API_KEY, openai_upstream.url + "/v1"
+    providers.reset_registry()
     _, raw = api_key
     monkeypatch.setenv("IMAGEGATE_API_KEY", raw)
     monkeypatch.chdir(tmp_path)
@@ -51,13 +65,18 @@ def test_the_readme_snippets_run_against_a_live_server(live_url, api_key, tmp_pa
     printed = "".join(_run(block.replace(README_BASE, live_url), namespace)
                       for block in python_blocks(README.read_text()))
 
+    providers.reset_registry()
     assert (tmp_path / "lighthouse.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(LedgerEntry.objects.for_organization(api_key[0].organization).order_by("id"))
-    assert [r.endpoint for r in rows] == ["generations", "edits", "variations"]
+    assert [(r.endpoint, r.model) for r in rows] == [("generations", "local-preview"), ("edits", "local-preview"),
+                                                     ("variations", "local-preview"),
+                                                     ("generations", "local-preview"), ("generations", "dall-e-3")]
     assert all(r.status == "succeeded" for r in rows)
     lines = printed.splitlines()
     assert float(lines[0]) == rows[0].cost_micros / 1e6 == 0.001  # the cost, read as the README says
     assert lines[1] == "local-preview" and lines[2] == "0"
+    streamed_cost = [line for line in lines if not line.startswith("preview")][3]
+    assert float(streamed_cost) == rows[3].cost_micros / 1e6
 
 
 def test_the_api_references_python_samples_run_against_a_live_server(live_url, api_key, tmp_path, monkeypatch):
