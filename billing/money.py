@@ -9,7 +9,8 @@ only through the functions below, in one of two forms:
   -5_000 → "−$0.005" (a minus sign). Thousands are grouped: "$1,234.50".
 * `exact(micros)` — what machines and auditors read (CSV exports, the ledger admin, the usage API): a plain decimal
   with exactly six places and no symbol, "0.003000", so a column lines up to the micro-dollar and parses as a number.
-  `exact_decimal` is the same value as a Decimal (for JSON numbers).
+  `exact_decimal` is the same value as a Decimal (for JSON numbers); `api_number` is it as a float, the /v1
+  image responses' `usage.cost`, quotes and model prices (OpenAI's SDKs read a number there).
 
 Stripe amounts are integer cents (`usd_cents`); `round_to_cents` is how a micro-USD total becomes what Stripe bills.
 """
@@ -24,6 +25,16 @@ EMPTY = "—"
 def exact_decimal(micros: int) -> Decimal:
     """Integer micro-USD → USD as a Decimal with exactly six decimal places (Decimal("0.003000"))."""
     return (Decimal(int(micros)) / MICROS_PER_USD).quantize(_SIX)
+
+
+def api_number(micros: int) -> float:
+    """Integer micro-USD → USD as a JSON number with at most six decimals (3_000 → 0.003)."""
+    return float(exact_decimal(micros))
+
+
+def from_usd(amount: float) -> int:
+    """USD (a client's number) → integer micro-USD, rounded down to the micro-dollar (0.0000019 → 1)."""
+    return int(Decimal(repr(float(amount))) * MICROS_PER_USD)
 
 
 def exact(micros: int | None) -> str:

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 
 from accounts.models import ApiKey, Organization
+from billing import money, spend
 from billing import selectors as billing_selectors
-from billing import spend
 from billing.models import LedgerEntry
 from config import db, faults
 from generation import catalog, prompts
@@ -279,7 +279,7 @@ def usage_block(call: ImageCall, *, cost_micros: int, latency: int, result: pb.P
     tokens = result.usage if result is not None and result.usage else ZERO_TOKENS
     block = {key: dict(value) if isinstance(value, dict) else value for key, value in tokens.items()}
     block.update({
-        "cost": round(cost_micros / 1_000_000, 6),
+        "cost": money.api_number(cost_micros),
         "latency_ms": latency,
         "image_size": req.size,
         "model_used": (_served_model(req.model, result) if call.spec.alias_of else "") or req.model,
