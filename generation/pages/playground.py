@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from accounts import roles
 from accounts.access import organization_page
 from billing import selectors as billing_selectors
+from config import db
 from config.http.middleware import new_request_id
 from generation import catalog
 from generation.errors import APIError
@@ -86,6 +87,20 @@ def _context(form, models, *, may_generate, result=None, error=None, failed_entr
             "may_generate": may_generate, "model_limits": model_limits(models)}
 
 
+async def _run_on_this_loop(**kwargs):
+    """services.run, leaving no database pool behind on an event loop made for this call alone.
+
+    Under the ASGI server async_to_sync runs the pipeline on the server's own loop, whose pool stays open; called
+    from a thread without a loop (the test client, a management command) it gets a loop of its own that ends with
+    the call, and a pool left open on it keeps tasks that hang the loop's shutdown."""
+    fresh = not db.has_async_pool()
+    try:
+        return await services.run(**kwargs)
+    finally:
+        if fresh:
+            await db.close_async_pools()
+
+
 @organization_page(roles.VIEW_USAGE, post=roles.GENERATE_IMAGES)
 def playground(request):
     membership = request.membership
@@ -108,7 +123,7 @@ def playground(request):
         data["response_format"] = "url"
     request_id = getattr(request, "request_id", None) or new_request_id()
     try:
-        outcome = async_to_sync(services.run)(
+        outcome = async_to_sync(_run_on_this_loop)(
             endpoint="generations", organization=membership.organization, api_key=None,
             request_id=request_id, data=data, base_url=request.build_absolute_uri("/"),
         )
