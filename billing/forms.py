@@ -48,6 +48,21 @@ class SpendLimitForm(forms.Form):
         return None if value is None else int(value * money.MICROS_PER_USD)
 
 
+class EndUserSpendLimitForm(forms.Form):
+    """The monthly limit for each end user (the `user` or `safety_identifier` the organization's requests name)."""
+
+    end_user_limit_usd = forms.DecimalField(
+        label="Monthly limit per end user (USD)", required=False, min_value=Decimal("0"), max_digits=12,
+        decimal_places=2,
+        help_text="Each end user your requests name in `user` or `safety_identifier` may spend this much a month; "
+                  "beyond it their requests are refused with insufficient_quota. Leave empty for no limit.",
+    )
+
+    def limit_micros(self) -> int | None:
+        value = self.cleaned_data.get("end_user_limit_usd")
+        return None if value is None else int(value * money.MICROS_PER_USD)
+
+
 class KeySpendLimitForm(SpendLimitForm):
     """A monthly spend limit for one of the organization's keys."""
 

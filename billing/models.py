@@ -50,6 +50,8 @@ class LedgerEntry(models.Model):
     # The dated upstream model that served the request, when the upstream named one other than `model` (an alias
     # such as chatgpt-image-latest → gpt-image-2-2026-04-21); "" otherwise.
     served_model = models.CharField(max_length=100, blank=True, default="")
+    # The customer's end user as the request named it (OpenAI's `safety_identifier`, else `user`); "" when none.
+    end_user = models.CharField(max_length=256, blank=True, default="")
     provider = models.CharField(max_length=50, blank=True)
     size = models.CharField(max_length=20, blank=True)
     quality = models.CharField(max_length=20, blank=True)
@@ -78,6 +80,8 @@ class LedgerEntry(models.Model):
             models.Index(fields=["organization", "model", "-created_at", "-id"], name="ledger_org_model_time"),
             models.Index(fields=["organization", "provider", "-created_at", "-id"], name="ledger_org_provider_time"),
             models.Index(fields=["organization", "status", "-created_at", "-id"], name="ledger_org_status_time"),
+            models.Index(fields=["organization", "end_user", "-created_at"], name="ledger_org_end_user_time",
+                         condition=~models.Q(end_user="")),
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(cost_micros__gte=0), name="ledger_cost_nonnegative"),
@@ -214,6 +218,9 @@ class BillingAccount(models.Model):
     current_period_end = models.DateTimeField(null=True, blank=True)
     past_due_since = models.DateTimeField(null=True, blank=True)
     monthly_spend_limit_micros = models.BigIntegerField(null=True, blank=True)
+    # A monthly limit for each end user of the organization (the `user` / `safety_identifier` its requests name),
+    # micro-USD; null: none. Counted like the other limits (billing/spend.py).
+    end_user_monthly_limit_micros = models.BigIntegerField(null=True, blank=True)
     # subscription id -> unix time of the newest webhook event applied (events can arrive out of order)
     subscription_state = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

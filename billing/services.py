@@ -33,6 +33,16 @@ def set_spend_limit(*, organization: Organization, api_key: ApiKey | None = None
         spend.invalidate_limits()
 
 
+def set_end_user_spend_limit(*, organization: Organization, monthly_limit_micros: int | None):
+    """Set (or clear, with None) the monthly limit per end user; every process applies it within a second."""
+    if monthly_limit_micros is not None and monthly_limit_micros < 0:
+        raise ValueError("A spend limit cannot be negative.")
+    with transaction.atomic():
+        BillingAccount.objects.for_organization(organization).update_or_create(
+            organization=organization, defaults={"end_user_monthly_limit_micros": monthly_limit_micros})
+        spend.invalidate_limits()
+
+
 def record_usage(
     *,
     organization: Organization,

@@ -1,7 +1,8 @@
 """Monthly spend limits, exact under concurrency, without a database row that every request must lock.
 
-Which limits apply (`limits_for`): the organization's monthly limit and its free allowance (billing/policy.py), and
-the key's own limit; they come from a per-process cache (config/process_cache.py), so checking them costs no query.
+Which limits apply (`limits_for`): the organization's monthly limit and its free allowance (billing/policy.py),
+the key's own limit, and the organization's limit per end user (the `user` / `safety_identifier` a request names);
+they come from a per-process cache (config/process_cache.py), so checking them costs no query.
 
 Counting. Each limit has a counter per UTC month in Redis (the embedded default keeps the same structure in this
 process), all under the organization's hash tag so one Lua script touches them atomically:
@@ -9,7 +10,7 @@ process), all under the organization's hash tag so one Lua script touches them a
     <prefix>:spend:{org:<id>}:<YYYYMM>              hash: spent (settled micro-USD), held (sum of live holds)
     <prefix>:spend:{org:<id>}:<YYYYMM>:holds        sorted set: hold id -> expiry (ms since the epoch)
     <prefix>:spend:{org:<id>}:<YYYYMM>:amounts      hash: hold id -> micro-USD
-    (a key's counter: the same with ":key:<id>" after the month)
+    (a key's counter: the same with ":key:<id>" after the month; an end user's: ":user:<pseudonym>")
 
 `reserve` runs one script: it drops expired holds, checks spent + held + amount <= limit on every counter, and only
 if all pass adds the hold to each. Concurrent requests through any number of processes and hosts therefore cannot
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -65,7 +68,11 @@ class Limit:
     organization_id: int
     api_key_id: int | None  # the key's lineage id
     limit_micros: int
-    label: str  # "your organization" or "API key ig_Ab3dE6gH…"
+    label: str  # "your organization", "API key ig_Ab3dE6gH…" or "end user 'alice'"
+    end_user: str = ""  # an end user's limit: the end user as requests name it (ledger's LedgerEntry.end_user)
+
+    def counter(self, month: str) -> str:
+        return counter_key(self.organization_id, self.api_key_id, month, self.end_user)
 
 
 @dataclass(frozen=True)
@@ -97,14 +104,15 @@ def _load_key_limit(key):
             .values_list("monthly_limit_micros", flat=True).first())
 
 
-async def limits_for(*, organization, api_key) -> list[Limit]:
-    """The limits that apply to a request of `organization` through `api_key` (None: the playground), or raise
-    SpendLimitExceeded when the organization's billing state refuses paid requests altogether."""
+async def limits_for(*, organization, api_key, end_user: str = "") -> list[Limit]:
+    """The limits that apply to a request of `organization` through `api_key` (None: the playground) for
+    `end_user` ("" when the request names none), or raise SpendLimitExceeded when the organization's billing state
+    refuses paid requests altogether."""
     account = await _billing_cache.aget(("account", organization.pk), _load_account)
     key_limit = None
     if api_key is not None:
         key_limit = await _billing_cache.aget(("key_limit", api_key.pk), _load_key_limit)
-    return _limits(organization, api_key, account, key_limit)
+    return _limits(organization, api_key, account, key_limit, end_user)
 
 
 def limits_for_sync(*, organization, api_key) -> list[Limit]:
@@ -113,7 +121,7 @@ def limits_for_sync(*, organization, api_key) -> list[Limit]:
     return _limits(organization, api_key, account, key_limit)
 
 
-def _limits(organization, api_key, account, key_limit) -> list[Limit]:
+def _limits(organization, api_key, account, key_limit, end_user: str = "") -> list[Limit]:
     refusal = policy.access_refusal(account)
     if refusal:
         raise SpendLimitExceeded(refusal)
@@ -126,6 +134,9 @@ def _limits(organization, api_key, account, key_limit) -> list[Limit]:
         out.append(Limit(organization.pk, None, org_limit, "your organization"))
     if api_key is not None and key_limit is not None:
         out.append(Limit(organization.pk, api_key.lineage_id, key_limit, f"API key {api_key.prefix}…"))
+    per_user = account.end_user_monthly_limit_micros if account else None
+    if end_user and per_user is not None:
+        out.append(Limit(organization.pk, None, per_user, f"end user {end_user[:64]!r}", end_user=end_user))
     return out
 
 
@@ -144,14 +155,25 @@ def _month_start(month: str) -> datetime:
     return datetime(int(month[:4]), int(month[4:]), 1, tzinfo=UTC)
 
 
-def counter_key(organization_id: int, api_key_id: int | None, month: str) -> str:
+def counter_key(organization_id: int, api_key_id: int | None, month: str, end_user: str = "") -> str:
     base = shared_redis.key("spend", f"{{org:{organization_id}}}", month)
+    if end_user:
+        return f"{base}:user:{end_user_pseudonym(organization_id, end_user)}"
     return base if api_key_id is None else f"{base}:key:{api_key_id}"
 
 
-def ledger_month_to_date(organization_id: int, api_key_id: int | None, month: str) -> int:
-    """What the ledger says was spent in `month` (YYYYMM): the organization's total (rollups plus tail), or one key
-    lineage's (`api_key_id` is the lineage id: every rotation of the key)."""
+def end_user_pseudonym(organization_id: int, end_user: str) -> str:
+    """A stable stand-in for an organization's end user: HMAC-SHA256 (keyed with SECRET_KEY) of the organization
+    and the end user, 32 hex characters. Upstreams get this instead of the customer's own identifier (which may be
+    an e-mail address), and the spend counters are named by it; the same end user of another organization gets
+    another one."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), f"{organization_id}:{end_user}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+def ledger_month_to_date(organization_id: int, api_key_id: int | None, month: str, end_user: str = "") -> int:
+    """What the ledger says was spent in `month` (YYYYMM): the organization's total (rollups plus tail), one key
+    lineage's (`api_key_id` is the lineage id: every rotation of the key), or one end user's."""
     from django.db.models import Sum
 
     from accounts.models import Organization
@@ -160,6 +182,9 @@ def ledger_month_to_date(organization_id: int, api_key_id: int | None, month: st
     from .selectors import usage_between
 
     start = _month_start(month)
+    if end_user:
+        rows = LedgerEntry.objects.for_organization(organization_id).filter(end_user=end_user, created_at__gte=start)
+        return rows.aggregate(total=Sum("cost_micros"))["total"] or 0
     if api_key_id is None:
         end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=UTC)
         return usage_between(organization=Organization(pk=organization_id), start=start, end=end).cost_micros
@@ -343,7 +368,7 @@ async def reserve(*, limits: list[Limit], amount_micros: int) -> Hold:
         return NO_HOLD
     month = _month()
     hold = Hold(hold_id=uuid.uuid4().hex, limits=tuple(limits), month=month, amount_micros=amount_micros)
-    keys = [counter_key(lim.organization_id, lim.api_key_id, month) for lim in limits]
+    keys = [lim.counter(month) for lim in limits]
     ttl_ms = int(settings.SPEND_HOLD_TTL_SECONDS * 1000)
     for _ in range(3):
         out = await _counters().run(_RESERVE, keys, [_now_ms(), ttl_ms, hold.hold_id, amount_micros,
@@ -353,7 +378,7 @@ async def reserve(*, limits: list[Limit], amount_micros: int) -> Hold:
             return hold
         if status == -1:  # Redis has no counter for this month (first use, or its data was lost): from the ledger
             lim = limits[int(out[1]) - 1]
-            await rebuild(lim.organization_id, lim.api_key_id, month)
+            await rebuild(lim.organization_id, lim.api_key_id, month, lim.end_user)
             continue
         lim = limits[int(out[1]) - 1]
         raise SpendLimitExceeded(
@@ -363,11 +388,12 @@ async def reserve(*, limits: list[Limit], amount_micros: int) -> Hold:
     raise RuntimeError("spend counters could not be rebuilt")
 
 
-async def rebuild(organization_id: int, api_key_id: int | None, month: str) -> None:
+async def rebuild(organization_id: int, api_key_id: int | None, month: str, end_user: str = "") -> None:
     from config import db
 
-    spent = await db.run(ledger_month_to_date, organization_id, api_key_id, month)
-    await _counters().run(_REBUILD, [counter_key(organization_id, api_key_id, month)], [spent, COUNTER_TTL_SECONDS])
+    spent = await db.run(ledger_month_to_date, organization_id, api_key_id, month, end_user)
+    await _counters().run(_REBUILD, [counter_key(organization_id, api_key_id, month, end_user)],
+                          [spent, COUNTER_TTL_SECONDS])
 
 
 async def settle(hold: Hold, charged_micros: int) -> None:
@@ -375,7 +401,7 @@ async def settle(hold: Hold, charged_micros: int) -> None:
     80%. Never raises: the charge is already in the ledger; a counter Redis cannot update is logged."""
     if not hold.limits:
         return
-    keys = [counter_key(lim.organization_id, lim.api_key_id, hold.month) for lim in hold.limits]
+    keys = [lim.counter(hold.month) for lim in hold.limits]
     try:
         out = await _counters().run(_SETTLE, keys, [hold.hold_id, charged_micros])
     except Exception:
@@ -384,6 +410,8 @@ async def settle(hold: Hold, charged_micros: int) -> None:
         return
     for i, lim in enumerate(hold.limits):
         before, after = int(out[2 * i]), int(out[2 * i + 1])
+        if lim.end_user:
+            continue  # per-end-user limits refuse; they do not e-mail the organization for each end user
         if before >= 0 and before < ALERT_THRESHOLD * lim.limit_micros <= after:
             await _alert(lim, hold.month, after)
 
@@ -409,7 +437,7 @@ async def renewing(hold: Hold):
     if not hold.limits:
         yield
         return
-    keys = [counter_key(lim.organization_id, lim.api_key_id, hold.month) for lim in hold.limits]
+    keys = [lim.counter(hold.month) for lim in hold.limits]
     ttl = settings.SPEND_HOLD_TTL_SECONDS
 
     async def renew():

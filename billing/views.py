@@ -118,7 +118,7 @@ def billing_page(request):
     from accounts.selectors import api_keys_for_organization
 
     from . import selectors, services
-    from .forms import KeySpendLimitForm, SpendLimitForm
+    from .forms import EndUserSpendLimitForm, KeySpendLimitForm, SpendLimitForm
 
     organization = request.organization
     account = selectors.billing_account(organization=organization)
@@ -126,8 +126,17 @@ def billing_page(request):
         account.monthly_spend_limit_micros if account else None)})
     keys = api_keys_for_organization(organization).filter(revoked_at__isnull=True)
     key_form = KeySpendLimitForm(keys=keys)
+    end_user_form = EndUserSpendLimitForm(initial={"end_user_limit_usd": money.dollars_for_input(
+        account.end_user_monthly_limit_micros if account else None)})
     if request.method == "POST":
-        if "api_key" in request.POST:
+        if "end_user_limit_usd" in request.POST:
+            end_user_form = EndUserSpendLimitForm(request.POST)
+            if end_user_form.is_valid():
+                services.set_end_user_spend_limit(organization=organization,
+                                                  monthly_limit_micros=end_user_form.limit_micros())
+                messages.success(request, "Monthly limit per end user saved.")
+                return redirect("billing")
+        elif "api_key" in request.POST:
             key_form = KeySpendLimitForm(request.POST, keys=keys)
             if key_form.is_valid():
                 services.set_spend_limit(organization=organization, api_key=key_form.cleaned_data["api_key"],
@@ -150,6 +159,7 @@ def billing_page(request):
         "invoices": selectors.invoices(organization=organization),
         "form": form,
         "key_form": key_form,
+        "end_user_form": end_user_form,
         "key_limits": selectors.key_spend_limits(organization=organization),
         "refusal": policy.access_refusal(account),
         "free_tier_limit": policy.free_tier_limit(account),

@@ -131,7 +131,8 @@ def test_images_usage_daily_buckets(live_url, three_days):
         ("bucket", T0, T0 + DAY), ("bucket", T0 + DAY, T0 + 2 * DAY), ("bucket", T0 + 2 * DAY, T0 + 3 * DAY)]
     results = [b["results"] for b in body["data"]]
     assert results[0] == [{"object": "organization.usage.images.result", "images": 5, "num_model_requests": 3,
-                           "model": None, "api_key_id": None, "api_key_name": None, "provider": None, "size": None}]
+                           "model": None, "api_key_id": None, "api_key_name": None, "provider": None, "size": None,
+                           "user": None}]
     assert (results[1][0]["images"], results[1][0]["num_model_requests"]) == (2, 2)
     # a refused request is a request, but no image
     assert (results[2][0]["images"], results[2][0]["num_model_requests"]) == (0, 1)
@@ -270,7 +271,7 @@ def test_records_cursor_pagination_returns_every_row_once_newest_first(live_url,
         "quality": "standard", "n": row.n, "status": "succeeded", "error_code": None,
         "cost": {"value": row.cost_micros / 1e6, "value_micros": row.cost_micros, "currency": "usd"},
         "unit_price_micros": 1000, "latency_ms": 7,
-        "api_key": {"id": key.pk, "name": key.name, "prefix": key.prefix}}
+        "user": None, "api_key": {"id": key.pk, "name": key.name, "prefix": key.prefix}}
 
 
 def test_records_filters(live_url, three_days):

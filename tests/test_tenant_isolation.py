@@ -397,6 +397,11 @@ COVERAGE: dict[str, list[Probe]] = {
               lambda w: {"files": {"image": ("in.png", INPUT_PNG, "image/png")},
                          "data": {"model": "local-preview", "size": "256x256", "response_format": "url"}}),
     ],
+    # A quote reads only the list prices and the caller's own key (its allowed models, its default ceiling).
+    "images-quote": [
+        Probe("api", "POST", lambda w: "/v1/images/quote", "own",
+              lambda w: {"json": {"model": "local-preview", "prompt": GEN_PROMPT, "size": "256x256", "n": 2}}),
+    ],
     "models-list": [Probe("api", "GET", lambda w: "/v1/models", "own")],
     "models-detail": [Probe("api", "GET", lambda w: "/v1/models/local-preview", "own")],
     "organization-usage-images": [
@@ -408,6 +413,7 @@ COVERAGE: dict[str, list[Probe]] = {
               _buckets_without_b_keys),
         Probe("api", "GET", lambda w: "/v1/organization/usage/images?start_time=0&group_by=api_key,model,provider",
               "own"),
+        Probe("api", "GET", lambda w: "/v1/organization/usage/images?start_time=0&group_by=user", "own"),
     ],
     "organization-costs": [
         Probe("api", "GET", lambda w: f"/v1/organization/costs?start_time=0&api_key_ids={w.b.key.pk},"

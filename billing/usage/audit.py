@@ -34,7 +34,8 @@ BUCKET_LIMIT_DEFAULT = {"1m": 60, "1h": 24, "1d": 7}
 BUCKET_LIMIT_MAX = {"1m": 1440, "1h": 168, "1d": 31}
 
 # group_by value -> ledger columns it groups on.
-IMAGES_GROUP_BY = {"model": ("model",), "api_key": ("api_key_id",), "provider": ("provider",), "size": ("size",)}
+IMAGES_GROUP_BY = {"model": ("model",), "api_key": ("api_key_id",), "provider": ("provider",), "size": ("size",),
+                   "user": ("end_user",)}
 COSTS_GROUP_BY = {**IMAGES_GROUP_BY, "line_item": ("model", "size", "quality")}
 
 RECORDS_LIMIT_DEFAULT = 100
@@ -142,6 +143,7 @@ def _result(kind: str, row: dict, group_by: list[str], key_names: dict[int, str]
         "api_key_name": key_names.get(api_key_id) if api_key_id is not None else None,
         "provider": row["provider"] if "provider" in grouped else None,
         "size": row["size"] if "size" in grouped else None,
+        "user": (row["end_user"] or None) if "user" in grouped else None,  # the request's user / safety_identifier
     }
     if kind == "images":
         return {"object": "organization.usage.images.result", "images": int(row["images"]),
@@ -217,6 +219,7 @@ def _record(entry: LedgerEntry) -> dict:
         "cost": amount(entry.cost_micros),
         "unit_price_micros": entry.unit_price_micros,
         "latency_ms": entry.latency_ms,
+        "user": entry.end_user or None,
         "api_key": {"id": key.pk, "name": key.name, "prefix": key.prefix} if key is not None else None,
     }
 

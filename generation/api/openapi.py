@@ -215,7 +215,16 @@ def _f_partial_images(endpoint, models, nullable):
 def _f_user(endpoint, models, nullable):
     return serializers.CharField(required=False, allow_null=nullable, allow_blank=True,
                                  max_length=validation.MAX_USER_CHARS, trim_whitespace=False,
-                                 help_text="Your identifier for the end user, for abuse monitoring.")
+                                 help_text="Your identifier for the end user. Recorded on the request's ledger row "
+                                           "(usage API: group_by=user), counted against your monthly limit per end "
+                                           "user, and sent upstream only as a keyed hash.")
+
+
+def _f_safety_identifier(endpoint, models, nullable):
+    return serializers.CharField(required=False, allow_null=nullable, allow_blank=True,
+                                 max_length=validation.MAX_USER_CHARS, trim_whitespace=False,
+                                 help_text="OpenAI's newer name for `user`; when both are sent this one names the "
+                                           "end user.")
 
 
 def _f_provider(endpoint, models, nullable):
@@ -303,6 +312,7 @@ _FIELD_DOCS = {
     "provider": _f_provider,
     "seed": _f_seed,
     "max_cost": _f_max_cost,
+    "safety_identifier": _f_safety_identifier,
 }
 _FILE_FIELD_DOCS = {"image": _f_image_file, "image[]": _f_image_array, "mask": _f_mask}
 # A field named in validation.FIELDS must be documented: the generations `image` is a URL, elsewhere a file.
@@ -319,7 +329,7 @@ def undocumented_fields(endpoint: str) -> set[str]:
 # Field order in the schema: OpenAI's order, then anything else alphabetically.
 _ORDER = ["prompt", "image", "image[]", "mask", "model", "n", "size", "quality", "style", "response_format",
           "background", "moderation", "output_format", "output_compression", "input_fidelity", "stream",
-          "partial_images", "user", "provider", "seed", "max_cost"]
+          "partial_images", "user", "safety_identifier", "provider", "seed", "max_cost"]
 
 
 def request_fields(endpoint: str) -> dict[str, serializers.Field]:

@@ -204,7 +204,8 @@ class UsageImagesView(V1APIView):
         operation_id="usageImages", tags=["Usage"], summary="Images usage",
         description="Images made and requests made per time bucket, from the ledger. Each page is " + _BUCKET_SHAPE
                     + ' A result: `{"object": "organization.usage.images.result", "images", "num_model_requests", '
-                    '"model", "api_key_id", "api_key_name", "provider", "size"}` (a field is null unless grouped '
+                    '"model", "api_key_id", "api_key_name", "provider", "size",'
+                    ' "user"}` (a field is null unless grouped '
                     'by). `images` counts succeeded requests only; `num_model_requests` every request.',
         parameters=_bucket_parameters(q.IMAGES_GROUP_BY),
         responses=_responses("A page of buckets of images usage."),
@@ -223,7 +224,8 @@ class CostsView(V1APIView):
         operation_id="usageCosts", tags=["Usage"], summary="Costs",
         description="Money charged per time bucket, from the ledger. Each page is " + _BUCKET_SHAPE
                     + ' A result: `{"object": "organization.costs.result", "amount": {"value", "value_micros", '
-                    '"currency": "usd"}, "line_item", "model", "api_key_id", "api_key_name", "provider", "size"}`. '
+                    '"currency": "usd"}, "line_item", "model", "api_key_id", "api_key_name", "provider", "size",'
+                    ' "user"}`. '
                     '`value` is USD with 6 decimals; `value_micros` is the exact integer micro-USD of the ledger.',
         parameters=_bucket_parameters(q.COSTS_GROUP_BY),
         responses=_responses("A page of buckets of costs."),

@@ -177,6 +177,9 @@ async def run(
     try:
         registry()  # built on first use; it also registers configured self-hosted models in the catalog
         call = validate(endpoint, data, files=files, form=form, is_available=is_available, api_key=api_key)
+        if call.end_user:  # upstreams see a keyed hash of the end user, never the customer's own identifier
+            call = dataclasses.replace(call, request=dataclasses.replace(
+                call.request, user=spend.end_user_pseudonym(organization.pk, call.end_user)))
         await _moderate(call)  # refuse before fetching anything for a refused prompt
         if call.image_url:
             call = await _with_fetched_image(call)
@@ -221,7 +224,7 @@ async def run(
                            status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name,
                            size=req.size, quality=req.quality, n=req.n, price=price, latency_ms=latency,
                            upstream_cost_micros=result.upstream_cost_micros,
-                           served_model=_served_model(req.model, result)),
+                           served_model=_served_model(req.model, result), end_user=call.end_user),
                 rows=rows, touch_key=api_key,
             ))
         except Exception as exc:
@@ -334,7 +337,7 @@ async def _price_and_hold(call: ImageCall, organization, api_key):
         quote.check_ceiling(await quote.quote(call.spec, size=req.size, quality=req.quality, n=req.n),
                             max_cost_micros=call.max_cost_micros, key_default_micros=key_ceiling)
     try:
-        limits = await spend.limits_for(organization=organization, api_key=api_key)
+        limits = await spend.limits_for(organization=organization, api_key=api_key, end_user=call.end_user)
         hold = await spend.reserve(limits=limits, amount_micros=estimate.unit_price_micros * req.n)
     except spend.SpendLimitExceeded as exc:
         raise InsufficientQuota(exc.message) from exc
@@ -432,10 +435,12 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
     """The failed request's ledger row (cost 0) and its attempts, in one transaction."""
     if call is not None:
         req = call.request
-        fields = {"model": req.model, "size": req.size, "quality": req.quality, "n": req.n}
+        fields = {"model": req.model, "size": req.size, "quality": req.quality, "n": req.n, "end_user": call.end_user}
     else:  # invalid before validation finished: keep what the client sent, as text
         raw = data if isinstance(data, dict) else {}
         fields = {k: _printable(raw.get(k)) for k in ("model", "size", "quality")}
+        named = raw.get("safety_identifier") or raw.get("user")
+        fields["end_user"] = _printable(named)[:256] if isinstance(named, str) else ""
         n = raw.get("n")
         fields["n"] = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1000 else 0
 

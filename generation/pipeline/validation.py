@@ -20,14 +20,15 @@ FIELDS = {
     "generations": {
         "prompt", "model", "n", "size", "quality", "style", "response_format", "user",
         "background", "moderation", "output_format", "output_compression", "stream", "partial_images",
-        "provider", "image", "seed", "max_cost",
+        "provider", "image", "seed", "max_cost", "safety_identifier",
     },
     "edits": {
         "prompt", "model", "n", "size", "quality", "response_format", "user",
         "background", "moderation", "output_format", "output_compression", "input_fidelity", "stream",
-        "partial_images", "provider", "seed", "max_cost",
+        "partial_images", "provider", "seed", "max_cost", "safety_identifier",
     },
-    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed", "max_cost"},
+    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed", "max_cost",
+                   "safety_identifier"},
 }
 FILE_FIELDS = {"generations": set(), "edits": {"image", "image[]", "mask"}, "variations": {"image"}}
 INT_FIELDS = {"n", "output_compression", "seed", "partial_images"}
@@ -51,6 +52,10 @@ class ImageCall:
     image_url: str | None = None  # generations' `image`: fetched (safely) by the service
     stream: bool = False  # answered as Server-Sent Events (generation/api/streaming.py); images always base64
     max_cost_micros: int | None = None  # the request's price ceiling (`max_cost`, USD → micro-USD): pipeline/quote.py
+    # The customer's end user (OpenAI's `safety_identifier`, else `user`; "" if neither): recorded on the ledger,
+    # counted against the organization's per-end-user spend limit, sent upstream only as a keyed hash
+    # (billing/spend.py end_user_pseudonym).
+    end_user: str = ""
 
 
 def _type_name(value) -> str:
@@ -255,6 +260,10 @@ def validate(
     if user is not None and len(user) > MAX_USER_CHARS:
         raise InvalidRequest(f"Invalid 'user': at most {MAX_USER_CHARS} characters.", param="user",
                              code="string_above_max_length")
+    safety_identifier = r.str("safety_identifier")
+    if safety_identifier is not None and len(safety_identifier) > MAX_USER_CHARS:
+        raise InvalidRequest(f"Invalid 'safety_identifier': at most {MAX_USER_CHARS} characters.",
+                             param="safety_identifier", code="string_above_max_length")
 
     provider = r.str("provider")
     if provider is not None and provider not in spec.providers:
@@ -302,4 +311,5 @@ def validate(
                            partial_images=(partial_images or 0) if stream else None)
     return ImageCall(endpoint=endpoint, spec=spec, request=request, response_format=response_format,
                      provider=provider, image_url=image_url, stream=stream,
-                     max_cost_micros=quote.parse_max_cost(data.get("max_cost")))
+                     max_cost_micros=quote.parse_max_cost(data.get("max_cost")),
+                     end_user=(safety_identifier or user or "").replace("\x00", ""))
