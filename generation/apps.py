@@ -15,3 +15,8 @@ class GenerationConfig(AppConfig):
 
         invalidate_on_change(ModerationCategory, "moderation")
         invalidate_on_change(ModerationTerm, "moderation")
+
+        # /metrics: each provider's circuit state, read at scrape time (generation/metrics.py).
+        from . import metrics
+
+        metrics.register()

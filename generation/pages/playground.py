@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from accounts import roles
 from accounts.access import organization_page
 from config.http.middleware import new_request_id
+from config.observability import metrics
 from generation import catalog
 from generation.errors import APIError
 from generation.pipeline import ratelimit
@@ -47,6 +48,7 @@ def playground(request):
         except RedisError:
             decision = None  # the limiter is down: as on the API, serve rather than refuse
         if decision is not None and not decision.allowed:
+            metrics.count_rate_limit_refusal(decision.binding.scope)
             error = decision.message()
             form = PlaygroundForm(request.POST, initial={"model": catalog.DEFAULT_MODEL})
             form.is_valid()
