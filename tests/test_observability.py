@@ -220,6 +220,23 @@ def test_readyz_gives_up_on_a_redis_that_never_answers(transactional_db, prices)
             stop(proc)
 
 
+def test_readyz_names_the_image_storage_when_s3_does_not_answer(transactional_db, prices):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    base, proc = start_server(AWS_STORAGE_BUCKET_NAME="imagegate-private-bucket", BEDROCK_ENABLED="off",
+                              AWS_S3_ENDPOINT_URL=f"http://127.0.0.1:{dead_port}", AWS_REGION="us-east-1",
+                              AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret-example")
+    try:
+        down = httpx.get(f"{base}/readyz", timeout=20)
+        assert down.status_code == 503
+        assert down.json() == {"status": "unavailable", "down": ["storage"],
+                               "checks": {"database": "ok", "storage": "down", "redis": "ok"}}
+        _assert_leaks_nothing(down.text, "imagegate-private-bucket", "AKIDEXAMPLE", str(dead_port))
+    finally:
+        stop(proc)
+
+
 # --- Logs ----------------------------------------------------------------------------------------------------------
 
 def _json_lines(path: Path) -> list[dict]:
