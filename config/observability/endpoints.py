@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 PATHS = ("/healthz", "/readyz", "/metrics")
 READY_TIMEOUT_SECONDS = 2.0
-# Checks run on their own few threads: a hung dependency ties up at most these, never the request path's.
-_checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
+# Each check runs on a thread of its own, one run at a time: a probe that finds the previous run still hanging waits
+# for that run (within its timeout) instead of starting another, so a hung dependency holds one thread, never the
+# request path's, and never delays the other checks.
+_check_threads: dict[str, ThreadPoolExecutor] = {}
+_in_flight: dict[str, asyncio.Future] = {}
 _scrapes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="metrics")
 
 
@@ -86,8 +89,15 @@ def readiness_checks() -> dict:
 
 async def _run_check(name: str, check) -> str:
     loop = asyncio.get_running_loop()
+    running = _in_flight.get(name)
+    if running is None or running.done() or running.get_loop() is not loop:
+        executor = _check_threads.get(name)
+        if executor is None:
+            executor = _check_threads[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"readyz-{name}")
+        running = _in_flight[name] = loop.run_in_executor(executor, check)
+        running.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: logged below, if awaited
     try:
-        await asyncio.wait_for(loop.run_in_executor(_checks, check), READY_TIMEOUT_SECONDS)
+        await asyncio.wait_for(asyncio.shield(running), READY_TIMEOUT_SECONDS)
     except TimeoutError:
         log.warning("readyz: %s did not answer within %.1f s", name, READY_TIMEOUT_SECONDS)
         return "down"
