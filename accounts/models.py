@@ -130,6 +130,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     # Model ids this key may use; empty = every model. Checked on the generation path (accounts.selectors).
     allowed_models = models.JSONField(default=list, blank=True)
+    # A default price ceiling for every request made with this key (micro-USD per request; null: none). A request's
+    # own `max_cost` overrides it; over it the request is refused with 400 cost_limit_exceeded before any upstream.
+    max_cost_micros = models.BigIntegerField(null=True, blank=True)
     # What the key may do (accounts/keys.py SCOPES); every scope unless restricted when created.
     scopes = models.JSONField(default=keys.all_scopes)
     # The first key of a rotation chain (null: this key is the first). A rotated key inherits its predecessor's, so

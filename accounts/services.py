@@ -109,9 +109,10 @@ def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list
 def create_api_key(
     *, organization: Organization, name: str, created_by: User | None = None, rate_limit_rpm: int = 0,
     expires_at: datetime | None = None, allowed_models: list[str] | None = None, lineage: int | None = None,
-    scopes: list[str] | None = None,
+    scopes: list[str] | None = None, max_cost_micros: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key; returns the row and the raw key, which exists only in this return value."""
+    """A new key; returns the row and the raw key, which exists only in this return value. `max_cost_micros` is
+    the key's default price ceiling per request (micro-USD; None or 0: none)."""
     name = (name or "").strip()
     if not name:
         raise ValueError("An API key needs a name.")
@@ -119,6 +120,8 @@ def create_api_key(
         raise ValueError("rate_limit_rpm cannot be negative.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValueError("The expiry must be in the future.")
+    if max_cost_micros is not None and max_cost_micros < 0:
+        raise ValueError("max_cost cannot be negative.")
     allowed_models = normalize_allowed_models(allowed_models)
     scopes = keys.normalize_scopes(keys.all_scopes() if scopes is None else scopes)
     for _ in range(5):
@@ -137,6 +140,7 @@ def create_api_key(
                     allowed_models=allowed_models,
                     lineage=lineage,
                     scopes=scopes,
+                    max_cost_micros=max_cost_micros or None,
                 )
             return api_key, raw
         except IntegrityError:  # prefix collision: 62**8 makes this vanishingly rare; try another
@@ -171,6 +175,7 @@ def rotate_api_key(
     new_key, raw = create_api_key(
         organization=old.organization, name=name, created_by=created_by, rate_limit_rpm=old.rate_limit_rpm,
         expires_at=old.expires_at, allowed_models=list(old.allowed_models or []), lineage=old.lineage_id,
+        max_cost_micros=old.max_cost_micros,
         scopes=list(old.scopes or keys.all_scopes()),
     )
     if revoke_old:

@@ -29,7 +29,7 @@ ALL_TENANTS_ALLOWED = {
     "billing/stripe/reconciliation.py": "reconciliation compares every customer's ledger with Stripe",
     "billing/stripe/reporting.py": "the reporter sends every organization's unreported usage to Stripe",
     "billing/stripe/webhooks.py": "a Stripe event names a customer id, not an organization",
-    "billing/templatetags/ledger_admin.py": "staff's ledger admin",
+    "billing/usage/reader.py": "the staff ledger admin's totals and date drill-down span every organization",
     "generation/pipeline/idempotency.py": "a replay is found by organization and key hash in one indexed lookup",
     "generation/pipeline/storage.py": "a signed image URL's token names the image, not the organization",
 }

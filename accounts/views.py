@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
 from . import identity, roles, selectors, services
@@ -15,13 +16,18 @@ from .models import ApiKey, Invitation, Membership, User
 
 
 def _render_keys(request, *, form=None, new_key=None, status=200):
-    return render(request, "dashboard/api_keys.html", {
+    response = render(request, "dashboard/api_keys.html", {
         "form": form or ApiKeyCreateForm(),
         "rotate_form": ApiKeyRotateForm(),
         "new_key": new_key,
         "keys": selectors.api_keys_for_organization(request.organization),
         "api_base": request.build_absolute_uri("/v1"),
     }, status=status)
+    if new_key:
+        # The raw key is in this page: no browser or proxy cache may keep it (Cache-Control: no-store, ...), nor
+        # the back/forward cache restore it.
+        add_never_cache_headers(response)
+    return response
 
 
 @organization_page(roles.VIEW_USAGE, post=roles.MANAGE_KEYS)

@@ -10,7 +10,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Count, Q, Sum
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -32,6 +31,7 @@ from .models import (
     StripeEvent,
 )
 from .selectors import clear_price_cache
+from .usage import reader
 
 # Above this many rows (PostgreSQL's estimate) an unfiltered ledger list neither counts exactly nor totals: staff
 # narrow by organization, date or another filter first.
@@ -84,46 +84,6 @@ class EstimatingPaginator(Paginator):
             if estimate is not None and estimate > UNFILTERED_EXACT_LIMIT:
                 return estimate
         return super().count
-
-
-# Changelist parameters the usage rollups can answer (organization, model, provider, status); page and order do not
-# change the set. Any other filter (search, endpoint, dates) is totalled from the ledger itself.
-ROLLUP_FILTERS = {"organization__id__exact": "organization_id", "model": "model", "provider": "provider",
-                  "status__exact": "status", "status": "status"}
-SET_NEUTRAL_PARAMETERS = {"o", "p", "_changelist_filters"}
-
-
-def _rollup_totals(request, queryset) -> dict | None:
-    """Rows, images and cost of the changelist's filtered set from the rollups plus the ledger rows above the
-    watermark (exact), when every filter is a rollup dimension and something is rolled up; else None."""
-    from .models import UsageRollup
-    from .rollups import watermark
-
-    if connection.vendor != "postgresql":
-        return None
-    lookups = {}
-    for name, value in request.GET.items():
-        if name in SET_NEUTRAL_PARAMETERS:
-            continue
-        if name not in ROLLUP_FILTERS or not value:
-            return None
-        lookups[ROLLUP_FILTERS[name]] = value
-    while True:
-        mark = watermark()
-        if mark <= 0:
-            return None
-        rolled = UsageRollup.all_tenants_unsafe.filter(**lookups).aggregate(
-            rows=Sum("requests", default=0),
-            images=Sum("images", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
-            cost_micros=Sum("cost_micros", default=0),
-        )
-        tail = queryset.order_by().filter(id__gt=mark).aggregate(
-            rows=Count("id"),
-            images=Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
-            cost_micros=Sum("cost_micros", default=0),
-        )
-        if watermark() == mark:
-            return {k: int(rolled[k] or 0) + int(tail[k] or 0) for k in ("rows", "images", "cost_micros")}
 
 
 def values_filter(parameter: str, title: str, values):
@@ -241,10 +201,10 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
     def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
         paginator = super().get_paginator(request, queryset, per_page, orphans, allow_empty_first_page)
-        totals = _rollup_totals(request, queryset)
+        totals = reader.changelist_totals(request.GET, queryset)
         if totals is not None:  # the exact count without COUNT(*) over millions of ledger rows
             request._ledger_rollup_totals = totals
-            paginator.count = totals["rows"]
+            paginator.count = totals["requests"]
         return paginator
 
     def changelist_view(self, request, extra_context=None):
@@ -260,11 +220,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
             elif _too_big_unfiltered(queryset):
                 context["ledger_totals"] = None
             else:
-                totals = queryset.order_by().aggregate(
-                    rows=Count("id"),
-                    images=Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
-                    cost_micros=Sum("cost_micros", default=0),
-                )
+                totals = reader.Source(False, queryset).totals()
                 totals["cost_usd"] = usd(totals["cost_micros"])
                 context["ledger_totals"] = totals
             context["export_csv_url"] = reverse("admin:billing_ledgerentry_export_csv")
@@ -372,12 +328,15 @@ class StripeEventAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     fields = ["event_id", "type", "received_at", "processed_at", "error", "pretty_payload"]
 
+    class Media:
+        css = {"all": ["css/admin.css"]}  # pre.payload (no inline styles under the Content-Security-Policy)
+
     def get_readonly_fields(self, request, obj=None):
         return self.fields
 
     @admin.display(description="payload")
     def pretty_payload(self, obj):
-        return format_html("<pre style='white-space: pre-wrap'>{}</pre>",
+        return format_html("<pre class='payload'>{}</pre>",
                            json.dumps(obj.payload, indent=2, sort_keys=True))
 
 

@@ -1,14 +1,15 @@
 """Reads for billing: prices and usage summaries."""
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organization
 from config import process_cache
 
 from .models import LedgerEntry, Price
+from .usage import reader
 
 _prices = process_cache.ProcessCache("prices")
 
@@ -94,79 +95,14 @@ def invoices(*, organization: Organization, limit: int = 24):
 
 
 # --- Dashboard reads: usage over a date range, per day and broken down; the request log ----------------------------
-# Every dashboard aggregate goes through the functions below, so they can move to a rollup table in one place.
+# Every aggregate reads through billing/usage/reader.py: the rollups plus the ledger's tail, as one consistent view.
 
 _BREAKDOWN_FIELDS = {"model": "model", "provider": "provider", "api_key": "api_key__name"}
 
 
-def _ledger_range(organization: Organization, start: datetime, end: datetime | None):
-    """The organization's ledger rows with start <= created_at < end (the (organization, -created_at) index)."""
-    rows = LedgerEntry.objects.for_organization(organization).filter(created_at__gte=start)
-    return rows if end is None else rows.filter(created_at__lt=end)
-
-
-def _usage_aggregates():
-    return {
-        "requests": Count("id"),
-        "images": Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED)),
-        "cost": Sum("cost_micros"),
-    }
-
-
-def _rollup_aggregates():
-    return {
-        "requests": Sum("requests"),
-        "images": Sum("images", filter=Q(status=LedgerEntry.Status.SUCCEEDED)),
-        "cost": Sum("cost_micros"),
-    }
-
-
-def _sources(organization: Organization, start: datetime, end: datetime | None, watermark: int):
-    """The querysets that together hold exactly the organization's usage with start <= created_at < end (no end:
-    open): [(is_rollup, queryset)]. The whole UTC days inside the range come from the rollups (every ledger row with
-    id <= watermark) plus the ledger rows of those days above the watermark; the partial days at either edge come
-    from the ledger. Without rolled-up whole days (or in a time zone other than the rollups' UTC) it is the ledger."""
-    from datetime import time as dt_time
-    from datetime import timedelta
-
-    from .models import UsageRollup
-
-    ledger = _ledger_range(organization, start, end)
-    if watermark <= 0 or timezone.get_current_timezone_name() not in ("UTC", "Etc/UTC"):
-        return [(False, ledger)]
-    utc = UTC
-    first = start.astimezone(utc).date()
-    if start.astimezone(utc) != datetime.combine(first, dt_time.min, tzinfo=utc):
-        first += timedelta(days=1)
-    last = (end if end is not None else timezone.now()).astimezone(utc).date()  # days before `last` are whole
-    if first >= last:
-        return [(False, ledger)]
-    lo, hi = datetime.combine(first, dt_time.min, tzinfo=utc), datetime.combine(last, dt_time.min, tzinfo=utc)
-    rollup = UsageRollup.objects.for_organization(organization).filter(day__gte=first, day__lt=last)
-    tail = LedgerEntry.objects.for_organization(organization).filter(created_at__gte=lo, created_at__lt=hi,
-                                                                     id__gt=watermark)
-    edges = ledger.filter(Q(created_at__lt=lo) | Q(created_at__gte=hi))
-    return [(True, rollup), (False, tail), (False, edges)]
-
-
-def _read(organization: Organization, start: datetime, end: datetime | None, read):
-    """`read(is_rollup, queryset)` over every source, as one consistent view: the rollups and the watermark move
-    together (one transaction per refresh batch), so if the watermark is the same after the reads as before, the
-    rollup rows read were exactly those of that watermark. The ledger only grows, so its reads are exact anyway."""
-    from .rollups import watermark as current_watermark
-
-    while True:
-        mark = current_watermark()
-        results = [read(is_rollup, qs) for is_rollup, qs in _sources(organization, start, end, mark)]
-        if mark <= 0 or current_watermark() == mark:
-            return results
-
-
 def _summary(organization: Organization, start: datetime, end: datetime | None) -> UsageSummary:
-    parts = _read(organization, start, end, lambda is_rollup, qs: qs.aggregate(
-        **(_rollup_aggregates() if is_rollup else _usage_aggregates())))
-    return UsageSummary(requests=sum(p["requests"] or 0 for p in parts), images=sum(p["images"] or 0 for p in parts),
-                        cost_micros=sum(p["cost"] or 0 for p in parts))
+    summed = reader.add(reader.read_organization(organization, start, end, reader.Source.totals))
+    return UsageSummary(requests=summed["requests"], images=summed["images"], cost_micros=summed["cost_micros"])
 
 
 def usage_between(*, organization: Organization, start: datetime, end: datetime) -> UsageSummary:
@@ -182,26 +118,20 @@ def daily_usage(*, organization: Organization, start: datetime, end: datetime) -
 
     tz = timezone.get_current_timezone()
 
-    def read(is_rollup, qs):
-        if is_rollup:
-            return list(qs.values("day").annotate(**_rollup_aggregates()).order_by("day"))
-        return list(qs.annotate(day=TruncDate("created_at", tzinfo=tz)).values("day")
-                    .annotate(**_usage_aggregates()).order_by("day"))
+    def read(source: reader.Source):
+        rows = source.rows if source.rollup else source.rows.annotate(day=TruncDate("created_at", tzinfo=tz))
+        return list(rows.values("day").annotate(**reader.totals(rollup=source.rollup)).order_by("day"))
 
     by_day: dict = {}
-    for rows in _read(organization, start, end, read):
+    for rows in reader.read_organization(organization, start, end, read):
         for r in rows:
-            acc = by_day.setdefault(r["day"], {"requests": 0, "images": 0, "cost": 0})
-            for k in acc:
-                acc[k] += r[k] or 0
+            by_day[r["day"]] = reader.add([by_day.get(r["day"], {}), r])
     first = timezone.localtime(start, tz).date()
     last = timezone.localtime(end - timedelta(microseconds=1), tz).date()
     days = []
     day = first
     while day <= last:
-        r = by_day.get(day, {})
-        days.append({"day": day, "requests": r.get("requests") or 0, "images": r.get("images") or 0,
-                     "cost_micros": r.get("cost") or 0})
+        days.append({"day": day, **by_day.get(day, reader.add([]))})
         day += timedelta(days=1)
     return days
 
@@ -212,21 +142,17 @@ def usage_breakdown(*, organization: Organization, start: datetime, end: datetim
     field = _BREAKDOWN_FIELDS[by]
     group = [field, "api_key__prefix", "api_key_id"] if by == "api_key" else [field]
 
-    def read(is_rollup, qs):
-        return list(qs.values(*group).annotate(**(_rollup_aggregates() if is_rollup else _usage_aggregates()))
-                    .order_by())
+    def read(source: reader.Source):
+        return list(source.rows.values(*group).annotate(**reader.totals(rollup=source.rollup)).order_by())
 
     merged: dict = {}
-    for rows in _read(organization, start, end, read):
+    for rows in reader.read_organization(organization, start, end, read):
         for r in rows:
             key = tuple(r[g] for g in group)
-            acc = merged.setdefault(key, {**{g: r[g] for g in group}, "requests": 0, "images": 0, "cost": 0})
-            for k in ("requests", "images", "cost"):
-                acc[k] += r[k] or 0
-    rows = sorted(merged.values(), key=lambda r: (-r["cost"], -r["requests"], r[field] is None, r[field] or ""))
+            merged[key] = {**{g: r[g] for g in group}, **reader.add([merged.get(key, {}), r])}
+    rows = sorted(merged.values(), key=lambda r: (-r["cost_micros"], -r["requests"], r[field] is None, r[field] or ""))
     return [{"label": r[field] or "—", "detail": (f"{r['api_key__prefix']}…" if r.get("api_key__prefix") else ""),
-             "requests": r["requests"] or 0, "images": r["images"] or 0, "cost_micros": r["cost"] or 0}
-            for r in rows]
+             "requests": r["requests"], "images": r["images"], "cost_micros": r["cost_micros"]} for r in rows]
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ THIRD_PARTY_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    "csp",
 ]
 LOCAL_APPS = [
     "accounts",
@@ -67,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "allauth.account.middleware.AccountMiddleware",
 ]
 
@@ -201,6 +203,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 WHITENOISE_USE_FINDERS = DEBUG
+# Files served at the site's root by WhiteNoise: favicon.ico, which every browser asks for (a 404 there is a console
+# error on every first page).
+WHITENOISE_ROOT = BASE_DIR / "public"
 WHITENOISE_AUTOREFRESH = DEBUG
 
 AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
@@ -314,18 +319,42 @@ STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=20.0)
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 FREE_TIER_MONTHLY_MICROS = env.int("FREE_TIER_MONTHLY_MICROS", default=1_000_000)
 
-# --- Production hardening (DJANGO_DEBUG off) ----------------------------------------------------------------------
+# --- TLS, security headers (config/http/security.py) ----------------------------------------------------------------
+# TLS ends at the load balancer, which tells Django a request came over HTTPS with `X-Forwarded-Proto: https`. Trust
+# that header only behind a proxy that sets it itself (overwriting the client's): on by default with DEBUG off.
+SECURE_PROXY_SSL_HEADER = (("HTTP_X_FORWARDED_PROTO", "https")
+                           if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=not DEBUG) else None)
+# Pages answer plain HTTP with a redirect to HTTPS; the API (/v1, /images/) refuses it with 403 `https_required`
+# instead: a client that follows a redirect has already sent its key in clear text and would go on doing so unnoticed.
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+API_REQUIRE_HTTPS = env.bool("API_REQUIRE_HTTPS", default=SECURE_SSL_REDIRECT)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
 if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31536000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
-    SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy of every page (django-csp; the API's constant headers are in config/http/security.py).
+# No inline script or style anywhere: scripts and styles are static files (static/js, static/css), so 'self' is all
+# a page needs; images also come as data: URIs (the playground's results, the TOTP QR code). Stripe Checkout and the
+# billing portal are left by a redirect after a form POST, which `form-action` would govern, so it is not set.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 # --- Operators: logs, metrics (config/observability/; docs/deployment.md) ---------------------------------------------
 # LOG_FORMAT: text (human-readable lines, the default) or json (one JSON object per line: each API request's access

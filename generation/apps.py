@@ -7,6 +7,8 @@ class GenerationConfig(AppConfig):
     verbose_name = "Image generation"
 
     def ready(self):
+        from config import checks  # noqa: F401  (registers the deployment checks: static manifest, https URLs)
+
         # The compiled moderation policy is cached per process (generation/pipeline/moderation.py); any edit drops it
         # everywhere.
         from config.process_cache import invalidate_on_change

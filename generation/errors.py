@@ -63,6 +63,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "The prompt was refused by the safety system; nothing is charged."),
     ErrorCode(400, _REQ, "invalid_idempotency_key",
               "The Idempotency-Key header is empty, over 255 characters or not printable ASCII."),
+    ErrorCode(400, _REQ, "cost_limit_exceeded",
+              "The request's price (for \"auto\" sizes or qualities, its dearest outcome) is over its `max_cost` "
+              "or the key's default ceiling; the message names the price. Nothing is generated or charged."),
     ErrorCode(400, _REQ, "invalid_host", "The Host header names a host this server does not answer for."),
     ErrorCode(401, _REQ, None, "No API key: send `Authorization: Bearer <key>`."),
     ErrorCode(401, _REQ, "invalid_api_key", "The API key is unknown, revoked or expired."),
@@ -70,6 +73,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
               "The key is restricted and lacks the permission this endpoint needs; the message names it."),
     ErrorCode(403, _REQ, "permission_denied", "The key may not perform this request."),
     ErrorCode(403, _REQ, "model_not_allowed", "The key's allowed models do not include this model."),
+    ErrorCode(403, _REQ, "https_required",
+              "The request came over plain HTTP: the API answers HTTPS only, and refuses rather than redirects "
+              "(the key was already sent in clear text; rotate it if it may have been seen)."),
     ErrorCode(404, _REQ, "model_not_found", "The model does not exist or is not enabled here."),
     ErrorCode(404, _REQ, "not_found", "No such object (an image, a record)."),
     ErrorCode(404, _REQ, "unknown_url", "No such URL under /v1."),

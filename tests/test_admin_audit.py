@@ -157,7 +157,7 @@ def test_ledger_changelist_shows_rows_filters_and_totals(staff_client, ledger):
     response = staff_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     totals = _totals(response)
-    assert totals["rows"] == LedgerEntry.all_tenants_unsafe.count() == 7
+    assert totals["requests"] == LedgerEntry.all_tenants_unsafe.count() == 7
     assert totals["cost_micros"] == sum(r.cost_micros for r in rows) == 10_000
     assert totals["images"] == 1 + 2 + 3 + 2 + 2
     assert totals["cost_usd"] == "0.010000"
@@ -167,17 +167,17 @@ def test_ledger_changelist_shows_rows_filters_and_totals(staff_client, ledger):
         assert title.lower() in html.lower()
 
     response = staff_client.get(reverse(CHANGELIST), {"organization__id__exact": org.pk})
-    assert _totals(response)["rows"] == 5 and _totals(response)["cost_micros"] == 6_000
+    assert _totals(response)["requests"] == 5 and _totals(response)["cost_micros"] == 6_000
     response = staff_client.get(reverse(CHANGELIST), {"organization__id__exact": org.pk, "status__exact": "failed"})
-    assert _totals(response) == {"rows": 1, "images": 0, "cost_micros": 0, "cost_usd": "0.000000"}
+    assert _totals(response) == {"requests": 1, "images": 0, "cost_micros": 0, "cost_usd": "0.000000"}
     response = staff_client.get(reverse(CHANGELIST), {"provider": "openai"})
-    assert _totals(response)["rows"] == 2 and _totals(response)["cost_micros"] == 4_000
+    assert _totals(response)["requests"] == 2 and _totals(response)["cost_micros"] == 4_000
     response = staff_client.get(reverse(CHANGELIST), {"model": "local-preview", "endpoint": "generations"})
-    assert _totals(response)["rows"] == 7
+    assert _totals(response)["requests"] == 7
     today = timezone.now()
     response = staff_client.get(reverse(CHANGELIST), {"created_at__year": today.year, "created_at__month": today.month,
                                                       "created_at__day": today.day})
-    assert response.status_code == 200 and _totals(response)["rows"] == 7
+    assert response.status_code == 200 and _totals(response)["requests"] == 7
 
 
 def test_search_by_request_id_finds_exactly_that_row(staff_client, ledger):
@@ -350,7 +350,7 @@ def test_huge_unfiltered_ledger_skips_totals_but_filtered_sets_get_them(staff_cl
     assert response.status_code == 200 and _totals(response) is None
     assert b"Totals are computed once the ledger is narrowed" in response.content
     response = staff_client.get(reverse(CHANGELIST), {"status__exact": "succeeded"})
-    assert _totals(response)["rows"] == 5 and _totals(response)["cost_micros"] == 10_000
+    assert _totals(response)["requests"] == 5 and _totals(response)["cost_micros"] == 10_000
 
 
 def test_export_link_carries_the_changelist_filters(staff_client, ledger):

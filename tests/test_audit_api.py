@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts import services as account_services
 from accounts.models import ApiKey
-from billing import recording
+from billing import cursors, recording
 from billing import services as billing_services
 from billing.models import LedgerEntry, Price
 from billing.selectors import current_price
@@ -303,6 +303,8 @@ def test_records_query_walks_the_org_time_index(acme, ledger):
     rows = usage_queries.records_queryset(organization=acme.org, after=(at(T0 + 10), 10**9))[:100]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")  # a 20-row table would be scanned otherwise
+        # A few-row table makes any index plus a sort look as cheap: ask whether the order comes from the index.
+        cursor.execute("SET LOCAL enable_sort = off")
         plan = rows.explain()
     assert "ledger_org_time" in plan, plan
     assert "Seq Scan" not in plan, plan
@@ -322,8 +324,8 @@ BAD = [
     ("costs", {"start_time": T0, "bucket_width": "1h", "limit": 169}, "limit", "invalid_parameter"),
     ("costs", {"start_time": T0, "limit": 0}, "limit", "invalid_parameter"),
     ("costs", {"start_time": T0, "page": "not-a-cursor"}, "page", "invalid_parameter"),
-    ("costs", {"start_time": T0, "page": usage_queries.encode_page("1h", T0)}, "page", "invalid_parameter"),
-    ("costs", {"start_time": T0, "end_time": T0 + DAY, "page": usage_queries.encode_page("1d", T0 + 5 * DAY)},
+    ("costs", {"start_time": T0, "page": cursors.encode_page("1h", T0)}, "page", "invalid_parameter"),
+    ("costs", {"start_time": T0, "end_time": T0 + DAY, "page": cursors.encode_page("1d", T0 + 5 * DAY)},
      "page", "invalid_parameter"),
     ("costs", {"start_time": T0, "api_key_ids": "key_abc"}, "api_key_ids", "invalid_parameter"),
     ("costs", {"start_time": T0, "end_tme": T0}, "end_tme", "unknown_parameter"),
@@ -332,7 +334,7 @@ BAD = [
     ("usage/records", {"limit": 0}, "limit", "invalid_parameter"),
     ("usage/records", {"status": "ok"}, "status", "invalid_parameter"),
     ("usage/records", {"cursor": "garbage!"}, "cursor", "invalid_parameter"),
-    ("usage/records", {"cursor": usage_queries.encode_page("1d", T0)}, "cursor", "invalid_parameter"),
+    ("usage/records", {"cursor": cursors.encode_page("1d", T0)}, "cursor", "invalid_parameter"),
     ("usage/records", {"api_key_id": "1.5"}, "api_key_id", "invalid_parameter"),
     ("usage/records", {"model": "a\x00b"}, "model", "invalid_parameter"),
     ("usage/records", {"start_time": T0, "end_time": T0 - 1}, "end_time", "invalid_parameter"),

@@ -2,7 +2,9 @@
 
 Walk 1 (a customer): sign up, create an API key, generate through the API with the OpenAI SDK, find the requests in
 the log, a detail page and the chart, export the CSV, revoke the key. Walk 2 (staff): sign in with password + TOTP
-and go through the admin's audit pages. Screenshots of the main pages go to test-artifacts/screenshots/.
+and go through the admin's audit pages. Walk 3 (issue 12): every page a signed-in staff member who also belongs to an
+organization can reach by following links, under the Content-Security-Policy. Every walk fails on a JavaScript
+error or a console error (a policy violation is one). Screenshots of the main pages go to test-artifacts/screenshots/.
 
 Chromium comes from Debian (`make browser`); Playwright cannot download its own browsers on this machine. Without
 /usr/bin/chromium these tests fail (they never skip).
@@ -14,6 +16,7 @@ import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
@@ -68,12 +71,17 @@ def page(live_url):
         pg = context.new_page()
         errors = []
         pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        # Console errors, among them every Content-Security-Policy violation ("Refused to apply inline style ...").
+        # (The status of the page itself is the test's to assert: a 404 page's own "Failed to load resource" is not
+        # an error of the page.)
+        pg.on("console", lambda msg: errors.append(f"{pg.url}: {msg.text} ({msg.location.get('url')})")
+              if msg.type == "error" and msg.location.get("url") != pg.url else None)
         try:
             yield pg
         finally:
             context.close()
             browser.close()
-        assert not errors, f"JavaScript errors on the pages: {errors}"
+        assert not errors, f"JavaScript or console errors on the pages: {errors}"
 
 
 def _sdk(live_url, raw_key):
@@ -246,3 +254,81 @@ def test_staff_audit_walk_through_the_admin(audit_data, page):
     visit("/admin/billing/stripeevent/", "stripe event")
     visit("/admin/billing/price/", "price", "local-preview")
     visit("/admin/admin/logentry/", "log entr")
+
+
+# --- Walk 3: every page under the Content-Security-Policy (issue 12) -----------------------------------------------
+
+# Not pages: logging out, the API and images, CSV downloads, the admin's "view on site" redirects.
+SKIP_LINKS = ("/accounts/logout/", "/admin/logout/", "/v1/", "/images/", "/admin/r/")
+MAX_PAGES = 120
+
+
+def _page_kind(path: str) -> str:
+    """One visit per kind of page: object ids and request ids vary, the template does not."""
+    return re.sub(r"/req_[A-Za-z0-9_]+/", "/<request>/", re.sub(r"/\d+/", "/<id>/", path))
+
+
+@pytest.fixture
+def staff_member(audit_data):
+    """The audit walk's staff user, also the owner of the organization with the ledger rows."""
+    from accounts.models import Membership
+
+    staff, secret, rows = audit_data
+    Membership.all_tenants_unsafe.create(organization=rows[0].organization, user=staff, role=Membership.Role.OWNER)
+    return staff, secret
+
+
+def test_every_page_passes_the_content_security_policy(staff_member, page, live_url):
+    staff, secret = staff_member
+    csp_headers = set()
+    page.on("response", lambda r: csp_headers.add(r.headers.get("content-security-policy"))
+            if r.request.resource_type == "document" else None)
+
+    for anonymous in ("/accounts/signup/", "/accounts/password/reset/", "/docs/api/"):
+        _goto(page, anonymous)
+    page.goto("/admin/")
+    page.wait_for_url(re.compile(r"/accounts/login/"))
+    page.fill('input[name="login"]', staff.email)
+    page.fill('input[name="password"]', PASSWORD)
+    page.locator('form:has(input[name="password"]) [type="submit"]').click()
+    page.wait_for_url(re.compile(r"/accounts/2fa/authenticate/"))
+    page.fill('input[name="code"]', _current_code(secret))
+    page.get_by_role("button", name="Sign In").click()
+    page.wait_for_url(re.compile(r"/admin/$"))
+
+    # The playground's result page (its images are data: URIs or /images/ URLs) and a page showing a new key.
+    _goto(page, "/dashboard/playground/")
+    page.fill('[name="prompt"]', "a lighthouse under the policy")
+    page.click('[data-testid="generate"]')
+    page.wait_for_selector(".gallery img.result-image")
+    assert page.evaluate("document.querySelector('.gallery img').naturalWidth") > 0
+    _goto(page, "/dashboard/keys/")
+    page.fill('input[name="name"]', "under the policy")
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dashboard/keys/")) as info:
+        page.click('button:has-text("Create key")')
+    assert "no-store" in info.value.headers["cache-control"]
+
+    seen, queue, visited = set(), ["/dashboard/", "/admin/", "/accounts/email/", "/accounts/2fa/",
+                                   "/accounts/password/change/"], []
+    while queue and len(visited) < MAX_PAGES:
+        path = queue.pop(0)
+        if _page_kind(path) in seen:
+            continue
+        seen.add(_page_kind(path))
+        response = page.goto(path)
+        assert response is not None and response.status == 200, f"{path}: HTTP {response and response.status}"
+        visited.append(path)
+        for href in page.eval_on_selector_all("a[href]", "els => els.map(a => a.href)"):
+            parts = urlsplit(href)
+            if (f"{parts.scheme}://{parts.netloc}" == live_url and not parts.path.startswith(SKIP_LINKS)
+                    and not parts.path.endswith((".csv", "/export/"))):
+                queue.append(parts.path)
+    missing = page.goto("/dashboard/no-such-page/")
+    assert missing is not None and missing.status == 404
+    kinds = {_page_kind(p) for p in visited}
+    assert len(kinds) >= 60, sorted(kinds)  # 85 kinds of page when this was written: the admin's are most of them
+    for expected in ("/dashboard/", "/dashboard/requests/<request>/", "/dashboard/team/", "/dashboard/billing/",
+                     "/admin/billing/ledgerentry/", "/admin/billing/ledgerentry/<id>/change/",
+                     "/accounts/email/", "/accounts/2fa/"):
+        assert expected in kinds, f"the walk never reached {expected}: {sorted(kinds)}"
+    assert len(csp_headers) == 1 and "script-src 'self'" in csp_headers.pop()

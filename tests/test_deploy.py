@@ -326,6 +326,11 @@ def test_env_example_configures_production():
     assert s["storage"] == "storages.backends.s3.S3Storage" and s["endpoint"] == "http://s3:9000"
     assert s["bedrock"] is False
     assert s["email"] == "django.core.mail.backends.console.EmailBackend"  # compose only: no SMTP relay in the stack
+    # As the Dockerfile and `make serve` do: collect the static files first (without them `check --deploy` fails
+    # with imagegate.E001; tests/test_tls.py shows that).
+    collect = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], cwd=ROOT,
+                             env=env, capture_output=True, text=True)
+    assert collect.returncode == 0, collect.stdout + collect.stderr
     check = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
                            env=env, capture_output=True, text=True)
     assert check.returncode == 0 and "no issues" in check.stdout, check.stdout + check.stderr

@@ -3,6 +3,7 @@ the live server against the description: no 5xx, and every response matches it (
 body) across at least 500 generated requests."""
 import json
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -32,7 +33,7 @@ from tests.images_util import png
 
 V1_PATHS = {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models",
             "/v1/models/{model_id}", "/v1/organization/usage/images", "/v1/organization/costs",
-            "/v1/organization/usage/records"}
+            "/v1/organization/usage/records", "/v1/images/quote"}
 REQUEST_SCHEMAS = {"generations": "ImageGenerationRequest", "edits": "ImageEditRequest",
                    "variations": "ImageVariationRequest"}
 
@@ -64,7 +65,7 @@ def test_schema_describes_v1_only(schema):
         assert not any(word in path for word in ("dashboard", "admin", "accounts", "openapi", "docs"))
     operation_ids = {op["operationId"] for item in schema["paths"].values() for op in item.values()}
     assert operation_ids == {"createImage", "createImageEdit", "createImageVariation", "listModels", "retrieveModel",
-                             "usageImages", "usageCosts", "listUsageRecords"}
+                             "usageImages", "usageCosts", "listUsageRecords", "quoteImage"}
 
 
 def test_every_operation_needs_a_bearer_key(schema):
@@ -180,7 +181,10 @@ def test_reference_page_renders_the_schema_for_anyone(client, db, schema):
         assert call in page, call
     for model_id in catalog.MODELS:  # the models table
         assert f"<code>{model_id}</code>" in page, model_id
-    assert "<script" not in page and "cdn" not in page.lower()
+    # no CDN and no inline script (the pages' CSP forbids it): only our own static files
+    scripts = re.findall(r"<script\b[^>]*>", page)
+    assert all(re.search(r'src="/static/[^"]+"', tag) for tag in scripts), scripts
+    assert "cdn" not in page.lower()
     assert 'href="/docs/api/"' in page  # the nav link, for visitors who are not logged in
 
 
@@ -200,6 +204,7 @@ BUDGET = {
     "POST /v1/images/generations": {GenerationMode.POSITIVE: 250, GenerationMode.NEGATIVE: 100},
     "POST /v1/images/edits": {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 60},
     "POST /v1/images/variations": {GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 50},
+    "POST /v1/images/quote": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30},
     "GET /v1/models": {GenerationMode.POSITIVE: 10},
     "GET /v1/models/{model_id}": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 20},
     "GET /v1/organization/usage/images": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},

@@ -83,6 +83,11 @@ def test_production_hardening_when_debug_is_off():
 
 def test_check_deploy_is_clean_in_production():
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **PRODUCTION}
+    # A release collects the static files first (`make serve`, the Dockerfile); without them check --deploy fails
+    # (imagegate.E001, tests/test_tls.py).
+    collect = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], cwd=ROOT,
+                             env=env, capture_output=True, text=True)
+    assert collect.returncode == 0, collect.stderr
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

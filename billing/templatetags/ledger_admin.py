@@ -2,16 +2,15 @@
 
 Django's date hierarchy asks the changelist queryset for the distinct months (or days) of every filtered row: over
 an organization's millions of ledger rows that is the slowest query of the page. When every filter is a rollup
-dimension (organization, model, provider, status: billing/admin.py ROLLUP_FILTERS), the same answer comes from the
-rollups (one row per day and dimension) plus the ledger rows above the rollup watermark; Django's own code builds the
-links. Any other filter falls back to Django's query.
+dimension (organization, model, provider, status), the same answer comes from the rollups plus the ledger rows above
+the watermark (billing/usage/reader.py); Django's own code builds the links. Any other filter falls back to Django's
+query.
 """
 from datetime import UTC, datetime, time
 
 from django import template
 from django.contrib.admin.templatetags import admin_list
 from django.contrib.admin.templatetags.base import InclusionAdminNode
-from django.db import connection
 from django.db.models import Max, Min
 
 register = template.Library()
@@ -53,26 +52,15 @@ class _ChangeListView:
 
 
 def ledger_date_hierarchy(cl):
-    from billing.admin import ROLLUP_FILTERS, SET_NEUTRAL_PARAMETERS
-    from billing.models import UsageRollup
-    from billing.rollups import watermark
+    from billing.usage import reader
 
-    lookups, date_lookups = {}, {}
-    for name, value in cl.params.items():
-        if name in SET_NEUTRAL_PARAMETERS:
-            continue
-        if name in DATE_PARAMS:
-            date_lookups[DATE_PARAMS[name]] = value
-        elif name in ROLLUP_FILTERS and value:
-            lookups[ROLLUP_FILTERS[name]] = value
-        else:
-            return admin_list.date_hierarchy(cl)
-    mark = watermark()
-    if connection.vendor != "postgresql" or mark <= 0:
+    date_lookups = {DATE_PARAMS[name]: value for name, value in cl.params.items() if name in DATE_PARAMS}
+    lookups = reader.changelist_lookups({k: v for k, v in cl.params.items() if k not in DATE_PARAMS})
+    sources = None if lookups is None else reader.changelist_sources(lookups, cl.queryset, reader.watermark())
+    if sources is None:
         return admin_list.date_hierarchy(cl)
-    rollups = UsageRollup.all_tenants_unsafe.filter(**lookups, **date_lookups)
-    tail = cl.queryset.order_by().filter(id__gt=mark)
-    return admin_list.date_hierarchy(_ChangeListView(cl, _RollupDates(rollups, tail)))
+    rollups, tail = sources
+    return admin_list.date_hierarchy(_ChangeListView(cl, _RollupDates(rollups.rows.filter(**date_lookups), tail.rows)))
 
 
 @register.tag(name="ledger_date_hierarchy")

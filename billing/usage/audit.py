@@ -9,23 +9,21 @@ Buckets. A bucket of width 1m / 1h / 1d starts at a multiple of its width since 
 bucket shown are clipped to the range: the buckets of a range partition it, and the sum over every bucket of every
 page is exactly the ledger's sum over the range. Empty buckets are returned with `results: []` (as OpenAI does).
 
-Cursors are opaque to clients (URL-safe base64 without padding) and versioned:
-  * bucket pages:  "b1:<bucket width>:<unix start of the next bucket>"
-  * record pages:  "r1:<created_at in unix microseconds>:<ledger row id>" (the last row of the page)
+Cursors (bucket pages and record positions) are billing/cursors.py's.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Q
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 
 from accounts.models import ApiKey, Organization
+from billing import cursors
 from billing.models import MICROS_PER_USD, LedgerEntry
+from billing.usage import reader
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -45,10 +43,6 @@ RECORDS_LIMIT_MAX = 1000
 _QUANTUM = Decimal("0.000001")
 
 
-class BadCursor(ValueError):
-    """A `page` / `after` cursor that this server did not produce for this query."""
-
-
 def usd_value(micros: int) -> Decimal:
     """Integer micro-USD -> USD with exactly 6 decimals (rendered as a JSON number)."""
     return (Decimal(int(micros)) / MICROS_PER_USD).quantize(_QUANTUM)
@@ -66,33 +60,7 @@ def to_unix(moment: datetime) -> int:
     return int((moment - EPOCH) // timedelta(seconds=1))
 
 
-def _b64encode(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _b64decode(token: str) -> str:
-    if not token or len(token) > 200 or not all(c.isalnum() or c in "-_" for c in token):
-        raise BadCursor("malformed")
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise BadCursor("malformed") from exc
-
-
 # --- Buckets ---------------------------------------------------------------------------------------------------------
-
-def encode_page(bucket_width: str, next_start: int) -> str:
-    return _b64encode(f"b1:{bucket_width}:{next_start}")
-
-
-def decode_page(token: str, bucket_width: str) -> int:
-    parts = _b64decode(token).split(":")
-    if len(parts) != 3 or parts[0] != "b1" or not parts[2].isdigit() or len(parts[2]) > 15:
-        raise BadCursor("malformed")
-    if parts[1] != bucket_width:
-        raise BadCursor("This page cursor was made for another bucket_width.")
-    return int(parts[2])
-
 
 @dataclass(frozen=True)
 class BucketPage:
@@ -111,9 +79,9 @@ def _bucket_page(*, kind: str, organization: Organization, start_time: int, end_
     first = start_time - start_time % width  # aligned start of the first bucket of the range
     cursor = first
     if page is not None:
-        cursor = decode_page(page, bucket_width)
+        cursor = cursors.decode_page(page, bucket_width)
         if cursor % width or cursor < first or cursor >= end_time:
-            raise BadCursor("This page cursor does not belong to this start_time/end_time.")
+            raise cursors.BadCursor("This page cursor does not belong to this start_time/end_time.")
     starts = []
     at = cursor
     while at < end_time and len(starts) < limit:
@@ -122,24 +90,37 @@ def _bucket_page(*, kind: str, organization: Organization, start_time: int, end_
     has_more = at < end_time
     page_from, page_to = max(starts[0], start_time), min(at, end_time)
 
-    rows = LedgerEntry.objects.for_organization(organization).filter(
-        created_at__gte=to_datetime(page_from), created_at__lt=to_datetime(page_to))
+    lookups = {}
     if kind == "costs":
-        rows = rows.filter(status=LedgerEntry.Status.SUCCEEDED)  # failures cost 0 (a CHECK constraint says so)
+        lookups["status"] = LedgerEntry.Status.SUCCEEDED  # failures cost 0 (a CHECK constraint says so)
     if api_key_ids is not None:
-        rows = rows.filter(api_key_id__in=api_key_ids)
+        lookups["api_key_id__in"] = api_key_ids
     if models is not None:
-        rows = rows.filter(model__in=models)
+        lookups["model__in"] = models
     groups = IMAGES_GROUP_BY if kind == "images" else COSTS_GROUP_BY
     columns = list(dict.fromkeys(col for name in group_by for col in groups[name]))
     trunc = BUCKET_TRUNC[bucket_width]("created_at", tzinfo=UTC)
-    if kind == "images":
-        aggregates = {"images": Sum("n", filter=Q(status=LedgerEntry.Status.SUCCEEDED), default=0),
-                      "requests": Count("id")}
+
+    def read(source: reader.Source) -> list[dict]:
+        if source.rollup:
+            rows = source.rows.values("day", *columns).annotate(**reader.totals(rollup=True)).order_by()
+            return [{**row, "bucket": datetime.combine(row.pop("day"), time.min, tzinfo=UTC)} for row in rows]
+        return list(source.rows.annotate(bucket=trunc).values("bucket", *columns)
+                    .annotate(**reader.totals(rollup=False)).order_by())
+
+    page_start, page_end = to_datetime(page_from), to_datetime(page_to)
+    if bucket_width == "1d" and set(columns) <= reader.ROLLUP_COLUMNS:  # whole UTC days: the rollups answer
+        parts = reader.read_organization(organization, page_start, page_end, read, local_days=False, **lookups)
     else:
-        aggregates = {"cost": Sum("cost_micros", default=0)}
-    aggregated = (rows.annotate(bucket=trunc).values("bucket", *columns).annotate(**aggregates)
-                  .order_by("bucket", *columns))
+        parts = [read(reader.Source(False, LedgerEntry.objects.for_organization(organization).filter(
+            created_at__gte=page_start, created_at__lt=page_end, **lookups)))]
+    merged: dict[tuple, dict] = {}
+    for rows in parts:
+        for row in rows:
+            key = (row["bucket"], *(row[c] for c in columns))
+            merged[key] = {**row, **reader.add([merged.get(key, {}), row])}
+    aggregated = [merged[key] for key in sorted(merged, key=lambda k: tuple((v is None, v or "") if i else v
+                                                                            for i, v in enumerate(k)))]
 
     key_names: dict[int, str] = {}
     if "api_key_id" in columns:
@@ -154,7 +135,7 @@ def _bucket_page(*, kind: str, organization: Organization, start_time: int, end_
         results[bucket_start].append(result)
     buckets = [{"object": "bucket", "start_time": max(start, start_time), "end_time": min(start + width, end_time),
                 "results": results[start]} for start in starts]
-    return BucketPage(buckets, has_more, encode_page(bucket_width, at) if has_more else None)
+    return BucketPage(buckets, has_more, cursors.encode_page(bucket_width, at) if has_more else None)
 
 
 def _result(kind: str, row: dict, group_by: list[str], key_names: dict[int, str]) -> dict:
@@ -171,7 +152,8 @@ def _result(kind: str, row: dict, group_by: list[str], key_names: dict[int, str]
         return {"object": "organization.usage.images.result", "images": int(row["images"]),
                 "num_model_requests": int(row["requests"]), **common}
     line_item = " ".join((row["model"], row["size"], row["quality"])) if "line_item" in grouped else None
-    return {"object": "organization.costs.result", "amount": money(row["cost"]), "line_item": line_item, **common}
+    return {"object": "organization.costs.result", "amount": money(row["cost_micros"]), "line_item": line_item,
+            **common}
 
 
 def usage_images_page(*, organization: Organization, start_time: int, end_time: int, bucket_width: str = "1d",
@@ -195,22 +177,6 @@ def costs_page(*, organization: Organization, start_time: int, end_time: int, bu
 
 
 # --- Per-request records ---------------------------------------------------------------------------------------------
-
-def encode_record_cursor(created_at: datetime, row_id: int) -> str:
-    micros = (created_at - EPOCH) // timedelta(microseconds=1)
-    return _b64encode(f"r1:{micros}:{row_id}")
-
-
-def decode_record_cursor(token: str) -> tuple[datetime, int]:
-    parts = _b64decode(token).split(":")
-    if (len(parts) != 3 or parts[0] != "r1" or not parts[1].isdigit() or not parts[2].isdigit()
-            or len(parts[1]) > 18 or len(parts[2]) > 18):
-        raise BadCursor("malformed")
-    micros, row_id = int(parts[1]), int(parts[2])
-    if micros > 32503680000 * 1_000_000 or row_id > 2**63 - 1:
-        raise BadCursor("malformed")
-    return EPOCH + timedelta(microseconds=micros), row_id
-
 
 def records_queryset(*, organization: Organization, start_time: int | None = None, end_time: int | None = None,
                      model: str | None = None, provider: str | None = None, status: str | None = None,
@@ -264,10 +230,10 @@ def records_page(*, organization: Organization, limit: int = RECORDS_LIMIT_DEFAU
                  **filters) -> dict:
     """One page of per-request rows: {object: list, data, has_more, next_cursor}; pass next_cursor back as
     `cursor` for the next page (with the same filters)."""
-    position = decode_record_cursor(cursor) if cursor is not None else None
+    position = cursors.decode_position(cursor) if cursor is not None else None
     rows = list(records_queryset(organization=organization, after=position, **filters)
                 .select_related("api_key")[:limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_record_cursor(rows[-1].created_at, rows[-1].pk) if has_more else None
+    next_cursor = cursors.encode_position(rows[-1].created_at, rows[-1].pk) if has_more else None
     return {"object": "list", "data": [_record(r) for r in rows], "has_more": has_more, "next_cursor": next_cursor}

@@ -1,5 +1,6 @@
 """POST /v1/images/generations, /v1/images/edits and /v1/images/variations: read and check the body, honour an
-Idempotency-Key, hand the request to the pipeline (generation/pipeline/service.py), answer in OpenAI's shapes."""
+Idempotency-Key, hand the request to the pipeline (generation/pipeline/service.py), answer in OpenAI's shapes: JSON,
+or Server-Sent Events for `stream: true` (generation/api/streaming.py)."""
 import asyncio
 
 from django.http import HttpResponse, JsonResponse
@@ -11,6 +12,7 @@ from accounts.selectors import key_allows_model
 from config import db
 from config.observability.middleware import observe
 from generation import catalog
+from generation.api import streaming
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
 from generation.api.parsers import StrictJSONParser, parse_json
 from generation.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
@@ -53,21 +55,23 @@ class ImageEndpoint(V1APIView):
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
             async with input_images.KeptPixels():  # decoded input images kept for the request, given back at its end
                 data, files = await self._read(request)
+                if streaming.requested(data):  # the same request, answered as Server-Sent Events
+                    return await streaming.respond(self._answer(request, principal, data, files), request=request,
+                                                   endpoint=self.endpoint, data=data)
                 return await self._generate(request, principal, data, files)
         except Exception as exc:  # every failure leaves in OpenAI's envelope
             return error_response(exc, request)
 
     async def _read(self, request) -> tuple[dict, dict]:
-        """The JSON body (strict: parsers.py) and no files."""
-        content_type = request.content_type or ""
-        if not request.body:
-            return {}, {}  # validation names the missing prompt
-        if content_type != "application/json":
-            raise APIError(f'Unsupported media type "{content_type}" in request. Send JSON with Content-Type: '
-                           "application/json.", status=415, code="unsupported_media_type")
-        return parse_json(request.body), {}  # ParseError → 400 invalid_json (errors.py)
+        return await read_json(request)
 
     async def _generate(self, request, principal, data, files: dict) -> HttpResponse:
+        stored, headers = await self._answer(request, principal, data, files)
+        return JsonResponse(stored.body, status=stored.status, headers=headers)
+
+    async def _answer(self, request, principal, data, files: dict) -> tuple[idempotency.StoredResponse, dict]:
+        """The request's answer (status, body) and its response headers: the pipeline's, or the one stored under
+        its Idempotency-Key."""
         request_id = request.request_id
         durable: tuple[str, str] | None = None  # (Idempotency-Key, fingerprint) once known
         earlier = {"replayed": False}
@@ -127,7 +131,7 @@ class ImageEndpoint(V1APIView):
         request.request_id = headers.pop("x-request-id", request_id)
         if replayed or earlier["replayed"]:
             headers[idempotency.REPLAYED_HEADER] = "true"
-        return JsonResponse(stored.body, status=stored.status, headers=headers)
+        return stored, headers
 
     def _fingerprint_body(self, data, files):
         return data
@@ -144,42 +148,7 @@ class _MultipartImageEndpoint(ImageEndpoint):
     multipart = True
 
     async def _read(self, request) -> tuple[dict, dict]:
-        """Form fields, and every uploaded file checked and decoded once (generation/pipeline/input_images.py), off
-        the event loop and within the process's decode budget."""
-        content_type = request.content_type or ""
-        self._post, self._uploads = {}, {}
-        if not content_type and request.META.get("CONTENT_LENGTH") in (None, "", "0"):
-            return {}, {}  # validation names what is missing
-        if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            raise APIError(f'Unsupported media type "{content_type}" in request. Send multipart/form-data.',
-                           status=415, code="unsupported_media_type")
-
-        def parse():
-            try:
-                return request.POST, request.FILES
-            except MultiPartParserError as exc:
-                raise APIError(f"We could not parse the body of your request: {exc}",
-                               code="invalid_request_body") from exc
-
-        self._post, self._uploads = await asyncio.to_thread(parse)
-        fields = {key: self._post.get(key) for key in self._post.keys()}
-        spec = catalog.get_model(fields.get("model") or catalog.DEFAULT_MODEL)
-        rules = spec.input_images if spec is not None else None
-        keep, limit = input_images.keep_policy(spec, fields.get("size"))
-        max_pixels = rules.max_pixels if rules is not None else input_images.MAX_PIXELS
-        uploads = []
-        for field in self._uploads.keys():  # every header first: refuse what is too large before decoding any
-            for upload in self._uploads.getlist(field):
-                data = upload.read()
-                uploads.append((field, data, upload.name or field, input_images.header(data, param=field,
-                                                                                 max_pixels=max_pixels)))
-        if keep:  # the built-in renderer's copies, reserved in one go before any decode
-            need = sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads)
-            await input_images.current_kept().reserve(need)
-        inspected: dict[str, list] = {}
-        for field, data, filename, known in uploads:
-            inspected.setdefault(field, []).append(await input_images.inspect(
-                data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=known))
+        fields, inspected, self._post, self._uploads = await read_form(request)
         return fields, inspected
 
     def _fingerprint_body(self, data, files):
@@ -203,3 +172,53 @@ class ImageVariationsView(_MultipartImageEndpoint):
     endpoint = "variations"
 
 
+async def read_json(request) -> tuple[dict, dict]:
+    """A JSON endpoint's body (strict: parsers.py) and no files. 415 for another content type; an empty body is {}
+    (validation names the missing prompt)."""
+    content_type = request.content_type or ""
+    if not request.body:
+        return {}, {}
+    if content_type != "application/json":
+        raise APIError(f'Unsupported media type "{content_type}" in request. Send JSON with Content-Type: '
+                       "application/json.", status=415, code="unsupported_media_type")
+    return parse_json(request.body), {}  # ParseError → 400 invalid_json (errors.py)
+
+
+async def read_form(request) -> tuple[dict, dict, dict, dict]:
+    """A multipart endpoint's body: (fields, {field: [checked InputImage]}, Django's POST, Django's FILES). Every
+    uploaded file is checked and decoded once (generation/pipeline/input_images.py), off the event loop and within
+    the process's decode budget; every header is read before any decode, so an oversized image is refused first."""
+    content_type = request.content_type or ""
+    if not content_type and request.META.get("CONTENT_LENGTH") in (None, "", "0"):
+        return {}, {}, {}, {}  # validation names what is missing
+    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise APIError(f'Unsupported media type "{content_type}" in request. Send multipart/form-data.',
+                       status=415, code="unsupported_media_type")
+
+    def parse():
+        try:
+            return request.POST, request.FILES
+        except MultiPartParserError as exc:
+            raise APIError(f"We could not parse the body of your request: {exc}",
+                           code="invalid_request_body") from exc
+
+    post, uploads_by_field = await asyncio.to_thread(parse)
+    fields = {key: post.get(key) for key in post.keys()}
+    spec = catalog.get_model(fields.get("model") or catalog.DEFAULT_MODEL)
+    rules = spec.input_images if spec is not None else None
+    keep, limit = input_images.keep_policy(spec, fields.get("size"))
+    max_pixels = rules.max_pixels if rules is not None else input_images.MAX_PIXELS
+    uploads = []
+    for field in uploads_by_field.keys():
+        for upload in uploads_by_field.getlist(field):
+            data = upload.read()
+            uploads.append((field, data, upload.name or field, input_images.header(data, param=field,
+                                                                             max_pixels=max_pixels)))
+    if keep:  # the built-in renderer's copies, reserved in one go before any decode
+        need = sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads)
+        await input_images.current_kept().reserve(need)
+    inspected: dict[str, list] = {}
+    for field, data, filename, known in uploads:
+        inspected.setdefault(field, []).append(await input_images.inspect(
+            data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=known))
+    return fields, inspected, post, uploads_by_field

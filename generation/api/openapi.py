@@ -18,12 +18,20 @@ latter wraps inherited handlers in a sync function, which would turn adrf's asyn
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiRequest,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import serializers
 
 from generation import catalog, errors
-from generation.api import images, model_list
-from generation.pipeline import validation
+from generation.api import images, model_list, streaming
+from generation.api import quote as quote_api
+from generation.pipeline import quote, validation
 from generation.providers import registry
 
 SECURITY_SCHEME = "bearerAuth"
@@ -176,6 +184,24 @@ def _f_output_compression(endpoint, models, nullable):
                         "below 100 needs output_format jpeg or webp.", nullable=nullable)
 
 
+def _f_stream(endpoint, models, nullable):
+    return serializers.BooleanField(
+        required=False, allow_null=nullable, default=False,
+        help_text="Answer with Server-Sent Events (text/event-stream) instead of JSON, as OpenAI does: partial images "
+                  f"as the upstream makes them, then one `{streaming.EVENT_PREFIX[endpoint]}.completed` event per "
+                  "image carrying `usage` (the cost). Every model streams; only those whose upstream streams (the "
+                  "OpenAI gpt-image models) send partial images. Images come as b64_json (response_format url is "
+                  "refused). Errors before the first event answer JSON with their status; a failure after it is "
+                  "an `error` event. Default false.")
+
+
+def _f_partial_images(endpoint, models, nullable):
+    return _int(0, validation.MAX_PARTIAL_IMAGES,
+                "With `stream: true`: how many partial images (0-3) to ask the upstream for. The upstream may send "
+                "fewer, and the final image may come before all of them; models whose upstream cannot stream send "
+                "none. Ignored without `stream`. Default 0.", nullable=nullable, default=0)
+
+
 def _f_user(endpoint, models, nullable):
     return serializers.CharField(required=False, allow_null=nullable, allow_blank=True,
                                  max_length=validation.MAX_USER_CHARS, trim_whitespace=False,
@@ -191,6 +217,16 @@ def _f_provider(endpoint, models, nullable):
 def _f_seed(endpoint, models, nullable):
     return _int(0, 2**32 - 1, "Imagegate extension: a seed for reproducible images where the provider supports "
                               "it (local-preview does).", nullable=nullable)
+
+
+def _f_max_cost(endpoint, models, nullable):
+    return serializers.FloatField(
+        required=False, allow_null=nullable, min_value=0.000001, max_value=quote.MAX_COST_LIMIT_USD,
+        help_text="Imagegate extension: the most this request may cost, in US dollars. It is checked against the "
+                  "list price before any upstream call (for \"auto\" sizes or qualities, against the dearest "
+                  "outcome); over it the request is refused with 400 `cost_limit_exceeded` naming the price, and "
+                  "nothing is generated or charged. Without it the API key's default ceiling applies, if it has "
+                  "one. POST /v1/images/quote says what a request costs.")
 
 
 def _f_image_url(endpoint, models, nullable):
@@ -251,8 +287,11 @@ _FIELD_DOCS = {
     "moderation": _gpt_image_choice("moderations", "Strictness of the upstream's own moderation."),
     "output_format": _f_output_format,
     "output_compression": _f_output_compression,
+    "stream": _f_stream,
+    "partial_images": _f_partial_images,
     "provider": _f_provider,
     "seed": _f_seed,
+    "max_cost": _f_max_cost,
 }
 _FILE_FIELD_DOCS = {"image": _f_image_file, "image[]": _f_image_array, "mask": _f_mask}
 # A field named in validation.FIELDS must be documented: the generations `image` is a URL, elsewhere a file.
@@ -268,7 +307,8 @@ def undocumented_fields(endpoint: str) -> set[str]:
 
 # Field order in the schema: OpenAI's order, then anything else alphabetically.
 _ORDER = ["prompt", "image", "image[]", "mask", "model", "n", "size", "quality", "style", "response_format",
-          "background", "moderation", "output_format", "output_compression", "user", "provider", "seed"]
+          "background", "moderation", "output_format", "output_compression", "stream", "partial_images", "user",
+          "provider", "seed", "max_cost"]
 
 
 def request_fields(endpoint: str) -> dict[str, serializers.Field]:
@@ -361,6 +401,47 @@ class ImagesResponseSerializer(serializers.Serializer):
         return fields
 
 
+def _stream_events(prefix: str, title: str) -> PolymorphicProxySerializer:
+    """The events of a stream (generation/api/streaming.py), as OpenAI's SDK types them."""
+    common = {
+        "b64_json": serializers.CharField(help_text="The image, base64-encoded."),
+        "created_at": serializers.IntegerField(help_text="Unix time (seconds)."),
+        "size": serializers.CharField(help_text="The size of the image."),
+        "quality": serializers.ChoiceField(choices=list(streaming.EVENT_QUALITIES),
+                                           help_text="Its quality (auto for models without these qualities)."),
+        "background": serializers.ChoiceField(choices=["transparent", "opaque", "auto"],
+                                              help_text="Its background (auto when the model does not say)."),
+        "output_format": serializers.ChoiceField(choices=["png", "jpeg", "webp"], help_text="Its file format."),
+    }
+    partial = type(f"{title}PartialImageEventSerializer", (serializers.Serializer,), {
+        "__doc__": "A partial image, as the upstream streamed it; the fields are the requested image's settings.",
+        "type": serializers.ChoiceField(choices=[f"{prefix}.partial_image"]), **common,
+        "partial_image_index": serializers.IntegerField(min_value=0, help_text="0-based index of the partial "
+                                                                               "image."),
+    })
+    completed = type(f"{title}CompletedEventSerializer", (serializers.Serializer,), {
+        "__doc__": "One final image (one event per image), with the request's usage (cost of all n images).",
+        "type": serializers.ChoiceField(choices=[f"{prefix}.completed"]), **common,
+        "usage": ImageUsageSerializer(),
+    })
+    error = type(f"{title}StreamErrorSerializer", (serializers.Serializer,), {
+        "__doc__": "The request failed after the stream began: the error envelope; nothing is charged.",
+        "type": serializers.ChoiceField(choices=["error"]), "error": ErrorDetailSerializer(),
+    })
+    return PolymorphicProxySerializer(
+        component_name=f"{title}StreamEvent", resource_type_field_name="type",
+        serializers={f"{prefix}.partial_image": partial, f"{prefix}.completed": completed, "error": error})
+
+
+class PriceSerializer(serializers.Serializer):
+    size = serializers.CharField()
+    quality = serializers.CharField()
+    unit_price = serializers.FloatField(help_text="USD per image.")
+    unit_price_micros = serializers.IntegerField(min_value=1, help_text="The same in micro-USD (exact).")
+    currency = serializers.ChoiceField(choices=["usd"])
+    effective_from = serializers.CharField(help_text="When this price took effect (ISO 8601, UTC).")
+
+
 class ModelSerializer(serializers.Serializer):
     """OpenAI's model object, plus what the catalog knows about the model (SDKs keep the extra keys)."""
 
@@ -376,6 +457,7 @@ class ModelSerializer(serializers.Serializer):
     max_n = serializers.IntegerField(min_value=1)
     max_prompt_chars = serializers.IntegerField(min_value=1)
     description = serializers.CharField(allow_blank=True)
+    pricing = PriceSerializer(many=True, help_text="Our list price per image, per size and quality (Imagegate).")
 
     def get_fields(self):
         fields = super().get_fields()
@@ -384,6 +466,29 @@ class ModelSerializer(serializers.Serializer):
             child=serializers.ChoiceField(choices=capabilities),
             help_text="generate, edit, variation; image_input = takes an `image` URL on generations.")
         return fields
+
+
+class QuoteRangeSerializer(serializers.Serializer):
+    min = serializers.FloatField(help_text="USD: the cheapest outcome × n.")
+    max = serializers.FloatField(help_text="USD: the dearest outcome × n (what max_cost is held to).")
+    unit_min = serializers.FloatField(help_text="USD per image, cheapest outcome.")
+    unit_max = serializers.FloatField(help_text="USD per image, dearest outcome.")
+
+
+class QuoteSerializer(serializers.Serializer):
+    """What a request would cost (POST /v1/images/quote); nothing is generated or charged."""
+
+    object = serializers.ChoiceField(choices=["image.quote"])
+    model = serializers.CharField()
+    size = serializers.CharField(help_text="As asked (\"auto\" stays auto: see range).")
+    quality = serializers.CharField(help_text="As asked (\"auto\" stays auto: see range).")
+    n = serializers.IntegerField(min_value=1)
+    currency = serializers.ChoiceField(choices=["usd"])
+    unit_price = serializers.FloatField(help_text="USD per image (for \"auto\": the dearest outcome).")
+    cost = serializers.FloatField(help_text="USD: unit_price × n, the most the request can cost.")
+    price_version = serializers.CharField(help_text="When the prices used took effect (ISO 8601, UTC).")
+    range = QuoteRangeSerializer(required=False, help_text="Only for \"auto\" sizes or qualities.")
+    within_max_cost = serializers.BooleanField(required=False, help_text="Only when the body has max_cost.")
 
 
 class ModelListSerializer(serializers.Serializer):
@@ -408,6 +513,7 @@ class ErrorSerializer(serializers.Serializer):
 
 _IMAGE_STATUSES = [200, 400, 401, 403, 404, 409, 413, 415, 429, 500, 502, 503, 504]
 _MODEL_LIST_STATUSES = [200, 401, 403, 429, 500]
+_QUOTE_STATUSES = [200, 400, 401, 403, 404, 413, 415, 500, 503]
 _MODEL_DETAIL_STATUSES = [200, 401, 403, 404, 429, 500]
 _AUTHENTICATED = [s for s in _IMAGE_STATUSES if s not in (401, 413)]  # responses that passed authentication
 
@@ -473,8 +579,12 @@ def _headers(statuses: list[int], *, images: bool) -> list[OpenApiParameter]:
     return headers
 
 
-def _responses(ok, statuses: list[int], ok_description: str, ok_examples=(), error_examples=None) -> dict:
+def _responses(ok, statuses: list[int], ok_description: str, ok_examples=(), error_examples=None,
+               stream=None) -> dict:
     responses = {200: OpenApiResponse(ok, description=ok_description, examples=list(ok_examples))}
+    if stream is not None:  # `stream: true`: the same 200 as Server-Sent Events, each `data:` one of the events
+        responses = {(200, "application/json"): responses[200],
+                     (200, streaming.CONTENT_TYPE.split(";")[0]): OpenApiResponse(stream)}
     for status in statuses:
         if status != 200:
             responses[status] = OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[status],
@@ -610,6 +720,7 @@ OPERATION_IDS = {
     ("/v1/images/generations", "post"): "createImage",
     ("/v1/images/edits", "post"): "createImageEdit",
     ("/v1/images/variations", "post"): "createImageVariation",
+    ("/v1/images/quote", "post"): "quoteImage",
     ("/v1/models", "get"): "listModels",
     ("/v1/models/{model_id}", "get"): "retrieveModel",
 }
@@ -641,6 +752,10 @@ def postprocess(result, generator, request, public):
     * request bodies refuse unknown fields (validation answers 400 unknown_parameter);
     * an edit needs `image` or `image[]`;
     * the Error schema carries the table of error codes (`x-error-codes`);
+    * a text/event-stream answer is described event by event, as Schemathesis reads a stream: each event an object
+      {event, data}; `data` is a string holding the event as JSON, whose schema `x-contentSchema` names (OpenAPI
+      3.1's contentMediaType/contentSchema are not allowed in this 3.0 document; tests/test_streaming.py checks the
+      events with the SDK's own types);
     * the document carries the catalog (`x-imagegate-models`): which sizes, qualities, ... each model takes.
     """
     _walk(result)
@@ -649,6 +764,8 @@ def postprocess(result, generator, request, public):
         for method, operation in item.items():
             if (path, method) in OPERATION_IDS:
                 operation["operationId"] = OPERATION_IDS[path, method]
+            for response in operation.get("responses", {}).values():
+                _describe_events(response.get("content", {}))
     schemas = result.get("components", {}).get("schemas", {})
     for name in ("ImageGenerationRequest", "ImageEditRequest", "ImageVariationRequest"):
         if name in schemas:
@@ -663,6 +780,22 @@ def postprocess(result, generator, request, public):
     return result
 
 
+def _describe_events(content: dict) -> None:
+    stream = content.get(streaming.CONTENT_TYPE.split(";")[0])
+    if stream is None or "x-contentSchema" in str(stream):
+        return
+    events = stream["schema"]
+    stream["schema"] = {
+        "type": "object", "required": ["event", "data"],
+        "description": "One Server-Sent Event: `event:` names its type, `data:` is the event as JSON.",
+        "properties": {
+            "event": {"type": "string", "description": "The event's type (the same as `type` in its data)."},
+            "data": {"type": "string", "description": "The event as JSON: the schema in x-contentSchema.",
+                     "x-contentMediaType": "application/json", "x-contentSchema": events},
+        },
+    }
+
+
 _FILE_ENCODING = {"contentType": "image/png, image/jpeg, image/webp"}
 
 
@@ -675,8 +808,10 @@ def annotate() -> None:
         description="Generate images from a text prompt with any model of the catalog that can generate. "
                     "Same request and response as OpenAI's `POST /v1/images/generations`, plus `usage`.",
         request={"application/json": ImageGenerationSerializer},
-        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The images.",
-                             [_example_images("generations")], _image_error_examples()),
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES,
+                             "The images (JSON); with `stream: true`, Server-Sent Events (`event: <type>`, `data: "
+                             "<one event as JSON>`).", [_example_images("generations")], _image_error_examples(),
+                             stream=_stream_events("image_generation", "ImageGen")),
         examples=[OpenApiExample("base64", summary=f"{catalog.DEFAULT_MODEL}, base64", value=_example_request(),
                                  request_only=True)],
         parameters=_headers(_IMAGE_STATUSES, images=True),
@@ -689,8 +824,10 @@ def annotate() -> None:
         request={"multipart/form-data": OpenApiRequest(
             ImageEditSerializer, encoding={"image": _FILE_ENCODING, "image[]": _FILE_ENCODING,
                                            "mask": {"contentType": "image/png"}})},
-        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES, "The edited images.",
-                             [_example_images("edits")], _image_error_examples()),
+        responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES,
+                             "The edited images (JSON); with `stream: true`, Server-Sent Events (`event: <type>`, "
+                             "`data: <one event as JSON>`).", [_example_images("edits")], _image_error_examples(),
+                             stream=_stream_events("image_edit", "ImageEdit")),
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("edits")},
     )(images.ImageEditsView)
@@ -704,6 +841,19 @@ def annotate() -> None:
         parameters=_headers(_IMAGE_STATUSES, images=True),
         extensions={"x-codeSamples": _samples("variations")},
     )(images.ImageVariationsView)
+    extend_schema(
+        tags=["Images"], summary="Quote a request",
+        description="What a generation (JSON body) or an edit (multipart body) would cost, validated exactly as the "
+                    "request itself would be, without generating or charging: no upstream is called and no rate "
+                    "limit or spend is used. For \"auto\" sizes or qualities the answer has the range of outcomes "
+                    "and `cost` is the dearest, which is what `max_cost` is held to. Imagegate extension.",
+        request={"application/json": ImageGenerationSerializer,
+                 "multipart/form-data": OpenApiRequest(
+                     ImageEditSerializer, encoding={"image": _FILE_ENCODING, "image[]": _FILE_ENCODING,
+                                                    "mask": {"contentType": "image/png"}})},
+        responses=_responses(QuoteSerializer, _QUOTE_STATUSES, "The quote."),
+        parameters=_headers(_QUOTE_STATUSES, images=False),
+    )(quote_api.QuoteView)
     extend_schema(
         tags=["Models"], summary="List models",
         description="The models enabled on this server (those at least one configured provider serves), with "

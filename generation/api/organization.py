@@ -22,6 +22,7 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
 from accounts import keys
+from billing.cursors import BadCursor
 from billing.models import LedgerEntry
 from billing.usage import audit as q
 from generation.api import openapi
@@ -130,7 +131,7 @@ def _bucket_query(request, group_by_choices: dict) -> dict:
 def _run(function, **kwargs):
     try:
         return function(**kwargs)
-    except q.BadCursor as exc:
+    except BadCursor as exc:
         name = "cursor" if function is q.records_page else "page"
         detail = "" if str(exc) == "malformed" else f" {exc}"
         raise InvalidRequest(f"Invalid '{name}': pass back exactly the value of the previous page's "

@@ -3,7 +3,6 @@ upstream attempts and still-live images) and the CSV export of the filtered log,
 
 Here rather than in billing because the detail reads generation's attempts and images (billing never imports
 generation). Ledger reads go through billing.selectors; every query is scoped to the member's organization."""
-import base64
 import itertools
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -18,6 +17,7 @@ from django.utils import timezone
 from accounts import roles
 from accounts.access import organization_page
 from accounts.selectors import api_keys_for_organization
+from billing import cursors
 from billing import selectors as billing_selectors
 from billing.exports import csv_lines
 from billing.forms import UsageDateField
@@ -73,24 +73,6 @@ def _filter_form(request, organization) -> RequestFilterForm:
     return RequestFilterForm(params, organization=organization)
 
 
-def encode_cursor(cursor: tuple[datetime, int]) -> str:
-    created_at, pk = cursor
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(raw: str) -> tuple[datetime, int] | None:
-    """(created_at, id) from a cursor; ValueError if it is malformed."""
-    try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        created, pk = text.rsplit("|", 1)
-        created_at = datetime.fromisoformat(created)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("bad cursor") from exc
-    if created_at.tzinfo is None:
-        raise ValueError("bad cursor")
-    return created_at, int(pk)
-
-
 def _query_without(request, *names) -> str:
     params = request.GET.copy()
     for name in names:
@@ -106,7 +88,7 @@ def request_log(request):
     status = 200
     if form.is_valid():
         try:
-            after = decode_cursor(request.GET["after"]) if request.GET.get("after") else None
+            after = cursors.decode_position(request.GET["after"]) if request.GET.get("after") else None
         except ValueError:
             return HttpResponseBadRequest("Invalid page cursor.")
         rows = billing_selectors.request_log(organization=organization, filters=form.filters())
@@ -117,7 +99,7 @@ def request_log(request):
     return render(request, "dashboard/requests.html", {
         "form": form,
         "entries": entries,
-        "next_query": (f"{base_query}&" if base_query else "") + f"after={encode_cursor(next_cursor)}"
+        "next_query": (f"{base_query}&" if base_query else "") + f"after={cursors.encode_position(*next_cursor)}"
                       if next_cursor else "",
         "first_query": base_query,
         "is_first_page": not request.GET.get("after"),

@@ -33,7 +33,7 @@ from generation.errors import (
     UpstreamError,
 )
 from generation.models import ProviderAttempt
-from generation.pipeline import commit, idempotency, moderation, router, storage
+from generation.pipeline import commit, idempotency, moderation, quote, router, storage
 from generation.pipeline.health import HealthBook
 from generation.pipeline.validation import ImageCall, validate
 from generation.providers import base as pb
@@ -271,6 +271,10 @@ async def _price_and_hold(call: ImageCall, organization, api_key):
         price = await _price(req.model, req.size, req.quality)
     estimate = price or await _price(req.model, catalog.AUTO_SIZE if req.size == "auto" else req.size,
                                      catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
+    key_ceiling = getattr(api_key, "max_cost_micros", None)
+    if call.max_cost_micros is not None or key_ceiling:  # checked before any upstream call; "auto": the dearest
+        quote.check_ceiling(await quote.quote(call.spec, size=req.size, quality=req.quality, n=req.n),
+                            max_cost_micros=call.max_cost_micros, key_default_micros=key_ceiling)
     try:
         limits = await spend.limits_for(organization=organization, api_key=api_key)
         hold = await spend.reserve(limits=limits, amount_micros=estimate.unit_price_micros * req.n)

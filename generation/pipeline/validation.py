@@ -12,24 +12,28 @@ from accounts.selectors import key_allows_model
 from generation import catalog
 from generation.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from generation.pipeline import input_images as images
+from generation.pipeline import quote
 from generation.providers.base import ImageRequest, InputImage
 
 # Fields per endpoint: OpenAI's own, then our documented extras (`provider`, `image` URL, `seed`).
 FIELDS = {
     "generations": {
         "prompt", "model", "n", "size", "quality", "style", "response_format", "user",
-        "background", "moderation", "output_format", "output_compression",
-        "provider", "image", "seed",
+        "background", "moderation", "output_format", "output_compression", "stream", "partial_images",
+        "provider", "image", "seed", "max_cost",
     },
     "edits": {
         "prompt", "model", "n", "size", "quality", "response_format", "user",
-        "background", "moderation", "output_format", "output_compression",
-        "provider", "seed",
+        "background", "moderation", "output_format", "output_compression", "stream", "partial_images",
+        "provider", "seed", "max_cost",
     },
-    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed"},
+    "variations": {"model", "n", "size", "response_format", "user", "provider", "seed", "max_cost"},
 }
 FILE_FIELDS = {"generations": set(), "edits": {"image", "image[]", "mask"}, "variations": {"image"}}
-INT_FIELDS = {"n", "output_compression", "seed"}
+INT_FIELDS = {"n", "output_compression", "seed", "partial_images"}
+MAX_PARTIAL_IMAGES = 3  # OpenAI's limit on `partial_images`
+# How a multipart form says true/false (OpenAI's SDKs send "true"/"false"); generation/api/streaming.py reads the same.
+FORM_TRUE, FORM_FALSE = ("true", "True", "1"), ("false", "False", "0")
 MODE = {"generations": "generate", "edits": "edit", "variations": "variation"}
 _INT_STRING = re.compile(r"^[+-]?\d{1,10}$")
 MAX_USER_CHARS = 256
@@ -45,6 +49,8 @@ class ImageCall:
     response_format: str  # "url" or "b64_json": how we deliver (gpt-image models: always b64_json)
     provider: str | None
     image_url: str | None = None  # generations' `image`: fetched (safely) by the service
+    stream: bool = False  # answered as Server-Sent Events (generation/api/streaming.py); images always base64
+    max_cost_micros: int | None = None  # the request's price ceiling (`max_cost`, USD → micro-USD): pipeline/quote.py
 
 
 def _type_name(value) -> str:
@@ -86,6 +92,18 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRequest(f"Invalid type for '{name}': expected an integer, but got {_type_name(value)} "
                                  "instead.", param=name, code="invalid_type")
+        return value
+
+    def bool(self, name: str) -> bool | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if self.form and isinstance(value, str) and value in FORM_TRUE + FORM_FALSE:
+            return value in FORM_TRUE
+        if not isinstance(value, bool):
+            shown = f"'{value[:40]}'" if isinstance(value, str) else _type_name(value)
+            raise InvalidRequest(f"Invalid type for '{name}': expected a boolean, but got {shown} instead.",
+                                 param=name, code="invalid_type")
         return value
 
     def choice(self, name: str, allowed: tuple[str, ...], default, spec: catalog.ModelSpec, *, owner_hint: str = ""):
@@ -169,8 +187,19 @@ def validate(
     style = r.choice("style", spec.styles, spec.default_style, spec, owner_hint=lambda: _models_with("styles")) \
         if "style" in allowed else None
 
+    stream = bool(r.bool("stream")) if "stream" in allowed else False
+    partial_images = r.int("partial_images") if "partial_images" in allowed else None
+    if partial_images is not None and not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+        raise InvalidRequest(f"Invalid 'partial_images': {partial_images}. It must be from 0 to {MAX_PARTIAL_IMAGES}.",
+                             param="partial_images", code="invalid_parameter")
+
     if spec.response_formats:
         response_format = r.choice("response_format", spec.response_formats, spec.default_response_format, spec)
+        if stream and data.get("response_format") is not None and response_format != "b64_json":
+            raise InvalidRequest("Invalid 'response_format': a stream carries its images as b64_json; omit "
+                                 "response_format or send b64_json.", param="response_format",
+                                 code="invalid_parameter")
+        response_format = "b64_json" if stream else response_format
     else:  # gpt-image models always answer base64 and refuse the field, as OpenAI does
         if data.get("response_format") is not None:
             raise InvalidRequest("Unknown parameter: 'response_format'.", param="response_format",
@@ -248,6 +277,8 @@ def validate(
             images.check_mask(mask, input_images[0], spec)
 
     request = ImageRequest(model=spec.id, prompt=prompt, n=n, size=size, quality=quality, style=style, seed=seed,
-                           user=user, mode=mode, images=tuple(input_images), mask=mask, options=options)
+                           user=user, mode=mode, images=tuple(input_images), mask=mask, options=options,
+                           partial_images=(partial_images or 0) if stream else None)
     return ImageCall(endpoint=endpoint, spec=spec, request=request, response_format=response_format,
-                     provider=provider, image_url=image_url)
+                     provider=provider, image_url=image_url, stream=stream,
+                     max_cost_micros=quote.parse_max_cost(data.get("max_cost")))

@@ -3,6 +3,8 @@
 Adapters depend on this module only: no Django models, no settings lookups. Configuration arrives in the
 constructor, so each adapter can be read and tested alone.
 """
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +42,9 @@ class ImageRequest:
     mask: "InputImage | None" = None
     # Model-specific extras already validated: background, moderation, output_format, output_compression.
     options: dict = field(default_factory=dict)
+    # The client streams (`stream: true`): how many partial images it asked for (0-3); None when it does not
+    # stream. An adapter whose upstream streams may ask it for these and hand them to `emit_partial`.
+    partial_images: int | None = None
 
     @property
     def width(self) -> int:
@@ -65,6 +70,37 @@ class ProviderResult:
     # When the request asked for "auto" size or quality, what the upstream actually produced (for pricing).
     resolved_size: str | None = None
     resolved_quality: str | None = None
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    """A partial (preview) image an upstream streamed before the final one: base64 as the upstream sent it, its
+    0-based index, and the settings of the requested image the upstream's event named (size, quality, background,
+    output_format, OpenAI's fields of `image_generation.partial_image`)."""
+
+    b64_json: str
+    index: int
+    size: str
+    quality: str
+    background: str
+    output_format: str
+
+
+# Where partial images go while a client streams: set by the API's streaming module (generation/api/streaming.py)
+# around the request it serves, read by adapters that can stream. Unset (None) on every other request.
+partial_sink: ContextVar[Callable[[PartialImage], None] | None] = ContextVar("partial_sink", default=None)
+
+
+def emit_partial(partial: PartialImage) -> None:
+    """Hand a partial image to the streaming client of the request being served (nothing when none streams)."""
+    sink = partial_sink.get()
+    if sink is not None:
+        sink(partial)
+
+
+def streams_partials(request: ImageRequest) -> bool:
+    """The client of `request` streams and asked for at least one partial image, and something receives them."""
+    return bool(request.partial_images) and partial_sink.get() is not None
 
 
 class Provider(Protocol):

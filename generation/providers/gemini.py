@@ -249,7 +249,7 @@ class GeminiProvider:
             return UpstreamUnavailable(f"gemini refused the gateway's key or account: {text}", provider=self.name)
         if status == 429 or code_name == "RESOURCE_EXHAUSTED":
             err = UpstreamRateLimited(f"gemini rate limit or quota: {text}", provider=self.name)
-            err.retry_after_seconds = _retry_delay(details) or _retry_after_header(reply)
+            err.retry_after_seconds = _retry_delay(details) or reply.retry_after()
             return err
         if status == 404:
             return UpstreamUnavailable(f"gemini does not have this model or endpoint at {self.base_url}: {text}",
@@ -285,13 +285,6 @@ def _retry_delay(details: list) -> float | None:
                 return float(match.group(1))
     return None
 
-
-def _retry_after_header(reply: Reply) -> float | None:
-    value = reply.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _block_message(feedback: dict) -> str:

@@ -181,7 +181,7 @@ class IdeogramProvider:
     # --- Errors -------------------------------------------------------------------------------------------------------
 
     def _error(self, reply: Reply) -> ProviderError:
-        status, message = reply.status, _error_message(reply)
+        status, message = reply.status, reply.error_text()
         text = f"{message} (HTTP {status})"
         if status == 422:
             return ContentRefused(f"ideogram refused the prompt: {text}", provider=self.name)
@@ -192,7 +192,7 @@ class IdeogramProvider:
                                        provider=self.name)
         if status == 429:
             err = UpstreamRateLimited(f"ideogram rate limit: {text}", provider=self.name)
-            err.retry_after_seconds = _retry_after(reply)
+            err.retry_after_seconds = reply.retry_after()
             return err
         if status == 404:
             return UpstreamUnavailable(f"ideogram has no such endpoint at {self.base_url}: {text}", provider=self.name)
@@ -201,26 +201,3 @@ class IdeogramProvider:
         if status in (400, 413, 415):
             return UpstreamInvalidRequest(f"ideogram rejected the request: {message}", provider=self.name)
         return UpstreamUnavailable(f"ideogram failed: {text}", provider=self.name)
-
-
-def _error_message(reply: Reply) -> str:
-    """The error's text: a JSON body's `error` / `message` / `detail`, else the start of the body."""
-    try:
-        body = reply.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if isinstance(body, dict):
-        for key in ("error", "message", "detail"):
-            value = body.get(key)
-            if isinstance(value, str) and value:
-                return value
-    text = reply.body[:300].decode("utf-8", "replace").strip()
-    return text or reply.reason or "error"
-
-
-def _retry_after(reply: Reply) -> float | None:
-    value = reply.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -12,6 +12,11 @@ with the same client and a 50 MB cap. gpt-image-1 never gets `response_format` (
 (background, moderation, output_format, output_compression, input_fidelity) come from `request.options`. `seed` is not
 an OpenAI parameter and is never sent.
 
+Streaming: when the client streams and asked for partial images (base.streams_partials), gpt-image calls ask OpenAI
+to stream too (`stream: true`, `partial_images`); its `image_generation.partial_image` / `image_edit.partial_image`
+events go on to the client as they arrive (base.emit_partial), and its completed events make the same result a
+JSON reply would. Without partial images there is nothing to stream ahead, and the call is the ordinary one.
+
 Configuration arrives in the constructor only. Depends on base.py, transport.py and the standard library.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 from dataclasses import dataclass, fields
 from urllib.parse import urljoin, urlsplit
 
@@ -26,12 +32,15 @@ from .base import (
     ContentRefused,
     GeneratedImage,
     ImageRequest,
+    PartialImage,
     ProviderError,
     ProviderResult,
     UpstreamInvalidRequest,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
+    emit_partial,
+    streams_partials,
     upload_filename,
 )
 from .base import (
@@ -130,9 +139,10 @@ class OpenAIProvider:
         if rules is not None:
             self._check(request, rules)
         path, kwargs = self._build(request, rules)
+        stream = rules is not None and rules.gpt_image and streams_partials(request)
         try:
             async with asyncio.timeout(self.timeout):
-                body = await self._post(path, kwargs)
+                body = await (self._post_stream(path, kwargs, request) if stream else self._post(path, kwargs))
                 images = await self._images(body, request)
         except TimeoutError:
             raise UpstreamTimeout(f"{self.name} did not answer within {self.timeout:g} s.",
@@ -266,6 +276,77 @@ class OpenAIProvider:
         response = await self.transport.request("POST", self.base_url + path, headers=self._auth(), **kwargs)
         if response.status >= 300:
             raise self._error(response)
+        return self._json_body(response)
+
+    async def _post_stream(self, path: str, kwargs: dict, request: ImageRequest) -> dict:
+        """The call with `stream: true` and `partial_images`: partial images are emitted as they arrive, and the
+        reply is built from the completed events as OpenAI's JSON reply would be ({data: [{b64_json}], and the last
+        completed event's size, quality, background, output_format, usage}). An upstream that answers JSON instead
+        is read as JSON. Raises what `_post` raises; an `error` event maps as an error reply would (ContentRefused
+        for a safety refusal, UpstreamRateLimited, else UpstreamUnavailable); a stream that ends without a completed
+        event for every image is UpstreamUnavailable."""
+        if "json" in kwargs:
+            kwargs = {**kwargs, "json": {**kwargs["json"], "stream": True, "partial_images": request.partial_images}}
+        else:
+            kwargs = {**kwargs, "data": {**kwargs["data"], "stream": "true",
+                                         "partial_images": str(request.partial_images)}}
+        completed: list[dict] = []
+        defaults = {"size": request.size, "quality": request.quality,
+                    "background": request.options.get("background") or "auto",
+                    "output_format": request.options.get("output_format") or "png"}
+
+        def on_event(name: str, data: str) -> None:
+            if data.strip() == "[DONE]":
+                return
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise UpstreamUnavailable(f"{self.name} streamed an event that is not JSON: {data[:80]!r}",
+                                          provider=self.name) from None
+            if not isinstance(event, dict):
+                raise UpstreamUnavailable(f"{self.name} streamed a JSON {type(event).__name__}, not an object.",
+                                          provider=self.name)
+            kind = str(event.get("type") or name)
+            if kind == "error" or name == "error" or "error" in event:
+                raise self._stream_error(event)
+            if kind.endswith(".partial_image"):
+                b64, index = event.get("b64_json"), event.get("partial_image_index")
+                if isinstance(b64, str) and b64 and isinstance(index, int) and not isinstance(index, bool):
+                    fields = {k: event[k] if isinstance(event.get(k), str) and event[k] else v
+                              for k, v in defaults.items()}
+                    emit_partial(PartialImage(b64_json=b64, index=index, **fields))
+            elif kind.endswith(".completed"):
+                completed.append(event)
+
+        headers = {**self._auth(), "Accept": "text/event-stream"}
+        response = await self.transport.request("POST", self.base_url + path, headers=headers, on_event=on_event,
+                                                **kwargs)
+        if response.status >= 300:
+            raise self._error(response)
+        if response.content_type != "text/event-stream":
+            return self._json_body(response)
+        if len(completed) < request.n:
+            raise UpstreamUnavailable(f"{self.name}'s stream ended after {len(completed)} completed image"
+                                      f"{'s' if len(completed) != 1 else ''} of {request.n}.", provider=self.name)
+        body: dict = {"data": [{"b64_json": event.get("b64_json")} for event in completed]}
+        body.update({k: completed[-1][k] for k in ("size", "quality", "background", "output_format", "usage")
+                     if k in completed[-1]})
+        return body
+
+    def _stream_error(self, event: dict) -> ProviderError:
+        """An `error` event of a stream (after the 200): {"error": {message, type, code, param}} or those keys
+        flat, as OpenAI's streams send them."""
+        error = event.get("error") if isinstance(event.get("error"), dict) else event
+        message = str(error.get("message") or "error event without a message")
+        code, etype = error.get("code"), error.get("type")
+        text = f"{message} (streamed error" + (f", code {code}" if code else "") + ")"
+        if code in _REFUSAL_CODES or etype == "image_generation_user_error":
+            return ContentRefused(f"{self.name} refused the request: {text}", provider=self.name)
+        if code == "rate_limit_exceeded":
+            return UpstreamRateLimited(f"{self.name} rate limit: {text}", provider=self.name)
+        return UpstreamUnavailable(f"{self.name} failed mid-stream: {text}", provider=self.name)
+
+    def _json_body(self, response: Reply) -> dict:
         try:
             body = response.json()
         except (ValueError, UnicodeDecodeError):

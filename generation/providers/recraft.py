@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -223,7 +222,7 @@ class RecraftProvider:
 
     def _error(self, reply: Reply) -> ProviderError:
         """Map a Recraft error (plain text or JSON, docs/providers/recraft.md "Errors") to our errors."""
-        status, message = reply.status, _error_message(reply)
+        status, message = reply.status, reply.error_text()
         text = f"{message} (HTTP {status})"
         if status in (401, 403):
             return UpstreamUnavailable(f"recraft refused the gateway's token: {text}", provider=self.name)
@@ -232,7 +231,7 @@ class RecraftProvider:
                                        provider=self.name)
         if status == 429:
             err = UpstreamRateLimited(f"recraft rate limit: {text}", provider=self.name)
-            err.retry_after_seconds = _retry_after(reply)
+            err.retry_after_seconds = reply.retry_after()
             return err
         if status in (400, 422) and any(word in message.lower() for word in _REFUSAL_WORDS):
             return ContentRefused(f"recraft refused the prompt: {text}", provider=self.name)
@@ -243,28 +242,3 @@ class RecraftProvider:
         if status in (400, 413, 422):
             return UpstreamInvalidRequest(f"recraft rejected the request: {message}", provider=self.name)
         return UpstreamUnavailable(f"recraft failed: {text}", provider=self.name)
-
-
-def _error_message(reply: Reply) -> str:
-    """The error's text: a JSON body's `message` / `error` / `detail` (as text), else the body itself."""
-    try:
-        body = reply.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if isinstance(body, dict):
-        for key in ("message", "error", "detail", "code"):
-            value = body.get(key)
-            if isinstance(value, dict):
-                value = value.get("message") or json.dumps(value)[:300]
-            if isinstance(value, str) and value:
-                return value
-    text = reply.body[:300].decode("utf-8", "replace").strip()
-    return text or reply.reason or "error"
-
-
-def _retry_after(reply: Reply) -> float | None:
-    value = reply.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -15,7 +15,8 @@ several loops. Errors become the provider interface's (base.py):
 All but the size refusal are marked `transient` (another attempt may succeed: adapters that poll or download decide
 whether to make one). HTTP error statuses are the adapter's to map: `request` returns every answer it could read,
 and `Reply` offers what several adapters need to read one (content type, `retry_after`, `error_text`). `download`
-is a GET whose anything-but-200 is DownloadFailed (with the status).
+is a GET whose anything-but-200 is DownloadFailed (with the status). `request(..., on_event=...)` reads a 2xx
+`text/event-stream` answer as Server-Sent Events while they arrive (WHATWG HTML §9.2, "Server-sent events").
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import asyncio
 import json as jsonlib
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -163,12 +165,16 @@ class Transport:
     async def request(self, method: str, url: str, *, headers: dict | None = None, json: Any = None,
                       data: dict | None = None, files: list | None = None, multipart: bool | None = None,
                       max_bytes: int = DEFAULT_MAX_BYTES, timeout: float | None = None,
-                      follow_redirects: bool = False, label: str = "") -> Reply:
+                      follow_redirects: bool = False, label: str = "",
+                      on_event: Callable[[str, str], None] | None = None) -> Reply:
         """Send one request and read the whole answer (at most `max_bytes`, within `timeout` seconds, default the
         transport's). Body: `json`, or a form from `data` (field → str) and `files`, a list of
         (field, (filename, bytes, content type)) in order. A form is multipart/form-data when it has `files` or
         `multipart=True` (upstreams that take multipart even without a file), else urlencoded.
-        `label` names the request in error messages (default: the provider)."""
+        `label` names the request in error messages (default: the provider). With `on_event`, a 2xx answer of
+        type text/event-stream is read as Server-Sent Events: `on_event(event name, data)` for each as it arrives
+        (name "message" when the event has none; data lines joined by "\n"), within the same time and size limits,
+        and the Reply's body is empty; whatever `on_event` raises ends the request. Any other answer is read whole."""
         body: Any = None
         if files is not None or multipart:
             form = aiohttp.FormData(quote_fields=False, default_to_multipart=True)
@@ -185,6 +191,11 @@ class Transport:
         try:
             async with self.session().request(method, url, headers=headers, json=json, data=body,
                                               timeout=client_timeout, allow_redirects=follow_redirects) as response:
+                if on_event is not None and 200 <= response.status < 300 and \
+                        response.content_type == "text/event-stream":
+                    await self._read_events(response, max_bytes, what, on_event)
+                    return Reply(status=response.status, reason=response.reason or "", headers=response.headers,
+                                 body=b"")
                 content = await self._read(response, max_bytes, what)
                 return Reply(status=response.status, reason=response.reason or "", headers=response.headers,
                              body=content)
@@ -236,6 +247,37 @@ class Transport:
                 raise UpstreamUnavailable(too_large, provider=self.provider)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+    async def _read_events(self, response: aiohttp.ClientResponse, max_bytes: int, what: str,
+                           on_event: Callable[[str, str], None]) -> None:
+        """Dispatch each Server-Sent Event of the body as it completes (a blank line ends an event; `event:` names
+        it, `data:` lines are its data, lines starting with ':' are comments; a final event without its blank line
+        is dropped, as the standard says)."""
+        too_large = f"the answer of {what} is larger than the {_size(max_bytes)} limit."
+        total, name, data = 0, "", []
+        pending, scanned = bytearray(), 0  # bytes of an unfinished line; how far it holds no newline
+        async for chunk in response.content.iter_any():
+            total += len(chunk)
+            if total > max_bytes:
+                raise UpstreamUnavailable(too_large, provider=self.provider)
+            pending += chunk
+            while (end := pending.find(b"\n", scanned)) != -1:
+                text = pending[:end].decode("utf-8", "replace").rstrip("\r")
+                del pending[:end + 1]
+                scanned = 0
+                if not text:
+                    if data:
+                        on_event(name or "message", "\n".join(data))
+                    name, data = "", []
+                    continue
+                field, _, value = text.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    name = value
+                elif field == "data":
+                    data.append(value)
+            scanned = len(pending)
 
 
 class DownloadFailed(UpstreamUnavailable):

@@ -15,6 +15,13 @@ prompts containing "forbidden-upstream" (dall-e: 400 content_policy_violation; g
 x-request-id and x-ratelimit-* headers on every reply, gpt-image's top-level background/output_format/quality/size and
 token usage, dall-e-3's revised_prompt.
 
+Streaming (gpt-image, `stream: true` in JSON or "true" in a form, `partial_images` 0-3): Server-Sent Events as OpenAI
+sends them (docs/providers/openai.md), `event: <type>` then `data: <JSON>`: for each image, `partial_images`
+`image_generation.partial_image` events (`image_edit.partial_image` on edits) with b64_json, created_at, size,
+quality, background, output_format, partial_image_index; then one `*.completed` event per image with b64_json,
+created_at, size, quality, background, output_format and usage. `emu.state["partial_delay"]` (seconds) is waited
+before every event; `emu.state["gate"]` (a threading.Event) holds a stream after its first event until it is set.
+
 Faults (`emu.faults.set(name, Fault(...))`, name = "generate" | "edit" | "variation" | "download" | "*"):
 - status=...: answer with that status; body defaults to OpenAI's own body for it (429 rate_limit_exceeded with
   retry-after and x-ratelimit-* headers, 500 server_error, 503 overloaded, 401, 403, ...).
@@ -23,6 +30,8 @@ Faults (`emu.faults.set(name, Fault(...))`, name = "generate" | "edit" | "variat
   "url" (answer with image URLs even when b64_json was asked; "relative_url": host-relative paths, as some
   self-hosted servers do), "wrong_count" (one image fewer),
   "extra_image" (one more), "bad_image" (base64 of bytes that are no image), "no_data" (JSON without `data`).
+- kind="stream_error" (a stream sends its first event, then an `error` event, server_error), "stream_refuse" (the
+  same with moderation_blocked), "stream_cut" (a stream ends after its first event, without the completed ones).
 - delay=seconds before answering (with or without another behaviour). `emu.state["delay"] = 5.0` delays every
   generation/edit/variation (the capacity benchmark).
 State knobs: "delay", "auto_size" / "auto_quality" (what gpt-image resolves "auto" to; default 1024x1024 / medium).
@@ -40,7 +49,7 @@ import uuid
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .base import Fault, Faults, Recorded, make_png, serve
@@ -308,6 +317,17 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
                 except ValueError:
                     raise OpenAIError(400, "Invalid type for 'n': expected an integer, but got a string instead.",
                                       code="invalid_type", param="n") from None
+            elif name == "partial_images":
+                try:
+                    params[name] = int(value)
+                except ValueError:
+                    raise OpenAIError(400, "Invalid type for 'partial_images': expected an integer, but got a "
+                                      "string instead.", code="invalid_type", param=name) from None
+            elif name == "stream":
+                if value not in ("true", "false"):
+                    raise OpenAIError(400, "Invalid type for 'stream': expected a boolean.", code="invalid_type",
+                                      param=name)
+                params[name] = value == "true"
             elif name == "output_compression":
                 try:
                     params[name] = int(value)
@@ -406,6 +426,14 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
             if value is not None and value not in values:
                 raise OpenAIError(400, f"Invalid value: '{value}'. Supported values are: "
                                   + ", ".join(f"'{v}'" for v in values) + ".", code="invalid_value", param=key)
+        partials = params.get("partial_images")
+        if partials is not None and (not isinstance(partials, int) or isinstance(partials, bool)
+                                     or not 0 <= partials <= 3):
+            raise OpenAIError(400, "Invalid 'partial_images': expected an integer between 0 and 3.",
+                              code="invalid_value", param="partial_images")
+        if params.get("stream") is not None and not isinstance(params.get("stream"), bool):
+            raise OpenAIError(400, "Invalid type for 'stream': expected a boolean.", code="invalid_type",
+                              param="stream")
         compression = params.get("output_compression")
         fmt = params.get("output_format") or "png"
         if compression is not None:
@@ -522,7 +550,57 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
         headers = common_headers(rid)
         if fault is not None:
             headers.update(fault.headers)
+        if kind == "gpt-image" and params.get("stream") is True:
+            return StreamingResponse(stream_events(endpoint, params, model, body, fault_kind, rid),
+                                     media_type="text/event-stream", headers=headers)
         return JSONResponse(body, headers=headers)
+
+    async def stream_events(endpoint: str, params: dict, model: str, body: dict, fault_kind: str, rid: str):
+        """OpenAI's image stream: partial images for each image, then one completed event per image."""
+        prefix = "image_generation" if endpoint == "generate" else "image_edit"
+        fields = {k: body[k] for k in ("size", "quality", "output_format")}
+        fields["background"] = params.get("background") or "auto"  # partial events: the requested setting
+        partials = params.get("partial_images") or 0
+        pause = float(state.get("partial_delay", 0) or 0)
+        sent = 0
+
+        def event(payload: dict) -> bytes:
+            return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode()
+
+        async def after_first():
+            """The faults that strike once the first event is out: None to go on, else the stream's last bytes."""
+            if fault_kind == "stream_cut":
+                return b""
+            if fault_kind in ("stream_error", "stream_refuse"):
+                err = (refusal_body(model, rid)["error"] if fault_kind == "stream_refuse" else error_body(
+                    "The server had an error processing your request.", type="server_error")["error"])
+                return event({"type": "error", "error": err})
+            return None
+
+        for i in range(len(body["data"])):
+            for p in range(partials):
+                if pause:
+                    await asyncio.sleep(pause)
+                blob = image_bytes(f"{model}|{params.get('prompt') or ''}|{endpoint}|{i}|partial {p}", fields["size"],
+                                   fields["output_format"])
+                yield event({"type": f"{prefix}.partial_image", "b64_json": base64.b64encode(blob).decode(),
+                             "created_at": int(time.time()), **fields, "partial_image_index": p})
+                sent += 1
+                if sent == 1 and (last := await after_first()) is not None:
+                    yield last
+                    return
+                while sent == 1 and state.get("gate") is not None and not state["gate"].is_set():
+                    await asyncio.sleep(0.02)
+        for item in body["data"]:
+            if pause:
+                await asyncio.sleep(pause)
+            yield event({"type": f"{prefix}.completed", "b64_json": item["b64_json"], "created_at": body["created"],
+                         "size": body["size"], "quality": body["quality"], "background": body["background"],
+                         "output_format": body["output_format"], "usage": body["usage"]})
+            sent += 1
+            if sent == 1 and (last := await after_first()) is not None:
+                yield last
+                return
 
     async def generations(request: Request) -> Response:
         return await handle(request, "generate")
