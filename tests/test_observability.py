@@ -266,14 +266,19 @@ def test_json_logs_one_line_per_api_request_and_errors_with_their_request_id(tra
         assert unpriced.status_code == 503, unpriced.text
         anonymous = httpx.get(f"{base}/v1/models", timeout=10)
         assert anonymous.status_code == 401
+        with httpx.stream("POST", f"{base}/v1/images/generations", headers={"Authorization": f"Bearer {raw}"},
+                          timeout=30, json={"model": "local-preview", "prompt": "a boat", "size": "256x256",
+                                            "stream": True}) as streamed:
+            events = streamed.read().decode()
+        assert streamed.status_code == 200 and "image_generation.completed" in events
     finally:
         stop(proc)
 
     lines = _json_lines(log_path)
     access = {line["request_id"]: line for line in lines if line.get("logger") == "imagegate.access"}
-    ours = [r.headers["x-request-id"] for r in (ok, unpriced, anonymous)]
+    ours = [r.headers["x-request-id"] for r in (ok, unpriced, anonymous, streamed)]
     assert set(ours) <= set(access), lines
-    assert len(access) == 4  # and the start-up probe's (tests/servers.py)
+    assert len(access) == 5  # and the start-up probe's (tests/servers.py)
     assert not [line for line in lines if line.get("logger") == "uvicorn.access"]  # --no-access-log still holds
 
     first = access[ok.headers["x-request-id"]]
@@ -294,6 +299,9 @@ def test_json_logs_one_line_per_api_request_and_errors_with_their_request_id(tra
     third = access[anonymous.headers["x-request-id"]]
     assert (third["endpoint"], third["status"], third["organization_id"], third["key_prefix"]) == (
         "models-list", 401, None, "")
+    fourth = access[streamed.headers["x-request-id"]]  # logged when its stream ended: provider and cost known
+    assert (fourth["status"], fourth["model"], fourth["provider"], fourth["cost_micros"]) == (
+        200, "local-preview", "local", 1_000)
     assert raw not in log_path.read_text()  # the secret key is never logged, only its prefix
 
 

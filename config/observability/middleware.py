@@ -3,7 +3,8 @@
 The view tells what only it knows through `observe(request, ...)`: the organization and key prefix once the key is
 authenticated, the model once it is known to the catalog (anything else is counted as model "other", so a client
 cannot make new series), the provider that served it and the micro-USD it was charged. The endpoint is the URL
-pattern's name (settings' URLconf), "unmatched" before routing.
+pattern's name (settings' URLconf), "unmatched" before routing. A streamed answer (Server-Sent Events) is counted
+and logged when its stream ends.
 """
 from __future__ import annotations
 
@@ -40,15 +41,37 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request.observed = dict(_DEFAULTS)
         response = self.get_response(request)
-        _record(request, response, started)
-        return response
+        return _record_when_done(request, response, started)
 
     async def _acall(self, request):
         started = time.perf_counter()
         request.observed = dict(_DEFAULTS)
         response = await self.get_response(request)
+        return _record_when_done(request, response, started)
+
+
+def _record_when_done(request, response, started: float):
+    """Record now, or for a streamed response (Server-Sent Events) once its last byte went out or the client left:
+    the provider, the cost and the latency are known only then."""
+    if not getattr(response, "streaming", False):
         _record(request, response, started)
         return response
+    content = response.streaming_content
+    if response.is_async:
+        async def recorded():
+            try:
+                async for part in content:
+                    yield part
+            finally:
+                _record(request, response, started)
+    else:
+        def recorded():
+            try:
+                yield from content
+            finally:
+                _record(request, response, started)
+    response.streaming_content = recorded()
+    return response
 
 
 def _record(request, response, started: float) -> None:
