@@ -39,10 +39,12 @@ run: install
 # directory per host and port under $TMPDIR or /tmp; emptied here before the workers start; config/observability/).
 serve: install
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	export PROMETHEUS_MULTIPROC_DIR="$${PROMETHEUS_MULTIPROC_DIR:-$${TMPDIR:-/tmp}/imagegate-metrics-$(HOST)-$(PORT)}" \
-		&& mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && find "$$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete \
-		&& exec $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
+	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && find "$$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
+	exec $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
 		--no-access-log --lifespan off --backlog 4096 --timeout-keep-alive 30
+
+# (after the recipe: tests/servers.py and tests/test_deploy.py read the first `serve:` line as the rule)
+serve: export PROMETHEUS_MULTIPROC_DIR ?= $(or $(TMPDIR),/tmp)/imagegate-metrics-$(HOST)-$(PORT)
 
 services:
 	@scripts/ensure_services.sh
