@@ -4,7 +4,7 @@ from datetime import datetime, time
 from django import forms
 from django.utils import timezone
 
-from . import keys, services
+from . import keys, model_catalog, services
 from .models import Membership
 
 
@@ -22,6 +22,26 @@ class OrganizationSignupForm(forms.Form):
         name = ((self.cleaned_data.get("organization_name") or "").strip()
                 or f"{user.email.split('@')[0]}'s organization")
         services.create_organization(name=name, owner=user)
+
+
+class CatalogModelsField(forms.MultipleChoiceField):
+    """Model ids from the catalog (accounts/model_catalog.py), ticked as checkboxes; ids sent as text (an API client,
+    an older form) may be separated by commas or spaces. Cleaned: the ids as stored, de-duplicated in order; a
+    misspelt id is refused with a message naming it and the nearest catalog id."""
+
+    def to_python(self, value) -> list[str]:
+        return [part for item in super().to_python(value) for part in re.split(r"[,\s]+", item) if part]
+
+    def validate(self, value) -> None:
+        if self.required and not value:
+            raise forms.ValidationError(self.error_messages["required"], code="required")
+
+    def clean(self, value) -> list[str]:
+        value = super().clean(value)
+        try:
+            return services.normalize_allowed_models(value)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc), code="invalid_choice") from exc
 
 
 class ApiKeyCreateForm(forms.Form):
@@ -45,11 +65,14 @@ class ApiKeyCreateForm(forms.Form):
         required=False, label="Restricted to",
         help_text="A key that only generates images cannot read your usage, and the other way round.",
     )
-    allowed_models = forms.CharField(
-        required=False, max_length=2000, label="Allowed models",
-        widget=forms.TextInput(attrs={"placeholder": "all models (or e.g. local-preview, dall-e-3)"}),
-        help_text="Optional. Model ids separated by commas; empty allows every model.",
+    allowed_models = CatalogModelsField(
+        required=False, label="Allowed models", widget=forms.CheckboxSelectMultiple,
+        help_text="Optional. Tick the models this key may call; none ticked allows every model.",
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["allowed_models"].choices = [(model, model) for model, _ in model_catalog.choices()]
 
     def clean(self):
         data = super().clean()
@@ -70,11 +93,7 @@ class ApiKeyCreateForm(forms.Form):
         return expires_at
 
     def clean_allowed_models(self):
-        raw = self.cleaned_data.get("allowed_models") or ""
-        try:
-            return services.normalize_allowed_models(re.split(r"[,\s]+", raw))
-        except ValueError as exc:
-            raise forms.ValidationError(str(exc)) from exc
+        return self.cleaned_data.get("allowed_models") or []
 
 
 class ApiKeyRotateForm(forms.Form):

@@ -75,6 +75,8 @@ class Organization(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Requests per minute across all of the organization's keys; 0 = no organization-wide limit.
     rate_limit_rpm = models.PositiveIntegerField(default=0)
+    # Days a request's prompt is kept for the request log (generation/prompts.py); 0 = prompts are not stored.
+    prompt_retention_days = models.PositiveSmallIntegerField(default=30)
 
     class Meta:
         ordering = ["name"]

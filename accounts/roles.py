@@ -10,6 +10,7 @@ GENERATE_IMAGES = "generate_images"
 MANAGE_KEYS = "manage_keys"
 MANAGE_TEAM = "manage_team"
 MANAGE_BILLING = "manage_billing"
+MANAGE_DATA = "manage_data"
 
 PERMISSIONS = {  # permission → what the team page says it lets a person do
     VIEW_USAGE: "See usage, costs and the request log",
@@ -17,6 +18,7 @@ PERMISSIONS = {  # permission → what the team page says it lets a person do
     MANAGE_KEYS: "Create, rotate and revoke API keys",
     MANAGE_TEAM: "Invite people and change roles",
     MANAGE_BILLING: "Change spend limits, subscribe, pay invoices",
+    MANAGE_DATA: "Choose how long prompts are kept, and delete them",
 }
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {

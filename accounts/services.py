@@ -12,7 +12,7 @@ from django.utils.text import slugify
 
 from config import process_cache
 
-from . import identity, keys, roles
+from . import identity, keys, model_catalog, roles
 from .models import ApiKey, Invitation, Membership, Organization, User
 
 # Sent after a key is rotated, with `old_key` and `new_key`: apps that keep per-key state accounts cannot see (billing's
@@ -90,8 +90,9 @@ def ensure_organization(*, slug: str, owner: User, name: str | None = None) -> t
 
 
 def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Model ids as stored: stripped, de-duplicated in order; each must look like a model id (they are checked
-    against the catalog when a request is made, which accounts cannot see)."""
+    """Model ids as stored: stripped, de-duplicated in order; each must look like a model id and be in the catalog
+    that generation registers (accounts/model_catalog.py). ValueError names the first bad id and, for a misspelt
+    one, the nearest catalog id."""
     out: list[str] = []
     for model in models or []:
         model = str(model).strip()
@@ -99,6 +100,8 @@ def normalize_allowed_models(models: list[str] | tuple[str, ...] | None) -> list
             continue
         if not _MODEL_ID.match(model):
             raise ValueError(f"'{model[:40]}' is not a model id (letters, digits and . _ : / @ + -).")
+        if (problem := model_catalog.problem(model)) is not None:
+            raise ValueError(problem)
         if model not in out:
             out.append(model)
     if len(out) > MAX_ALLOWED_MODELS:
@@ -333,3 +336,16 @@ def remove_member(*, membership: Membership, actor: Membership) -> None:
             raise TeamError("The organization's last owner cannot be removed or leave. "
                             "Make someone else an owner first.")
     membership.delete()
+
+
+MAX_PROMPT_RETENTION_DAYS = 365
+
+
+def set_prompt_retention(*, organization: Organization, days: int) -> None:
+    """How many days the organization's prompts are kept for its request log (0 = none are stored). ValueError
+    outside 0..MAX_PROMPT_RETENTION_DAYS. generation/prompts.py applies it to the prompts already kept."""
+    if not 0 <= int(days) <= MAX_PROMPT_RETENTION_DAYS:
+        raise ValueError(f"Prompts are kept for 0 to {MAX_PROMPT_RETENTION_DAYS} days.")
+    Organization.objects.filter(pk=organization.pk).update(prompt_retention_days=int(days))
+    organization.prompt_retention_days = int(days)
+    process_cache.invalidate("api_keys")  # the API's cached organizations learn it within a second

@@ -4,7 +4,6 @@ reconciliation discrepancies, webhook events, invoices, alerts, prices (append-o
 Money is integer micro-USD; it is shown in dollars by exact decimal formatting, never through floats. Every custom
 action writes an audit row (accounts.admin_audit); the admin itself logs adds, changes and deletes."""
 import json
-from decimal import Decimal
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -18,6 +17,7 @@ from django.utils.html import format_html
 
 from accounts.admin_audit import log_staff_action
 
+from . import money
 from .exports import csv_lines
 from .models import (
     BillingAccount,
@@ -46,11 +46,6 @@ CSV_HEADER = [
 ]
 
 
-def usd(micros: int | None) -> str:
-    """Integer micro-USD as an exact dollar string with six decimals ("0.003000")."""
-    if micros is None:
-        return ""
-    return f"{Decimal(micros).scaleb(-6):.6f}"
 
 
 def _estimated_rows(model) -> int | None:
@@ -131,7 +126,7 @@ def stream_ledger_csv(queryset, filename: str) -> StreamingHttpResponse:
     )
     lines = csv_lines(CSV_HEADER, (
         [created_at.isoformat(), request_id, org, prefix or "", endpoint, model, provider, size, quality, n, status,
-         error_code, unit, cost, usd(cost), "" if upstream is None else upstream, latency,
+         error_code, unit, cost, money.exact(cost), "" if upstream is None else upstream, latency,
          "" if sequence is None else sequence, entry_hash or ""]
         for (created_at, request_id, org, prefix, endpoint, model, provider, size, quality, n, status, error_code,
              unit, cost, upstream, latency, sequence, entry_hash) in rows.iterator(chunk_size=2000)))
@@ -158,7 +153,8 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     paginator = EstimatingPaginator
     list_per_page = 100
     actions = ["export_selected_csv"]
-    fields = ["created_at", "request_id", "organization", "api_key", "endpoint", "model", "provider", "size",
+    fields = ["created_at", "request_id", "organization", "api_key", "endpoint", "model", "served_model", "provider",
+              "size",
               "quality", "n", "price", "unit_price_micros", "cost_micros", "cost", "upstream_cost_micros",
               "latency_ms", "status", "error_code", "sequence", "prev_hash", "entry_hash"]
 
@@ -190,7 +186,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
     @admin.display(description="cost (USD)", ordering="cost_micros")
     def cost(self, obj):
-        return f"${usd(obj.cost_micros)}"
+        return f"${money.exact(obj.cost_micros)}"
 
     def get_urls(self):
         info = self.model._meta.app_label, self.model._meta.model_name
@@ -215,13 +211,13 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
             rolled = getattr(request, "_ledger_rollup_totals", None)
             if rolled is not None:
                 totals = dict(rolled)
-                totals["cost_usd"] = usd(totals["cost_micros"])
+                totals["cost_usd"] = money.exact(totals["cost_micros"])
                 context["ledger_totals"] = totals
             elif _too_big_unfiltered(queryset):
                 context["ledger_totals"] = None
             else:
                 totals = reader.Source(False, queryset).totals()
-                totals["cost_usd"] = usd(totals["cost_micros"])
+                totals["cost_usd"] = money.exact(totals["cost_micros"])
                 context["ledger_totals"] = totals
             context["export_csv_url"] = reverse("admin:billing_ledgerentry_export_csv")
         return response
@@ -266,7 +262,7 @@ class MeterReportAdmin(ReadOnlyAdmin):
 
     @admin.display(description="value (USD)", ordering="value_micros")
     def value(self, obj):
-        return f"${usd(obj.value_micros)}"
+        return f"${money.exact(obj.value_micros)}"
 
     @admin.display(description="last error")
     def short_error(self, obj):
@@ -293,19 +289,19 @@ class DiscrepancyAdmin(admin.ModelAdmin):
 
     @admin.display(description="ledger (USD)", ordering="ledger_micros")
     def ledger(self, obj):
-        return usd(obj.ledger_micros)
+        return money.exact(obj.ledger_micros)
 
     @admin.display(description="reported (USD)", ordering="reported_micros")
     def reported(self, obj):
-        return usd(obj.reported_micros)
+        return money.exact(obj.reported_micros)
 
     @admin.display(description="Stripe (USD)", ordering="stripe_micros")
     def stripe(self, obj):
-        return usd(obj.stripe_micros)
+        return money.exact(obj.stripe_micros)
 
     @admin.display(description="ledger − Stripe (USD)")
     def difference(self, obj):
-        return usd(obj.ledger_micros - obj.stripe_micros)
+        return money.exact(obj.ledger_micros - obj.stripe_micros)
 
     @admin.action(description="Mark selected resolved", permissions=["change"])
     def mark_resolved(self, request, queryset):
@@ -390,7 +386,7 @@ class PriceAdmin(admin.ModelAdmin):
 
     @admin.display(description="unit price (USD)", ordering="unit_price_micros")
     def unit_price(self, obj):
-        return f"${usd(obj.unit_price_micros)}"
+        return f"${money.exact(obj.unit_price_micros)}"
 
     @staticmethod
     def _used(obj) -> bool:
@@ -436,7 +432,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="monthly limit (USD)", ordering="monthly_spend_limit_micros")
     def spend_limit(self, obj):
-        return "—" if obj.monthly_spend_limit_micros is None else f"${usd(obj.monthly_spend_limit_micros)}"
+        return "—" if obj.monthly_spend_limit_micros is None else f"${money.exact(obj.monthly_spend_limit_micros)}"
 
 
 @admin.register(SpendAlert)
@@ -447,8 +443,8 @@ class SpendAlertAdmin(ReadOnlyAdmin):
 
     @admin.display(description="spent when sent (USD)", ordering="spent_micros")
     def spent(self, obj):
-        return usd(obj.spent_micros)
+        return money.exact(obj.spent_micros)
 
     @admin.display(description="limit (USD)", ordering="limit_micros")
     def limit(self, obj):
-        return usd(obj.limit_micros)
+        return money.exact(obj.limit_micros)

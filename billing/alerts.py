@@ -14,6 +14,7 @@ from django.db.models import Q
 
 from accounts.models import ApiKey, Membership, Organization
 
+from . import money
 from .models import SpendAlert
 
 
@@ -47,8 +48,8 @@ def send_spend_alert(organization_id: int, api_key_id: int | None, month: str, s
         return 0
     return send_mail(
         subject=f"Imagegate: {organization.name} has used 80% of its monthly spend limit",
-        message=(f"{whose[0].upper() + whose[1:]} has spent ${spent_micros / 1e6:,.2f} of its "
-                 f"${limit_micros / 1e6:,.2f} monthly limit for {first_day:%B %Y}.\n\nRequests beyond the limit "
+        message=(f"{whose[0].upper() + whose[1:]} has spent {money.usd(spent_micros)} of its "
+                 f"{money.usd(limit_micros)} monthly limit for {first_day:%B %Y}.\n\nRequests beyond the limit "
                  "will be refused with insufficient_quota. You can raise the limit on the billing page.\n"),
         from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=recipients,
     )

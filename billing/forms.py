@@ -3,6 +3,8 @@ from decimal import Decimal
 
 from django import forms
 
+from billing import money
+
 FIRST_DAY = date(2020, 1, 1)  # no usage can be older: the product did not exist
 LAST_DAY = date(2099, 12, 31)  # a range end beyond this is a typo (and 9999-12-31 + 1 day overflows)
 
@@ -43,7 +45,7 @@ class SpendLimitForm(forms.Form):
 
     def limit_micros(self) -> int | None:
         value = self.cleaned_data.get("monthly_limit_usd")
-        return None if value is None else int(value * 1_000_000)
+        return None if value is None else int(value * money.MICROS_PER_USD)
 
 
 class KeySpendLimitForm(SpendLimitForm):

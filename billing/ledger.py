@@ -20,6 +20,8 @@ HASHED_FIELDS = (
     "n", "price_id", "unit_price_micros", "cost_micros", "upstream_cost_micros", "latency_ms", "status",
     "error_code", "created_at",
 )
+# Fields added later: hashed only when set, so every row sealed before they existed keeps its hash.
+HASHED_WHEN_SET = ("served_model",)
 
 
 def _canonical(value):
@@ -29,14 +31,17 @@ def _canonical(value):
 
 
 def digest(values: dict, prev_hash: str) -> str:
-    payload = json.dumps([[name, _canonical(values[name])] for name in HASHED_FIELDS] + [["prev", prev_hash]],
-                         separators=(",", ":"), ensure_ascii=True)
+    pairs = [[name, _canonical(values[name])] for name in HASHED_FIELDS]
+    pairs += [[name, values[name]] for name in HASHED_WHEN_SET if values.get(name)]
+    payload = json.dumps(pairs + [["prev", prev_hash]], separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def row_values(entry, *, sequence: int) -> dict:
     """The hashed values of a ledger row at chain position `sequence`."""
-    return {name: sequence if name == "sequence" else getattr(entry, name) for name in HASHED_FIELDS}
+    values = {name: sequence if name == "sequence" else getattr(entry, name) for name in HASHED_FIELDS}
+    values.update({name: getattr(entry, name, "") for name in HASHED_WHEN_SET})
+    return values
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, Organization
 from accounts.tenancy import TenantManager
 
-MICROS_PER_USD = 1_000_000
+from .money import exact
 
 
 class Price(models.Model):
@@ -30,7 +30,7 @@ class Price(models.Model):
         ordering = ["model", "size", "quality", "-effective_from"]
 
     def __str__(self):
-        return f"{self.model} {self.size} {self.quality}: ${self.unit_price_micros / MICROS_PER_USD:.6f}"
+        return f"{self.model} {self.size} {self.quality}: ${exact(self.unit_price_micros)}"
 
 
 class LedgerEntry(models.Model):
@@ -47,6 +47,9 @@ class LedgerEntry(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     endpoint = models.CharField(max_length=32, default="generations")
     model = models.CharField(max_length=100, blank=True)
+    # The dated upstream model that served the request, when the upstream named one other than `model` (an alias
+    # such as chatgpt-image-latest → gpt-image-2-2026-04-21); "" otherwise.
+    served_model = models.CharField(max_length=100, blank=True, default="")
     provider = models.CharField(max_length=50, blank=True)
     size = models.CharField(max_length=20, blank=True)
     quality = models.CharField(max_length=20, blank=True)
@@ -84,11 +87,12 @@ class LedgerEntry(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.request_id} {self.model} {self.status} ${self.cost_usd:.6f}"
+        return f"{self.request_id} {self.model} {self.status} ${exact(self.cost_micros)}"
 
     @property
-    def cost_usd(self) -> float:
-        return self.cost_micros / MICROS_PER_USD
+    def images_made(self) -> int:
+        """Images the request delivered: n for a success, 0 for anything else (a failure's n is what was asked)."""
+        return self.n if self.status == self.Status.SUCCEEDED else 0
 
 
 class LedgerSeal(models.Model):

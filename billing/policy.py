@@ -10,6 +10,7 @@ With Stripe on:
     429 `insufficient_quota` (x-should-retry: false). The dashboard, keys, usage history and the billing page keep
     working, so the customer can pay (Checkout / customer portal) and look at what they owe.
 """
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -49,3 +50,32 @@ def access_refusal(account) -> str | None:
                     f"{settings.BILLING_GRACE_DAYS} days past due. Pay the open invoice on the billing page to "
                     "continue using the API.")
     return None
+
+
+@dataclass(frozen=True)
+class ChargeEstimate:
+    """What this period's usage will cost the organization, as the billing page shows it beside the Stripe state.
+
+    `micros`: integer micro-USD, a whole number of cents (what Stripe would invoice); `charged`: whether anything is
+    billed at all; `note`: one sentence saying why."""
+
+    micros: int
+    charged: bool
+    note: str
+
+
+def estimated_charge(account, usage_micros: int) -> ChargeEstimate:
+    """The estimate that agrees with the Stripe state: $0.00 when nothing is charged (Stripe off, no subscription,
+    free allowance, blocked subscription); otherwise the usage rounded half-up to a cent, as Stripe invoices whole
+    cents of a meter counted in micro-dollars (billing/stripe/gateway.py)."""
+    from .money import round_to_cents
+
+    if not stripe_enabled():
+        return ChargeEstimate(0, False, "Nothing is charged: billing is not configured on this server.")
+    status = account.subscription_status if account is not None else ""
+    if status in ACTIVE_STATUSES:
+        return ChargeEstimate(round_to_cents(usage_micros), True,
+                              "Billed by Stripe at the end of the period, rounded to the cent.")
+    if status in BLOCKED_STATUSES:
+        return ChargeEstimate(0, False, f"Nothing more is charged: the subscription is {status.replace('_', ' ')}.")
+    return ChargeEstimate(0, False, "Nothing is charged until you subscribe: this is the free allowance.")

@@ -163,6 +163,91 @@ PRICE_LIST += [
 ]
 
 
+# OpenAI's current GPT image models (issue 13): upstream list price + 10%, rounded up to a whole micro-dollar,
+# effective 2026-11-30. Sources and dates: docs/providers/openai.md. Per-image prices (micro-USD, low/medium/high at
+# 1024x1024 and at 1536x1024 or 1024x1536) mirror generation/providers/openai.py (a test checks).
+_GPT_IMAGE_STANDARD = ("1024x1024", "1536x1024", "1024x1536")
+_GPT_IMAGE_PER_IMAGE_MICROS = {
+    "gpt-image-1-mini": {"low": (5_000, 6_000), "medium": (11_000, 15_000), "high": (36_000, 52_000)},
+    "gpt-image-1.5": {"low": (9_000, 13_000), "medium": (34_000, 50_000), "high": (133_000, 200_000)},
+}
+# gpt-image-2 is priced per output token ($30 per 1M image output tokens); the tokens of one image follow from its
+# size and quality (OpenAI's cost calculator; generation/providers/openai.py has the same formula, a test checks).
+GPT_IMAGE_2_OUTPUT_MICROS_PER_MILLION_TOKENS = 30_000_000
+_GPT_IMAGE_2_QUALITY_FACTORS = {"low": 16, "medium": 48, "high": 96}
+GPT_IMAGE_2_LISTED_SIZES = _GPT_IMAGE_STANDARD + ("2048x2048", "2048x1152", "1152x2048", "2560x1440", "1440x2560",
+                                                  "3840x2160", "2160x3840")
+_GPT_IMAGE_FROM = datetime(2026, 11, 30, tzinfo=UTC)
+# Formula-priced models: a size within the model's rules that has no row yet gets one, at the formula's price and
+# this effective date, on its first use (materialize()); listed sizes are seeded like any other price.
+FORMULA_PRICED = {"gpt-image-2": _GPT_IMAGE_FROM}
+
+
+def _ours(upstream_micros: int) -> int:
+    return -(-upstream_micros * 11 // 10)
+
+
+def gpt_image_2_output_tokens(width: int, height: int, quality: str) -> int:
+    """Image output tokens of one gpt-image-2 image (OpenAI's calculator): 1024x1024 low / medium / high → 196 /
+    1,756 / 7,024 tokens ($0.006 / $0.053 / $0.211 at $30 per 1M)."""
+    factor = _GPT_IMAGE_2_QUALITY_FACTORS[quality]
+    long_edge, short_edge = max(width, height), min(width, height)
+    short_axis = (2 * factor * short_edge + long_edge) // (2 * long_edge)
+    return (factor * short_axis * (2_000_000 + width * height) + 3_999_999) // 4_000_000
+
+
+def gpt_image_2_size_ok(size: str) -> bool:
+    """gpt-image-2's size rules (generation/catalog.py FreeSizes has the same, with messages): both sides multiples
+    of 16, aspect between 1:3 and 3:1, at most 3840 a side and 3840x2160 pixels, at least 655,360 pixels."""
+    w, sep, h = size.partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or len(size) > 11:
+        return False
+    width, height = int(w), int(h)
+    return (width > 0 and height > 0 and not width % 16 and not height % 16
+            and max(width, height) <= 3 * min(width, height) and max(width, height) <= 3840
+            and 655_360 <= width * height <= 3840 * 2160)
+
+
+def gpt_image_2_list_price_micros(size: str, quality: str) -> int:
+    """Our price for one gpt-image-2 image: OpenAI's output-token price (rounded up) + 10%, rounded up (micro-USD).
+    1024x1024 high: 7,024 tokens → $0.21072 upstream → 231,792 micro-USD."""
+    w, _, h = size.partition("x")
+    tokens = gpt_image_2_output_tokens(int(w), int(h), quality)
+    return _ours(-(-tokens * GPT_IMAGE_2_OUTPUT_MICROS_PER_MILLION_TOKENS // 1_000_000))
+
+
+def formula_price(model: str, size: str, quality: str) -> tuple[int, datetime] | None:
+    """(micro-USD per image, effective from) for a formula-priced model's size and quality, or None when the model
+    is not formula-priced or the size/quality is outside its rules."""
+    if model not in FORMULA_PRICED or quality not in _GPT_IMAGE_2_QUALITY_FACTORS or not gpt_image_2_size_ok(size):
+        return None
+    return gpt_image_2_list_price_micros(size, quality), FORMULA_PRICED[model]
+
+
+def materialize(price_model, model: str, size: str, quality: str) -> bool:
+    """Insert the formula price row for (model, size, quality) if the model is formula-priced and the size within
+    its rules; True when a row now exists. Idempotent across processes (the unique price version)."""
+    found = formula_price(model, size, quality)
+    if found is None:
+        return False
+    micros, effective_from = found
+    price_model.objects.bulk_create([price_model(model=model, size=size, quality=quality, unit_price_micros=micros,
+                                                 effective_from=effective_from)], ignore_conflicts=True)
+    return True
+
+
+PRICE_LIST += [
+    *[(m, size, quality, _ours(micros[0] if size == "1024x1024" else micros[1]), _GPT_IMAGE_FROM)
+      for m, table in _GPT_IMAGE_PER_IMAGE_MICROS.items() for quality, micros in table.items()
+      for size in _GPT_IMAGE_STANDARD],
+    *[("gpt-image-2", size, quality, gpt_image_2_list_price_micros(size, quality), _GPT_IMAGE_FROM)
+      for size in GPT_IMAGE_2_LISTED_SIZES for quality in ("low", "medium", "high")],
+    # chatgpt-image-latest points at gpt-image-2's snapshot today: priced as gpt-image-2 at the standard sizes.
+    *[("chatgpt-image-latest", size, quality, gpt_image_2_list_price_micros(size, quality), _GPT_IMAGE_FROM)
+      for size in _GPT_IMAGE_STANDARD for quality in ("low", "medium", "high")],
+]
+
+
 def sync(price_model) -> int:
     """Insert the rows of PRICE_LIST that `price_model` lacks (one read, one bulk insert); returns how many."""
     existing = set(price_model.objects.values_list("model", "size", "quality", "effective_from"))

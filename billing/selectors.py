@@ -8,6 +8,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from config import process_cache
 
+from . import price_list
 from .models import LedgerEntry, Price
 from .usage import reader
 
@@ -23,6 +24,8 @@ def _load_price(key) -> tuple[Price | None, datetime | None]:
     model, size, quality = key
     now = timezone.now()
     price = _lookup_price(model, size, quality, now)
+    if price is None and price_list.materialize(Price, model, size, quality):  # a formula-priced size's first use
+        price = _lookup_price(model, size, quality, now)
     upcoming = (Price.objects.filter(model=model, size=size, quality=quality, effective_from__gt=now)
                 .order_by("effective_from").values_list("effective_from", flat=True).first())
     return price, upcoming
@@ -63,10 +66,6 @@ class UsageSummary:
     requests: int
     images: int
     cost_micros: int
-
-    @property
-    def cost_usd(self) -> float:
-        return self.cost_micros / 1_000_000
 
 
 def usage_since(*, organization: Organization, since: datetime) -> UsageSummary:
@@ -134,6 +133,70 @@ def daily_usage(*, organization: Organization, start: datetime, end: datetime) -
         days.append({"day": day, **by_day.get(day, reader.add([]))})
         day += timedelta(days=1)
     return days
+
+
+def daily_usage_by(*, organization: Organization, start: datetime, end: datetime, by: str,
+                   top: int = 8) -> list[dict]:
+    """Spend and images per calendar day (current time zone, zero days included, the days of `daily_usage`) for
+    each model or API key (by = "model" | "api_key"), for stacked charts: the `top` dearest series, then one
+    "Other" series summing the rest. [{"label": str, "detail": str, "cost_micros": [int per day],
+    "images": [int per day]}], dearest first; [] when the range has no requests. Requests without a key label
+    "Playground"."""
+    from datetime import timedelta
+
+    from django.db.models.functions import TruncDate
+
+    field = _BREAKDOWN_FIELDS[by]
+    group = [field, "api_key__prefix", "api_key_id"] if by == "api_key" else [field]
+    tz = timezone.get_current_timezone()
+
+    def read(source: reader.Source):
+        rows = source.rows if source.rollup else source.rows.annotate(day=TruncDate("created_at", tzinfo=tz))
+        return list(rows.values("day", *group).annotate(**reader.totals(rollup=source.rollup)).order_by())
+
+    first = timezone.localtime(start, tz).date()
+    last = timezone.localtime(end - timedelta(microseconds=1), tz).date()
+    index = {first + timedelta(days=i): i for i in range((last - first).days + 1)}
+    series: dict = {}
+    for rows in reader.read_organization(organization, start, end, read):
+        for r in rows:
+            key = tuple(r[g] for g in group)
+            entry = series.setdefault(key, {
+                "label": r[field] or ("Playground" if by == "api_key" else "—"),
+                "detail": f"{r['api_key__prefix']}…" if r.get("api_key__prefix") else "",
+                "cost_micros": [0] * len(index), "images": [0] * len(index), "requests": 0})
+            i = index.get(r["day"])
+            if i is None:
+                continue
+            entry["cost_micros"][i] += r["cost_micros"] or 0
+            entry["images"][i] += r["images"] or 0
+            entry["requests"] += r["requests"] or 0
+    ordered = sorted(series.values(), key=lambda e: (-sum(e["cost_micros"]), -sum(e["images"]), -e["requests"],
+                                                     e["label"]))
+    if len(ordered) > top + 1:
+        rest = ordered[top:]
+        ordered = ordered[:top] + [{
+            "label": f"Other ({len(rest)})", "detail": "",
+            "cost_micros": [sum(e["cost_micros"][i] for e in rest) for i in range(len(index))],
+            "images": [sum(e["images"][i] for e in rest) for i in range(len(index))],
+            "requests": sum(e["requests"] for e in rest)}]
+    return ordered
+
+
+def usage_chart_data(*, organization: Organization, start: datetime, end: datetime, days: list[dict]) -> dict:
+    """What the overview's charts draw (passed to static/js/charts.js with json_script): {"days": ["YYYY-MM-DD"],
+    "timezone": str, "totals": {"cost_micros": [int], "images": [int]}, "by": {"model" | "api_key": [{"label": str,
+    "cost_micros": [int per day], "images": [int per day]}]}}. `days` is daily_usage's answer for the same range.
+    Amounts stay integer micro-USD: the script formats them as billing/money.py does."""
+    return {
+        "days": [d["day"].isoformat() for d in days],
+        "timezone": timezone.get_current_timezone_name(),
+        "totals": {"cost_micros": [d["cost_micros"] for d in days], "images": [d["images"] for d in days]},
+        "by": {by: [{"label": s["label"] + (f" ({s['detail']})" if s["detail"] else ""),
+                     "cost_micros": s["cost_micros"], "images": s["images"]}
+                    for s in daily_usage_by(organization=organization, start=start, end=end, by=by)]
+               for by in ("model", "api_key")},
+    }
 
 
 def usage_breakdown(*, organization: Organization, start: datetime, end: datetime, by: str) -> list[dict]:

@@ -40,7 +40,7 @@ from django.utils import timezone
 from config import process_cache
 from config import redis as shared_redis
 
-from . import policy
+from . import money, policy
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ async def reserve(*, limits: list[Limit], amount_micros: int) -> Hold:
             continue
         lim = limits[int(out[1]) - 1]
         raise SpendLimitExceeded(
-            f"You exceeded the monthly spend limit of ${lim.limit_micros / 1_000_000:,.2f} for {lim.label}. Raise the "
+            f"You exceeded the monthly spend limit of {money.usd(lim.limit_micros)} for {lim.label}. Raise the "
             "limit on the billing page, or wait until next month.",
             limit="organization" if lim.api_key_id is None else "key",
         )

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import roles
 from accounts.access import organization_page
-from billing import policy
+from billing import money, policy
 from billing.stripe import gateway as stripe_gateway
 from billing.stripe import webhooks
 
@@ -97,8 +97,8 @@ def overview(request):
         "range_errors": range_errors,
         "range_usage": selectors.usage_between(organization=organization, start=start, end=end),
         "days": days,
-        "spend_chart": _bar_chart(days, "cost_micros"),
-        "images_chart": _bar_chart(days, "images"),
+        "chart_data": selectors.usage_chart_data(organization=organization, start=start, end=end, days=days),
+        "has_usage": any(d["requests"] for d in days),
         "breakdowns": [
             {"title": title, "column": column, "id": html_id,
              "rows": selectors.usage_breakdown(organization=organization, start=start, end=end, by=by)}
@@ -110,21 +110,6 @@ def overview(request):
 
 
 OVERVIEW_MAX_DAYS = 366
-_CHART_HEIGHT = 120
-
-
-def _bar_chart(days: list[dict], field: str) -> dict:
-    """Geometry of a server-rendered SVG bar chart: one bar per day, scaled to the largest value."""
-    peak = max((d[field] for d in days), default=0)
-    width = max(4, min(24, 720 // max(1, len(days))))
-    bars = []
-    for i, d in enumerate(days):
-        height = round(d[field] * _CHART_HEIGHT / peak) if peak else 0
-        if d[field] and height < 1:
-            height = 1
-        bars.append({"x": i * width, "y": _CHART_HEIGHT - height, "width": max(1, width - 2), "height": height,
-                     "day": d["day"], "value": d[field]})
-    return {"bars": bars, "width": len(days) * width, "height": _CHART_HEIGHT, "peak": peak}
 
 
 @organization_page(roles.VIEW_USAGE, post=roles.MANAGE_BILLING)
@@ -137,8 +122,8 @@ def billing_page(request):
 
     organization = request.organization
     account = selectors.billing_account(organization=organization)
-    form = SpendLimitForm(initial={"monthly_limit_usd": (account.monthly_spend_limit_micros / 1e6)
-                                   if account and account.monthly_spend_limit_micros is not None else None})
+    form = SpendLimitForm(initial={"monthly_limit_usd": money.dollars_for_input(
+        account.monthly_spend_limit_micros if account else None)})
     keys = api_keys_for_organization(organization).filter(revoked_at__isnull=True)
     key_form = KeySpendLimitForm(keys=keys)
     if request.method == "POST":
@@ -156,10 +141,12 @@ def billing_page(request):
                 services.set_spend_limit(organization=organization, monthly_limit_micros=form.limit_micros())
                 messages.success(request, "Monthly spend limit saved.")
                 return redirect("billing")
+    usage = selectors.month_to_date(organization=organization)
     return render(request, "dashboard/billing.html", {
         "stripe_enabled": policy.stripe_enabled(),
         "account": account,
-        "usage": selectors.month_to_date(organization=organization),
+        "usage": usage,
+        "estimate": policy.estimated_charge(account, usage.cost_micros),
         "invoices": selectors.invoices(organization=organization),
         "form": form,
         "key_form": key_form,

@@ -109,6 +109,13 @@ async def async_pool(using: str = "default"):
     return pool
 
 
+def has_async_pool(using: str = "default") -> bool:
+    """Whether the running event loop already has its async pool (async_pool opens one on first use)."""
+    import asyncio
+
+    return (asyncio.get_running_loop(), using) in _async_pools
+
+
 async def close_async_pools() -> None:
     """Close this event loop's async pools (server shutdown, tests)."""
     import asyncio

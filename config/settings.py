@@ -143,6 +143,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "expire-images": {"task": "generation.tasks.expire_images", "schedule": 300.0},
+    "purge-prompts": {"task": "generation.tasks.purge_prompts", "schedule": 600.0},
     "report-usage": {"task": "billing.tasks.report_usage", "schedule": 60.0},
     "reconcile-billing": {"task": "billing.tasks.reconcile_billing", "schedule": 3600.0},
     "refresh-rollups": {"task": "billing.tasks.refresh_rollups", "schedule": 60.0},

@@ -18,6 +18,13 @@ class GenerationConfig(AppConfig):
         invalidate_on_change(ModerationCategory, "moderation")
         invalidate_on_change(ModerationTerm, "moderation")
 
+        # The keys page offers the catalog's models and refuses misspelt ones (accounts cannot import generation).
+        from accounts import model_catalog
+
+        from . import catalog
+
+        model_catalog.register(lambda: [(spec.id, spec.description) for spec in catalog.MODELS.values()])
+
         # /metrics: each provider's circuit state, read at scrape time (generation/metrics.py).
         from . import metrics
 

@@ -28,6 +28,41 @@ class InputImageRules:
 
 
 @dataclass(frozen=True)
+class FreeSizes:
+    """Sizes a model takes beyond its listed ones: any `WIDTHxHEIGHT` that keeps these rules (gpt-image-2, from the
+    SDK's `size` documentation and OpenAI's model page; the pixel floor is reported, docs/providers/openai.md).
+    `check` names the first rule a size breaks, or None when the size is acceptable."""
+
+    step: int = 16  # both sides multiples of this many pixels
+    max_aspect: float = 3.0  # long side / short side at most this (between 1:3 and 3:1)
+    max_side: int = 3840
+    max_pixels: int = 3840 * 2160
+    min_pixels: int = 655_360
+
+    def describe(self) -> str:
+        return (f"any WIDTHxHEIGHT with both sides multiples of {self.step}, an aspect ratio between "
+                f"1:{self.max_aspect:g} and {self.max_aspect:g}:1, at most {self.max_side} pixels a side and "
+                f"{self.max_pixels:,} pixels in all (3840x2160), at least {self.min_pixels:,} pixels")
+
+    def check(self, size: str) -> str | None:
+        width, sep, height = size.partition("x")
+        if not sep or not width.isdigit() or not height.isdigit() or len(size) > 11:
+            return "a size is WIDTHxHEIGHT in pixels, such as 1536x864"
+        w, h = int(width), int(height)
+        if w <= 0 or h <= 0 or w % self.step or h % self.step:
+            return f"width and height must both be multiples of {self.step} (got {w}x{h})"
+        if max(w, h) > self.max_aspect * min(w, h):
+            return (f"the aspect ratio must be between 1:{self.max_aspect:g} and {self.max_aspect:g}:1 "
+                    f"(got {w}x{h}, {max(w, h) / min(w, h):.2f}:1)")
+        if max(w, h) > self.max_side or w * h > self.max_pixels:
+            return (f"the size must be at most 3840x2160: at most {self.max_side} pixels a side and "
+                    f"{self.max_pixels:,} pixels in all (got {w}x{h}, {w * h:,} pixels)")
+        if w * h < self.min_pixels:
+            return f"the size must have at least {self.min_pixels:,} pixels (got {w}x{h}, {w * h:,} pixels)"
+        return None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     owned_by: str
@@ -50,6 +85,13 @@ class ModelSpec:
     moderations: tuple[str, ...] = ()
     output_formats: tuple[str, ...] = ()
     output_compression: bool = False
+    # Edits' `input_fidelity` values the model takes (empty: the field is refused for it).
+    input_fidelities: tuple[str, ...] = ()
+    # Sizes beyond `sizes` the model takes (gpt-image-2's free-form WIDTHxHEIGHT), or None.
+    free_sizes: FreeSizes | None = None
+    # An alias (chatgpt-image-latest): the dated model it pointed to when last checked; the upstream's answer names
+    # the one that actually served each request (docs/providers/openai.md).
+    alias_of: str | None = None
     # "generate", "edit", "variation", "image_input" (the `image` URL on generations)
     capabilities: frozenset[str] = field(default_factory=lambda: frozenset({"generate"}))
     input_images: InputImageRules = InputImageRules()
@@ -58,10 +100,20 @@ class ModelSpec:
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    def size_problem(self, size: str) -> str | None:
+        """Why `size` is not one this model makes (a sentence naming the rule), or None when it is."""
+        if size in self.sizes:
+            return None
+        if self.free_sizes is not None:
+            return self.free_sizes.check(size)
+        return f"the 'size' parameter must be one of: {', '.join(self.sizes)}"
+
     @property
     def max_side(self) -> int:
         """The longest side, in pixels, of any image the model produces ("auto" counts as 1536)."""
         sides = [int(d) for size in self.sizes if "x" in size for d in size.split("x") if d.isdigit()]
+        if self.free_sizes is not None:
+            sides.append(self.free_sizes.max_side)
         return max(sides + [1536 if "auto" in self.sizes else 0]) or 1024
 
 
@@ -100,6 +152,37 @@ GPT_IMAGE_1 = ModelSpec(
                                  square=False, max_pixels=6144 * 6144),
     description="OpenAI gpt-image-1: instruction following, transparent backgrounds, always base64.",
 )
+
+# OpenAI's current GPT image models (docs/providers/openai.md: the SDK's types, OpenAI's model pages). All take the
+# same fields as gpt-image-1; they differ in sizes (gpt-image-2: free-form) and in `input_fidelity`.
+GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+_GPT_IMAGE_INPUT = InputImageRules(max_images=16, max_bytes=50 * 1024 * 1024, content_types=(PNG, JPEG, WEBP),
+                                   square=False, max_pixels=6144 * 6144)
+
+
+def _gpt_image(model_id: str, created: int, description: str, **changes) -> ModelSpec:
+    return dataclasses.replace(GPT_IMAGE_1, id=model_id, created=created, description=description,
+                               input_images=_GPT_IMAGE_INPUT, **changes)
+
+
+GPT_IMAGE_1 = dataclasses.replace(GPT_IMAGE_1, input_fidelities=("high", "low"))
+GPT_IMAGE_1_MINI = _gpt_image(
+    "gpt-image-1-mini", 1759708800, "OpenAI gpt-image-1-mini: the cost-efficient GPT image model; edits take "
+    "input_fidelity low only.", input_fidelities=("low",))
+GPT_IMAGE_1_5 = _gpt_image(
+    "gpt-image-1.5", 1765843200, "OpenAI gpt-image-1.5: faster, precise edits, dense text; input_fidelity high or "
+    "low.", input_fidelities=("high", "low"))
+# Listed sizes: the standard three, auto, and common large ones (any other WIDTHxHEIGHT within the rules is taken).
+GPT_IMAGE_2_SIZES = GPT_IMAGE_SIZES + ("2048x2048", "2048x1152", "1152x2048", "2560x1440", "1440x2560", "3840x2160",
+                                       "2160x3840")
+GPT_IMAGE_2 = _gpt_image(
+    "gpt-image-2", 1776729600, "OpenAI gpt-image-2 (snapshot gpt-image-2-2026-04-21): free-form sizes up to "
+    "3840x2160 (both sides multiples of 16, aspect 1:3 to 3:1); no input_fidelity.",
+    sizes=GPT_IMAGE_2_SIZES, free_sizes=FreeSizes(), input_fidelities=())
+CHATGPT_IMAGE_LATEST = _gpt_image(
+    "chatgpt-image-latest", 1765843200, "OpenAI's alias for the image model ChatGPT uses; the dated model that "
+    "served each request is recorded. Standard sizes only (what every GPT image model takes).",
+    alias_of="gpt-image-2-2026-04-21", input_fidelities=())
 
 LOCAL_PREVIEW = ModelSpec(
     id="local-preview", owned_by="imagegate", created=1764028800, providers=("local",),
@@ -338,7 +421,8 @@ IDEOGRAM_V3 = ModelSpec(
 MODELS: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in [
-        LOCAL_PREVIEW, DALL_E_2, DALL_E_3, GPT_IMAGE_1,
+        LOCAL_PREVIEW, DALL_E_2, DALL_E_3, GPT_IMAGE_1, GPT_IMAGE_1_MINI, GPT_IMAGE_1_5, GPT_IMAGE_2,
+        CHATGPT_IMAGE_LATEST,
         SDXL, SD_1_6, STABLE_IMAGE_CORE, STABLE_IMAGE_ULTRA, SD3_5_LARGE, SD3_5_LARGE_TURBO, SD3_5_MEDIUM,
         FLUX_PRO_1_1, FLUX_PRO_1_1_ULTRA, FLUX_DEV, FLUX_KONTEXT_PRO, FLUX_KONTEXT_MAX,
         FLUX_2_PRO, FLUX_2_FLEX, FLUX_2_MAX, FLUX_2_KLEIN_4B, FLUX_2_KLEIN_9B, FLUX_SCHNELL, SD_2_1,

@@ -135,3 +135,32 @@ class ProviderAttempt(models.Model):
 
     def __str__(self):
         return f"{self.request_id}#{self.attempt} {self.provider} {self.status}"
+
+
+class RequestText(models.Model):
+    """What a request said and was told, for its page in the request log: the prompt, kept for the organization's
+    `prompt_retention_days` (then blanked by generation.tasks.purge_prompts, or earlier by the customer), and the
+    full error message of a failure (our own text, kept as long as the ledger row). generation/prompts.py."""
+
+    class Removal(models.TextChoices):
+        EXPIRED = "expired", "Deleted after the retention period"
+        CUSTOMER = "customer", "Deleted by a member of the organization"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=64, unique=True)
+    prompt = models.TextField(blank=True)
+    prompt_expires_at = models.DateTimeField(null=True, blank=True)
+    prompt_deleted_at = models.DateTimeField(null=True, blank=True)
+    prompt_deleted_reason = models.CharField(max_length=16, choices=Removal.choices, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        indexes = [models.Index(fields=["prompt_expires_at"], name="request_text_prompt_expiry",
+                                condition=models.Q(prompt_expires_at__isnull=False))]
+
+    def __str__(self):
+        return self.request_id

@@ -9,6 +9,14 @@ def expire_images() -> int:
 
 
 @shared_task
+def purge_prompts() -> int:
+    """Blank the prompts past their organization's retention (generation/prompts.py)."""
+    from generation import prompts
+
+    return prompts.purge_expired()
+
+
+@shared_task
 def expire_idempotent_responses() -> int:
     from generation.pipeline import idempotency
 

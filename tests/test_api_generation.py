@@ -39,7 +39,11 @@ def test_response_has_exactly_the_product_shape(openai_client, api_key):
     assert set(body) == {"created", "data", "usage"}
     assert isinstance(body["created"], int)
     assert all(set(item) == {"b64_json", "revised_prompt"} for item in body["data"])
-    assert set(body["usage"]) == {"cost", "latency_ms", "image_size", "model_used"}
+    # OpenAI's token fields (zeros: the built-in renderer counts no tokens) beside ours.
+    assert set(body["usage"]) == {"input_tokens", "input_tokens_details", "output_tokens", "total_tokens", "cost",
+                                  "latency_ms", "image_size", "model_used"}
+    assert body["usage"]["input_tokens_details"] == {"text_tokens": 0, "image_tokens": 0}
+    assert body["usage"]["total_tokens"] == body["usage"]["input_tokens"] == body["usage"]["output_tokens"] == 0
     assert body["usage"]["cost"] == pytest.approx(0.002)
     assert body["usage"]["image_size"] == "256x256"
     assert body["usage"]["model_used"] == "local-preview"

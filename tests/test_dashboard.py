@@ -69,7 +69,14 @@ def usage(monkeypatch, api_key, second_key, other_tenant):
     _record(monkeypatch, org, key, "req_apr", at(4, 0, 0, 0), n=7)                      # after the range
     _record(monkeypatch, other_org, other_key, "req_rival", at(2), n=9, model="sdxl-1.0", size="1024x1024",
             provider="stability")
+    org.api_keys_prefix = {key.name: key.prefix, second_key.name: second_key.prefix}
     return org
+
+
+def test_overview_without_usage_says_what_to_do_next(signed_in, organization):
+    html = signed_in.get(reverse("dashboard")).content.decode()
+    assert 'data-testid="chart-empty"' in html and 'data-testid="first-key-cta"' in html
+    assert "Create an API key" in html and "chart.umd.min.js" not in html
 
 
 # --- Overview ------------------------------------------------------------------------------------------------------
@@ -89,13 +96,17 @@ def test_overview_range_totals_chart_and_breakdowns(signed_in, usage):
     assert [(r["label"], r["requests"], r["images"], r["cost_micros"]) for r in breakdowns["by-key"]] == [
         ("batch key", 1, 1, 11_000), ("test key", 3, 3, 3_000)]
     html = response.content.decode()
-    assert '<span class="value" id="range-spend">$0.0140</span>' in html
-    # One bar per day in each chart; the busiest day (by spend) fills the chart, the empty day has no height.
-    spend_bars = re.findall(r'<rect class="bar spend" x="\d+" y="(\d+)" width="\d+" height="(\d+)" data-day="([\d-]+)"',
-                            html)
-    assert [(day, int(h)) for _, h, day in spend_bars] == [("2025-03-01", 33), ("2025-03-02", 0), ("2025-03-03", 120)]
-    image_bars = re.findall(r'<rect class="bar images" x="\d+" y="\d+" width="\d+" height="(\d+)"', html)
-    assert [int(h) for h in image_bars] == [120, 0, 40]
+    assert '<span class="value" id="range-spend">$0.014</span>' in html
+    # The charts' data (json_script, drawn by static/js/charts.js): one value per day, stacked by model and by key.
+    chart = ctx["chart_data"]
+    assert chart["days"] == ["2025-03-01", "2025-03-02", "2025-03-03"]
+    assert chart["totals"] == {"cost_micros": [3_000, 0, 11_000], "images": [3, 0, 1]}
+    assert chart["by"]["model"] == [
+        {"label": "sdxl-1.0", "cost_micros": [0, 0, 11_000], "images": [0, 0, 1]},
+        {"label": "local-preview", "cost_micros": [3_000, 0, 0], "images": [3, 0, 0]}]
+    assert [s["label"] for s in chart["by"]["api_key"]] == [
+        f"batch key ({usage.api_keys_prefix['batch key']}…)", f"test key ({usage.api_keys_prefix['test key']}…)"]
+    assert '<script id="chart-data" type="application/json">' in html and "<script>" not in html
     assert "Rival" not in html and "req_rival" not in html
 
 
@@ -218,7 +229,7 @@ def test_detail_shows_parameters_attempts_and_live_images(signed_in, monkeypatch
     response = signed_in.get(reverse("request-detail", args=["req_detail"]))
     assert response.status_code == 200
     html = response.content.decode()
-    for text in ("sdxl-1.0", "1024x1024", "standard", "stability", "$0.022000", "$0.011000 per image", "4321 ms",
+    for text in ("sdxl-1.0", "1024x1024", "standard", "stability", "$0.022", "$0.011 per image", "4321 ms",
                  "test key", key.prefix, "<code>generations</code>", "upstream timed out", "replicate"):
         assert text in html, text
     assert [a.attempt for a in response.context["attempts"]] == [1, 2]
@@ -234,7 +245,8 @@ def test_detail_of_a_failed_request_without_attempts_or_images(signed_in, usage)
     response = signed_in.get(reverse("request-detail", args=["req_d3b"]))
     assert response.status_code == 200
     html = response.content.decode()
-    assert "upstream_error" in html and "No upstream call" in html and "No image to show" in html
+    assert "upstream_error" in html and "No upstream call" in html
+    assert "This request made no images." in html and 'id="detail-images">0<' in html
 
 
 def test_other_organizations_request_is_404_and_absent(signed_in, usage):

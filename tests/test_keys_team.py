@@ -1,5 +1,6 @@
 """API keys (expiry, allowed models, rotation) and the team (invitations, roles, removal): the dashboard through
 Django's test client, the API behaviour through the official OpenAI SDK against the live server."""
+import html
 import re
 from datetime import timedelta
 
@@ -50,6 +51,9 @@ def test_create_key_with_expiry_and_allowed_models(signed_in, organization):
     row = selectors.find_active_api_key(raw)
     assert row.organization == organization and row.rate_limit_rpm == 30
     assert row.allowed_models == ["local-preview", "dall-e-3"]
+    # The form offers the catalog's models as checkboxes.
+    form = signed_in.get(reverse("api-keys")).content.decode()
+    assert 'type="checkbox" name="allowed_models" value="dall-e-3"' in form
     assert row.expires_at.date() == day and row.expires_at.hour == 0
     listing = signed_in.get(reverse("api-keys")).content
     assert raw.encode() not in listing
@@ -60,8 +64,15 @@ def test_create_key_refuses_past_expiry_and_bad_model_ids(signed_in, organizatio
     yesterday = (timezone.now() - timedelta(days=1)).date()
     response = signed_in.post(reverse("api-keys"), {"name": "x", "expires_on": yesterday.isoformat()})
     assert b"must be in the future" in response.content and b'data-testid="new-key"' not in response.content
-    response = signed_in.post(reverse("api-keys"), {"name": "x", "allowed_models": "ok-model, <script>"})
+    response = signed_in.post(reverse("api-keys"), {"name": "x", "allowed_models": "local-preview, <script>"})
     assert b"is not a model id" in response.content and b'data-testid="new-key"' not in response.content
+    # A misspelt model (ticked boxes post one value each; text may be comma-separated) is refused by name.
+    response = signed_in.post(reverse("api-keys"), {"name": "x", "allowed_models": ["local-preview", "dall-e3"]})
+    found = re.search(rb'data-testid="allowed-models-error">([^<]*)<', response.content)
+    error = html.unescape(found.group(1).decode())
+    assert "'dall-e3' is not a model in the catalog" in error and "Did you mean 'dall-e-3'?" in error
+    with pytest.raises(ValueError, match="not a model in the catalog"):
+        services.create_api_key(organization=organization, name="x", allowed_models=["gpt-image-one"])
     assert not ApiKey.objects.for_organization(organization).exists()
     with pytest.raises(ValueError):
         services.create_api_key(organization=organization, name="x", expires_at=timezone.now() - timedelta(seconds=1))

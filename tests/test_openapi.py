@@ -153,7 +153,8 @@ def test_every_status_is_documented_with_the_error_envelope_and_headers(schema):
     assert {"invalid_size", "model_not_found", "invalid_api_key", "rate_limit_exceeded", "unknown_parameter",
             "request_too_large", "idempotency_key_reused", "upstream_timeout"} <= codes
     usage = schema["components"]["schemas"]["ImageUsage"]
-    assert set(usage["required"]) == {"cost", "latency_ms", "image_size", "model_used"}
+    assert set(usage["required"]) == {"input_tokens", "input_tokens_details", "output_tokens", "total_tokens", "cost",
+                                      "latency_ms", "image_size", "model_used"}
     model_id = schema["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]
     assert (model_id["name"], model_id["in"], model_id["schema"]["type"]) == ("model_id", "path", "string")
     assert "pattern" not in model_id["schema"]  # ids may contain '/'

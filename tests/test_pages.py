@@ -120,7 +120,7 @@ def test_overview_shows_month_to_date_usage(signed_in, organization, api_key):
                                   status="succeeded", model="local-preview", provider="local", size="256x256",
                                   quality="standard", n=4, price=price, latency_ms=12)
     response = signed_in.get(reverse("dashboard"))
-    assert b"$0.0040" in response.content
+    assert b"$0.004" in response.content
     assert b"req_1" in response.content
 
 

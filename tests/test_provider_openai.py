@@ -105,7 +105,8 @@ def only_request(emu):
 def test_defaults_serve_the_openai_models():
     provider = OpenAIProvider(api_key="k")
     assert provider.name == "openai"
-    assert provider.serves() == {"dall-e-2", "dall-e-3", "gpt-image-1"}
+    assert provider.serves() == {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5",
+                                 "gpt-image-2", "chatgpt-image-latest"}
     assert provider.base_url == "https://api.openai.com/v1"
 
 

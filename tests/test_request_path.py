@@ -114,7 +114,8 @@ def test_steady_state_has_no_database_round_trip_before_the_upstream_and_one_wri
     calls.clear()
     for _ in range(3):
         generate()
-    assert calls == ["upstream", "write of 1 request(s) and 1 other row(s)"] * 3  # the attempt rides along
+    # The attempt and the prompt (generation/prompts.py) ride along in the same statement.
+    assert calls == ["upstream", "write of 1 request(s) and 2 other row(s)"] * 3
 
 
 def test_concurrent_requests_through_two_processes_overshoot_by_at_most_one_request(transactional_db, prices,

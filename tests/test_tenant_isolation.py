@@ -365,6 +365,14 @@ COVERAGE: dict[str, list[Probe]] = {
     "request-detail": [
         *_per_id("session", "GET", "/dashboard/requests/{}/", _b_request_ids),
     ],
+    "request-prompt-delete": [
+        # B's request ids: a 404, and B's prompts (if any) stay (B's rows are compared after the walk).
+        *_per_id("session", "POST", "/dashboard/requests/{}/prompt/delete/", _b_request_ids),
+        Probe("session", "GET", lambda w: f"/dashboard/requests/{w.b.request_ids[0]}/prompt/delete/", "deny_get"),
+    ],
+    # Sets A's own retention (no id in the form).
+    "prompt-retention": [Probe("session", "POST", lambda w: "/dashboard/requests/prompt-retention/", "own",
+                               lambda w: {"prompt_retention_days": "7"})],
     # ---- /billing/ ----
     # Both act on the member's own organization only (no id in the request); Stripe is off in the suite, so they
     # redirect back to the billing page. B's billing account must be unchanged.

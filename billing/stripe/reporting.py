@@ -23,6 +23,7 @@ from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from billing import money
 from billing.models import BillingAccount, BillingAlert, MeterReport, UsageEvent
 from billing.stripe import gateway as stripe_gateway
 
@@ -93,7 +94,7 @@ def _expire(report: MeterReport, now: datetime, stats: PassStats) -> None:
                                                                last_error="older than 35 days")
     BillingAlert.all_tenants_unsafe.create(
         organization_id=report.organization_id, kind="usage_too_old_for_stripe",
-        message=(f"Meter report {report.identifier} (${report.value_micros / 1e6:.6f}, usage of "
+        message=(f"Meter report {report.identifier} ({money.usd(report.value_micros)}, usage of "
                  f"{report.window_start:%Y-%m-%d %H}:00 UTC) could not be delivered within Stripe's 35-day window. "
                  "Invoice it manually."),
     )

@@ -1,22 +1,19 @@
-"""Money in templates: integers in, dollars out (never floats in the data, only in display)."""
-from decimal import Decimal
-
+"""Money in templates: `{{ micros|usd }}` and `{{ cents|usd_cents }}`, delegating to billing/money.py (the one
+formatter). Integers in, text out; never a float."""
 from django import template
+
+from billing import money
 
 register = template.Library()
 
 
 @register.filter
-def usd_micros(value, places: int = 2) -> str:
-    """Micro-USD as dollars: 1234567 → "$1.23" (places=2) or "$1.234567" (places=6)."""
-    if value is None:
-        return "—"
-    amount = (Decimal(int(value)) / Decimal(1_000_000)).quantize(Decimal(1).scaleb(-int(places)))
-    return f"${amount:,}"
+def usd(value) -> str:
+    """Micro-USD → "$12.34" / "$0.003" (billing.money.usd); "—" for None."""
+    return money.usd(value)
 
 
 @register.filter
 def usd_cents(value) -> str:
-    if value is None:
-        return "—"
-    return f"${Decimal(int(value)) / 100:,.2f}"
+    """Stripe's integer cents → "$12.34" (billing.money.usd_cents); "—" for None."""
+    return money.usd_cents(value)

@@ -2,7 +2,8 @@
 
 Everything here is scoped to one organization through `LedgerEntry.objects.for_organization(org)` and works on the
 ledger's integer micro-USD; the float USD values the API shows are derived from those integers at the edge
-(`usd_value`), and `value_micros` is shown next to them so an audit can match the ledger to the micro-dollar.
+(`billing.money.exact_decimal`), and `value_micros` is shown next to them so an audit can match the ledger to
+the micro-dollar.
 
 Buckets. A bucket of width 1m / 1h / 1d starts at a multiple of its width since the Unix epoch (UTC: days start at
 00:00 UTC). Rows are counted only inside the requested range [start_time, end_time), so the first and the last
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from decimal import Decimal
 
 from django.db.models import Q
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 
 from accounts.models import ApiKey, Organization
-from billing import cursors
-from billing.models import MICROS_PER_USD, LedgerEntry
+from billing import cursors, money
+from billing.models import LedgerEntry
 from billing.usage import reader
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,16 +40,11 @@ COSTS_GROUP_BY = {**IMAGES_GROUP_BY, "line_item": ("model", "size", "quality")}
 RECORDS_LIMIT_DEFAULT = 100
 RECORDS_LIMIT_MAX = 1000
 
-_QUANTUM = Decimal("0.000001")
 
-
-def usd_value(micros: int) -> Decimal:
-    """Integer micro-USD -> USD with exactly 6 decimals (rendered as a JSON number)."""
-    return (Decimal(int(micros)) / MICROS_PER_USD).quantize(_QUANTUM)
-
-
-def money(micros: int) -> dict:
-    return {"value": usd_value(micros), "value_micros": int(micros), "currency": "usd"}
+def amount(micros: int) -> dict:
+    """An API amount: {"value": Decimal USD with exactly 6 decimals (a JSON number, billing/money.py's exact form),
+    "value_micros": int, "currency": "usd"}."""
+    return {"value": money.exact_decimal(micros), "value_micros": int(micros), "currency": "usd"}
 
 
 def to_datetime(unix_seconds: int) -> datetime:
@@ -152,7 +147,7 @@ def _result(kind: str, row: dict, group_by: list[str], key_names: dict[int, str]
         return {"object": "organization.usage.images.result", "images": int(row["images"]),
                 "num_model_requests": int(row["requests"]), **common}
     line_item = " ".join((row["model"], row["size"], row["quality"])) if "line_item" in grouped else None
-    return {"object": "organization.costs.result", "amount": money(row["cost_micros"]), "line_item": line_item,
+    return {"object": "organization.costs.result", "amount": amount(row["cost_micros"]), "line_item": line_item,
             **common}
 
 
@@ -219,7 +214,7 @@ def _record(entry: LedgerEntry) -> dict:
         "n": entry.n,
         "status": entry.status,
         "error_code": entry.error_code or None,
-        "cost": money(entry.cost_micros),
+        "cost": amount(entry.cost_micros),
         "unit_price_micros": entry.unit_price_micros,
         "latency_ms": entry.latency_ms,
         "api_key": {"id": key.pk, "name": key.name, "prefix": key.prefix} if key is not None else None,

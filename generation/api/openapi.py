@@ -138,9 +138,19 @@ def _f_n(endpoint, models, nullable):
 
 
 def _f_size(endpoint, models, nullable):
+    free = [m for m in models if m.free_sizes is not None]
+    note = "".join(f" {m.id} also takes {m.free_sizes.describe()}." for m in free)
     return _choice(_union(models, "sizes"),
                    "Width x height in pixels; default: the model's default_size. A size the model does not offer "
-                   f"answers 400 invalid_size.{_PER_MODEL}", nullable=nullable)
+                   f"answers 400 invalid_size, naming the rule it breaks.{note}{_PER_MODEL}", nullable=nullable)
+
+
+def _f_input_fidelity(endpoint, models, nullable):
+    owners = [m for m in models if m.input_fidelities]
+    return _choice(_union(models, "input_fidelities"),
+                   "How closely the edit keeps the input images' features (faces, style): high or low, for "
+                   f"{_names(owners)} only ({_per_model(owners, lambda m: ', '.join(m.input_fidelities))}); other "
+                   "models answer 400 invalid_parameter. Default: the upstream's (low).", nullable=nullable)
 
 
 def _f_quality(endpoint, models, nullable):
@@ -287,6 +297,7 @@ _FIELD_DOCS = {
     "moderation": _gpt_image_choice("moderations", "Strictness of the upstream's own moderation."),
     "output_format": _f_output_format,
     "output_compression": _f_output_compression,
+    "input_fidelity": _f_input_fidelity,
     "stream": _f_stream,
     "partial_images": _f_partial_images,
     "provider": _f_provider,
@@ -307,8 +318,8 @@ def undocumented_fields(endpoint: str) -> set[str]:
 
 # Field order in the schema: OpenAI's order, then anything else alphabetically.
 _ORDER = ["prompt", "image", "image[]", "mask", "model", "n", "size", "quality", "style", "response_format",
-          "background", "moderation", "output_format", "output_compression", "stream", "partial_images", "user",
-          "provider", "seed", "max_cost"]
+          "background", "moderation", "output_format", "output_compression", "input_fidelity", "stream",
+          "partial_images", "user", "provider", "seed", "max_cost"]
 
 
 def request_fields(endpoint: str) -> dict[str, serializers.Field]:
@@ -370,13 +381,35 @@ class ImageSerializer(serializers.Serializer):
                                            help_text="The prompt the model drew (generations and edits).")
 
 
-class ImageUsageSerializer(serializers.Serializer):
-    """Imagegate extension: what the request cost and how long it took."""
+class InputTokensDetailsSerializer(serializers.Serializer):
+    """OpenAI's `usage.input_tokens_details`."""
 
+    text_tokens = serializers.IntegerField(min_value=0, help_text="Text tokens in the input (the prompt).")
+    image_tokens = serializers.IntegerField(min_value=0, help_text="Image tokens in the input (edit images).")
+
+
+class OutputTokensDetailsSerializer(serializers.Serializer):
+    """OpenAI's `usage.output_tokens_details` (when the upstream reports it)."""
+
+    text_tokens = serializers.IntegerField(min_value=0)
+    image_tokens = serializers.IntegerField(min_value=0)
+
+
+class ImageUsageSerializer(serializers.Serializer):
+    """OpenAI's token usage (the upstream's counts when it reports them, as OpenAI's GPT image models do, else zeros)
+    and Imagegate's extension: what the request cost and how long it took. With the official Python SDK:
+    `result.usage.total_tokens`, `result.usage.model_extra["cost"]`."""
+
+    input_tokens = serializers.IntegerField(min_value=0, help_text="Tokens (text and images) in the input.")
+    input_tokens_details = InputTokensDetailsSerializer()
+    output_tokens = serializers.IntegerField(min_value=0, help_text="Tokens the model produced.")
+    total_tokens = serializers.IntegerField(min_value=0, help_text="input_tokens + output_tokens.")
+    output_tokens_details = OutputTokensDetailsSerializer(required=False)
     cost = serializers.FloatField(min_value=0, help_text="Charged, in USD (n x the model's price per image).")
     latency_ms = serializers.IntegerField(min_value=0, help_text="Time spent serving the request, in ms.")
     image_size = serializers.CharField(help_text="The size of the images produced.")
-    model_used = serializers.CharField(help_text="The model that produced them.")
+    model_used = serializers.CharField(help_text="The model that produced them (for the alias chatgpt-image-latest, "
+                                                 "the dated model that served the request).")
 
 
 class ImagesResponseSerializer(serializers.Serializer):
@@ -389,14 +422,16 @@ class ImagesResponseSerializer(serializers.Serializer):
         fields = super().get_fields()
         gpt = [m for m in all_models() if m.output_formats]
         owners = _names(gpt) or "no model"
-        fields["background"] = serializers.ChoiceField(choices=_union(gpt, "backgrounds"), required=False,
-                                                       help_text=f"{owners} only: the background used.")
+        fields["background"] = serializers.ChoiceField(choices=["transparent", "opaque"], required=False,
+                                                       help_text=f"{owners} only: the background produced (as "
+                                                                 "the upstream answered; absent when unknown).")
         fields["output_format"] = serializers.ChoiceField(choices=_union(gpt, "output_formats"), required=False,
                                                           help_text=f"{owners} only: the file format produced.")
-        fields["quality"] = serializers.ChoiceField(choices=_union(gpt, "qualities"), required=False,
-                                                    help_text=f"{owners} only: the quality used.")
-        fields["size"] = serializers.ChoiceField(choices=_union(gpt, "sizes"), required=False,
-                                                 help_text=f"{owners} only: the size asked for.")
+        fields["quality"] = serializers.ChoiceField(choices=["low", "medium", "high"], required=False,
+                                                    help_text=f"{owners} only: the quality produced ('auto' "
+                                                              "resolved).")
+        fields["size"] = serializers.CharField(required=False, help_text=f"{owners} only: the size produced, "
+                                                                         "WIDTHxHEIGHT ('auto' resolved).")
         fields["usage"] = ImageUsageSerializer()
         return fields
 
@@ -615,7 +650,9 @@ def _example_images(endpoint: str) -> OpenApiExample:
         item["revised_prompt"] = "A lighthouse in a storm"
     return OpenApiExample("url", response_only=True, status_codes=[200], value={
         "created": 1764028800, "data": [item],
-        "usage": {"cost": _example_price_usd(spec.id, size, spec.default_quality), "latency_ms": 41,
+        "usage": {"input_tokens": 0, "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
+                  "output_tokens": 0, "total_tokens": 0,
+                  "cost": _example_price_usd(spec.id, size, spec.default_quality), "latency_ms": 41,
                   "image_size": size, "model_used": spec.id},
     })
 
@@ -661,7 +698,8 @@ def _samples(endpoint: str) -> list[dict]:
                   'prompt="A lighthouse in a storm",\n'
                   '                                size="1024x1024", response_format="b64_json")\n'
                   'open("lighthouse.png", "wb").write(base64.b64decode(result.data[0].b64_json))\n'
-                  'print(result.model_extra["usage"])  # cost, latency_ms, image_size, model_used')
+                  'print(result.usage.model_extra["cost"])  # USD; also latency_ms, image_size, model_used\n'
+                  "print(result.usage.total_tokens)  # OpenAI's token counts (the upstream's, else 0)")
     elif endpoint == "edits":
         curl = (f"curl {base}/v1/images/edits \\\n"
                 '  -H "Authorization: Bearer $IMAGEGATE_API_KEY" \\\n'

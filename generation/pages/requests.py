@@ -5,23 +5,27 @@ Here rather than in billing because the detail reads generation's attempts and i
 generation). Ledger reads go through billing.selectors; every query is scoped to the member's organization."""
 import itertools
 from datetime import datetime, time, timedelta
-from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django import forms
+from django.conf import settings
+from django.contrib import messages
 from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from accounts import roles
+from accounts import services as account_services
 from accounts.access import organization_page
 from accounts.selectors import api_keys_for_organization
-from billing import cursors
+from billing import cursors, money
 from billing import selectors as billing_selectors
 from billing.exports import csv_lines
 from billing.forms import UsageDateField
 from billing.models import LedgerEntry
+from generation import catalog, prompts
 from generation.models import ProviderAttempt, StoredImage
 from generation.pipeline import storage
 
@@ -98,6 +102,9 @@ def request_log(request):
     base_query = _query_without(request, "after")
     return render(request, "dashboard/requests.html", {
         "form": form,
+        "retention_form": RetentionForm(initial={"prompt_retention_days": organization.prompt_retention_days}),
+        "model_ids": catalog.MODELS,
+        "image_ttl_minutes": settings.IMAGE_URL_TTL_SECONDS // 60,
         "entries": entries,
         "next_query": (f"{base_query}&" if base_query else "") + f"after={cursors.encode_position(*next_cursor)}"
                       if next_cursor else "",
@@ -107,31 +114,69 @@ def request_log(request):
     }, status=status)
 
 
+class RetentionForm(forms.Form):
+    prompt_retention_days = forms.IntegerField(
+        min_value=0, max_value=account_services.MAX_PROMPT_RETENTION_DAYS, label="Keep prompts for (days)",
+        help_text="0 stores no prompts. Prompts older than this are deleted within 10 minutes.")
+
+
 @organization_page(roles.VIEW_USAGE)
 def request_detail(request, request_id: str):
     organization = request.organization
     entry = billing_selectors.request_entry(organization=organization, request_id=request_id)
     if entry is None:
         raise Http404("No such request.")
-    now = timezone.now()
-    attempts = ProviderAttempt.objects.for_organization(organization).filter(request_id=request_id).order_by("attempt")
-    images = (StoredImage.objects.for_organization(organization)
-              .filter(request_id=request_id, deleted_at__isnull=True, expires_at__gt=now).order_by("index"))
     return render(request, "dashboard/request_detail.html", {
-        "entry": entry,
-        "attempts": list(attempts),
-        "images": [{"stored": image, "url": storage.signed_path(image)} for image in images],
+        "entry": entry, **request_record(organization, entry),
+        "retention_days": organization.prompt_retention_days,
     })
 
 
-def _cost_usd(micros: int) -> str:
-    return f"{Decimal(micros) / Decimal(1_000_000):.6f}"
+def request_record(organization, entry) -> dict:
+    """What the detail page shows beside the ledger row: {"attempts": [ProviderAttempt], "text": RequestText |
+    None, "images": [{"stored", "url"}] still live, "images_expired": int made but past their expiry,
+    "image_ttl_minutes": int}."""
+    now = timezone.now()
+    request_id = entry.request_id
+    attempts = ProviderAttempt.objects.for_organization(organization).filter(request_id=request_id).order_by("attempt")
+    stored = list(StoredImage.objects.for_organization(organization).filter(request_id=request_id).order_by("index"))
+    live = [image for image in stored if image.deleted_at is None and image.expires_at > now]
+    return {
+        "attempts": list(attempts),
+        "text": prompts.for_request(organization=organization, request_id=request_id),
+        "images": [{"stored": image, "url": storage.signed_path(image)} for image in live],
+        "images_expired": len(stored) - len(live),
+        "image_ttl_minutes": settings.IMAGE_URL_TTL_SECONDS // 60,
+    }
+
+
+@require_POST
+@organization_page(roles.MANAGE_DATA)
+def delete_prompt(request, request_id: str):
+    if billing_selectors.request_entry(organization=request.organization, request_id=request_id) is None:
+        raise Http404("No such request.")
+    if prompts.delete_prompt(organization=request.organization, request_id=request_id):
+        messages.success(request, "The prompt of this request is deleted.")
+    return redirect("request-detail", request_id=request_id)
+
+
+@require_POST
+@organization_page(roles.MANAGE_DATA)
+def prompt_retention(request):
+    form = RetentionForm(request.POST)
+    if form.is_valid():
+        prompts.set_retention(organization=request.organization, days=form.cleaned_data["prompt_retention_days"])
+        days = form.cleaned_data["prompt_retention_days"]
+        messages.success(request, f"Prompts are now kept for {days} days." if days else "Prompts are no longer kept.")
+    else:
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+    return redirect("request-log")
 
 
 def _csv_lines(rows):
     return csv_lines(EXPORT_COLUMNS, (
         [created_at.isoformat(), request_id, key_name or "", model, provider, size, quality, n, status, error_code,
-         cost, _cost_usd(cost), latency]
+         cost, money.exact(cost), latency]
         for created_at, request_id, key_name, model, provider, size, quality, n, status, error_code, cost, latency
         in rows))
 

@@ -8,5 +8,7 @@ urlpatterns = [
     path("playground/", playground.playground, name="playground"),
     path("requests/", dashboard_views.request_log, name="request-log"),
     path("requests/export.csv", dashboard_views.request_export, name="request-export"),
+    path("requests/prompt-retention/", dashboard_views.prompt_retention, name="prompt-retention"),
     path("requests/<str:request_id>/", dashboard_views.request_detail, name="request-detail"),
+    path("requests/<str:request_id>/prompt/delete/", dashboard_views.delete_prompt, name="request-prompt-delete"),
 ]

@@ -11,16 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC
 
+from billing import money
 from billing import selectors as billing_selectors
 from generation import catalog
 from generation.errors import APIError, InvalidRequest, ServerError
 
-MICROS_PER_USD = 1_000_000
-
-
-def usd(micros: int) -> float:
-    """Integer micro-USD → USD as a JSON number with six decimals at most (as the response's usage.cost)."""
-    return round(micros / MICROS_PER_USD, 6)
+usd = money.api_number  # integer micro-USD → USD as a JSON number (billing/money.py)
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ def parse_max_cost(value) -> int | None:
     if amount is None or not (0 < amount <= MAX_COST_LIMIT_USD):
         raise InvalidRequest(f"Invalid 'max_cost': {str(value)[:40]!r}. It must be a positive number of US dollars "
                              f"up to {MAX_COST_LIMIT_USD:,}.", param="max_cost", code="invalid_parameter")
-    return int(amount * MICROS_PER_USD + 1e-6)
+    return money.from_usd(amount)
 
 
 class CostLimitExceeded(APIError):
@@ -111,12 +107,12 @@ class CostLimitExceeded(APIError):
     default); nothing was generated or charged."""
 
     def __init__(self, q: Quote, ceiling_micros: int, *, source: str):
-        outcome = (f"up to ${usd(q.cost_micros):.6f} (the dearest outcome of size {q.size} and quality {q.quality})"
-                   if q.low_micros != q.high_micros else f"${usd(q.cost_micros):.6f}")
+        outcome = (f"up to ${money.exact(q.cost_micros)} (the dearest outcome of size {q.size} and quality "
+                   f"{q.quality})" if q.low_micros != q.high_micros else f"${money.exact(q.cost_micros)}")
         what = "max_cost" if source == "request" else "this API key's default max_cost"
         super().__init__(
-            f"This request would cost {outcome} for {q.n} image(s) of '{q.model}' at ${usd(q.high_micros):.6f} each, "
-            f"more than {what} of ${usd(ceiling_micros):.6f}. Nothing was generated or charged.",
+            f"This request would cost {outcome} for {q.n} image(s) of '{q.model}' at ${money.exact(q.high_micros)} "
+            f"each, more than {what} of ${money.exact(ceiling_micros)}. Nothing was generated or charged.",
             param="max_cost" if source == "request" else None, code="cost_limit_exceeded")
 
 

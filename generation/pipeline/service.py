@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 
 from accounts.models import ApiKey, Organization
+from billing import money, spend
 from billing import selectors as billing_selectors
-from billing import spend
 from billing.models import LedgerEntry
 from config import db, faults
 from config.observability import metrics
-from generation import catalog
+from generation import catalog, prompts
 from generation.errors import (
     APIError,
     ContentPolicyViolation,
@@ -129,10 +129,28 @@ async def _call_provider(provider, req: pb.ImageRequest, native_max: int) -> pb.
         for count, offset in zip(chunks, offsets)
     ])
     upstream = [r.upstream_cost_micros for r in results]
+    first = results[0]
     return pb.ProviderResult(
         images=[image for r in results for image in r.images],
         upstream_cost_micros=None if any(c is None for c in upstream) else sum(upstream),
+        resolved_size=first.resolved_size, resolved_quality=first.resolved_quality,
+        resolved_background=first.resolved_background, resolved_output_format=first.resolved_output_format,
+        served_model=first.served_model,
+        usage=_sum_usage([r.usage for r in results]),
     )
+
+
+def _sum_usage(blocks: list[dict | None]) -> dict | None:
+    """The token usage of parallel upstream calls added up (None unless every call reported it)."""
+    if not blocks or any(b is None for b in blocks):
+        return None
+    total = {k: sum(b[k] for b in blocks) for k in ("input_tokens", "output_tokens", "total_tokens")}
+    total["input_tokens_details"] = {k: sum(b["input_tokens_details"][k] for b in blocks)
+                                     for k in ("text_tokens", "image_tokens")}
+    if all("output_tokens_details" in b for b in blocks):
+        total["output_tokens_details"] = {k: sum(b["output_tokens_details"][k] for b in blocks)
+                                          for k in ("text_tokens", "image_tokens")}
+    return total
 
 
 async def run(
@@ -177,17 +195,23 @@ async def run(
         if len(result.images) != req.n:
             raise UpstreamError(f"The upstream provider returned {len(result.images)} images instead of {req.n}.")
         if price is None:  # "auto" size or quality: price what the upstream actually produced
-            size = result.resolved_size or (catalog.AUTO_SIZE if req.size == "auto" else req.size)
-            quality = result.resolved_quality or (catalog.AUTO_QUALITY if req.quality == "auto" else req.quality)
+            size = result.resolved_size if result.resolved_size not in (None, "auto") else req.size
+            quality = result.resolved_quality if result.resolved_quality not in (None, "auto") else req.quality
+            size = catalog.AUTO_SIZE if size == "auto" else size
+            quality = catalog.AUTO_QUALITY if quality == "auto" else quality
             req = dataclasses.replace(req, size=size, quality=quality)
             call = dataclasses.replace(call, request=req)
             price = await _price(req.model, req.size, req.quality)
         items, files_saved = await _deliver(result.images, call=call, request_id=request_id, base_url=base_url)
         latency = elapsed_ms()
-        body = _response_body(call, items, cost_micros=price.unit_price_micros * req.n, latency=latency)
+        body = _response_body(call, items, cost_micros=price.unit_price_micros * req.n, latency=latency,
+                              result=result)
         rows = [*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
                 *(storage.image_row(organization_id=organization.pk, request_id=request_id, saved=saved)
                   for saved in files_saved)]
+        text = prompts.row_for(organization=organization, request_id=request_id, prompt=req.prompt)
+        if text is not None:
+            rows.append(text)
         if idempotency_key is not None:
             rows.append(idempotency.durable_row(
                 organization_id=organization.pk, key=idempotency_key[0], fingerprint=idempotency_key[1],
@@ -198,7 +222,8 @@ async def run(
                 usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
                            status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name,
                            size=req.size, quality=req.quality, n=req.n, price=price, latency_ms=latency,
-                           upstream_cost_micros=result.upstream_cost_micros),
+                           upstream_cost_micros=result.upstream_cost_micros,
+                           served_model=_served_model(req.model, result)),
                 rows=rows, touch_key=api_key,
             ))
         except Exception as exc:
@@ -235,19 +260,54 @@ async def run(
     return Outcome(body=body, provider=provider_name, cost_micros=entry.cost_micros)
 
 
-def _response_body(call: ImageCall, items: list[dict], *, cost_micros: int, latency: int) -> dict:
-    """OpenAI's ImagesResponse with our `usage` (its cost is the ledger row's: unit price × n, micro-USD → USD)."""
+ZERO_TOKENS = {"input_tokens": 0, "input_tokens_details": {"text_tokens": 0, "image_tokens": 0}, "output_tokens": 0,
+               "total_tokens": 0}
+
+
+def _served_model(model: str, result: pb.ProviderResult | None) -> str:
+    """The dated model that served the request when the upstream named one other than `model`, else ""."""
+    served = result.served_model if result is not None else None
+    return served if served and served != model else ""
+
+
+def usage_block(call: ImageCall, *, cost_micros: int, latency: int, result: pb.ProviderResult | None = None) -> dict:
+    """The response's `usage`: OpenAI's token fields (input_tokens, input_tokens_details {text_tokens, image_tokens},
+    output_tokens, total_tokens, and output_tokens_details when the upstream gives them) — the upstream's own counts
+    when it reports them (OpenAI's GPT image models), else zeros — beside ours: `cost` (USD, the ledger row's: unit
+    price × n), `latency_ms`, `image_size` (the size produced), `model_used` (for an alias such as
+    chatgpt-image-latest, the dated model the upstream says served it; else the model asked for). Streaming's
+    completed event carries the same block."""
     req = call.request
-    body = {"created": int(time.time()), "data": items}
-    if call.spec.output_formats:  # gpt-image models echo what they produced, as OpenAI does
-        body.update({"background": req.options.get("background"), "output_format": req.options.get("output_format"),
-                     "quality": req.quality, "size": req.size})
-    body["usage"] = {
-        "cost": round(cost_micros / 1_000_000, 6),
+    tokens = result.usage if result is not None and result.usage else ZERO_TOKENS
+    block = {key: dict(value) if isinstance(value, dict) else value for key, value in tokens.items()}
+    block.update({
+        "cost": money.api_number(cost_micros),
         "latency_ms": latency,
         "image_size": req.size,
-        "model_used": req.model,
-    }
+        "model_used": (_served_model(req.model, result) if call.spec.alias_of else "") or req.model,
+    })
+    return block
+
+
+def _response_body(call: ImageCall, items: list[dict], *, cost_micros: int, latency: int,
+                   result: pb.ProviderResult | None = None) -> dict:
+    """OpenAI's ImagesResponse with our `usage` (usage_block). GPT image models (those with output formats) also
+    answer what was produced, as OpenAI does: `background` ("transparent"/"opaque", as the upstream said; absent
+    when nobody knows), `output_format`, `quality` and `size` ("auto" resolved: by the upstream's answer, else as
+    priced). `result` is the upstream's result (None: nothing more is known than the request)."""
+    req = call.request
+    body = {"created": int(time.time()), "data": items}
+    if call.spec.output_formats:
+        background = (result.resolved_background if result is not None else None) or req.options.get("background")
+        if background in ("transparent", "opaque"):
+            body["background"] = background
+        body["output_format"] = ((result.resolved_output_format if result is not None else None)
+                                 or req.options.get("output_format"))
+        if req.quality in ("low", "medium", "high"):
+            body["quality"] = req.quality
+        if req.size != "auto":
+            body["size"] = req.size
+    body["usage"] = usage_block(call, cost_micros=cost_micros, latency=latency, result=result)
     return body
 
 
@@ -362,6 +422,14 @@ def _printable(value) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _text_rows(exc: APIError, *, organization, request_id: str, data, call) -> list:
+    """The failed request's prompt (as sent, per the organization's retention) and full error message."""
+    prompt = call.request.prompt if call is not None else (data.get("prompt") if isinstance(data, dict) else None)
+    text = prompts.row_for(organization=organization, request_id=request_id, prompt=prompt,
+                           error_message=exc.message)
+    return [text] if text is not None else []
+
+
 async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, attempts,
                           provider, latency_ms):
     """The failed request's ledger row (cost 0) and its attempts, in one transaction."""
@@ -379,7 +447,8 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
             usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
                        status=_status_for(exc), provider=provider, latency_ms=latency_ms,
                        error_code=exc.code or exc.type, **fields),
-            rows=_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+            rows=[*_attempt_rows(attempts, organization=organization, request_id=request_id, call=call),
+                  *_text_rows(exc, organization=organization, request_id=request_id, data=data, call=call)],
         ))
     except Exception:  # the client's error matters more than our audit row; log loudly, answer with the error
         log.exception("Could not record failed request %s", request_id)

@@ -24,8 +24,8 @@ FIELDS = {
     },
     "edits": {
         "prompt", "model", "n", "size", "quality", "response_format", "user",
-        "background", "moderation", "output_format", "output_compression", "stream", "partial_images",
-        "provider", "seed", "max_cost",
+        "background", "moderation", "output_format", "output_compression", "input_fidelity", "stream",
+        "partial_images", "provider", "seed", "max_cost",
     },
     "variations": {"model", "n", "size", "response_format", "user", "provider", "seed", "max_cost"},
 }
@@ -123,6 +123,22 @@ class _Reader:
         return value
 
 
+def _size(r: _Reader, spec: catalog.ModelSpec) -> str:
+    """The size asked for: one of the model's listed sizes, or (gpt-image-2) any WIDTHxHEIGHT within its rules; a
+    refusal names the rule the size breaks."""
+    if spec.free_sizes is None:
+        return r.choice("size", spec.sizes, spec.default_size, spec)
+    size = r.str("size")
+    if size is None:
+        return spec.default_size
+    problem = spec.size_problem(size)
+    if problem is not None:
+        raise InvalidRequest(f"Invalid 'size': '{size[:60]}' is not supported by model '{spec.id}': {problem}. "
+                             f"Model '{spec.id}' takes 'auto' or {spec.free_sizes.describe()}.", param="size",
+                             code="invalid_size")
+    return size
+
+
 def _models_with(attr: str) -> str:
     names = [m.id for m in catalog.MODELS.values() if getattr(m, attr)]
     return f" It is supported by: {', '.join(names)}." if names else ""
@@ -181,7 +197,7 @@ def validate(
         raise InvalidRequest(f"Invalid 'n': {n}. Model '{spec.id}' accepts n from 1 to {spec.max_n}.", param="n",
                              code="invalid_parameter")
 
-    size = r.choice("size", spec.sizes, spec.default_size, spec)
+    size = _size(r, spec)
     quality = (r.choice("quality", spec.qualities, spec.default_quality, spec) if "quality" in allowed
                else spec.default_quality)
     style = r.choice("style", spec.styles, spec.default_style, spec, owner_hint=lambda: _models_with("styles")) \
@@ -221,11 +237,16 @@ def validate(
                 raise InvalidRequest("Invalid 'output_compression': compression below 100 needs output_format "
                                      "'jpeg' or 'webp'.", param="output_compression", code="invalid_parameter")
         options["output_compression"] = 100 if compression is None else compression
+        if endpoint == "edits":
+            fidelity = r.choice("input_fidelity", spec.input_fidelities, None, spec,
+                                owner_hint=lambda: _models_with("input_fidelities"))
+            if fidelity is not None:
+                options["input_fidelity"] = fidelity
         if options["background"] == "transparent" and options["output_format"] == "jpeg":
             raise InvalidRequest("Invalid 'background': a transparent background needs output_format 'png' or "
                                  "'webp'.", param="background", code="invalid_parameter")
     else:
-        for name in ("background", "moderation", "output_format", "output_compression"):
+        for name in ("background", "moderation", "output_format", "output_compression", "input_fidelity"):
             if name in allowed and data.get(name) is not None:
                 raise InvalidRequest(f"The '{name}' parameter is not supported by model '{spec.id}'."
                                      f"{_models_with('output_formats')}", param=name, code="invalid_parameter")

@@ -70,6 +70,15 @@ class ProviderResult:
     # When the request asked for "auto" size or quality, what the upstream actually produced (for pricing).
     resolved_size: str | None = None
     resolved_quality: str | None = None
+    # What the upstream says it produced, when it says (OpenAI's GPT image models): the background ("transparent" or
+    # "opaque") and file format ("png", "jpeg", "webp") of the images.
+    resolved_background: str | None = None
+    resolved_output_format: str | None = None
+    # The dated model that served the request when the upstream names it (an alias such as chatgpt-image-latest).
+    served_model: str | None = None
+    # The upstream's token usage, as OpenAI reports it: {"input_tokens", "input_tokens_details": {"text_tokens",
+    # "image_tokens"}, "output_tokens", "total_tokens"[, "output_tokens_details"]} (ints), or None when it reports none.
+    usage: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Provider `openai`: the OpenAI Images API (dall-e-2, dall-e-3, gpt-image-1), and any OpenAI-compatible image server
+"""Provider `openai`: the OpenAI Images API (dall-e-2, dall-e-3, and the GPT image models gpt-image-1,
+gpt-image-1-mini, gpt-image-1.5, gpt-image-2 and the alias chatgpt-image-latest), and any OpenAI-compatible image server
 at a configured base URL (self-hosted models), spoken through the shared transport (transport.py), so this adapter
 only maps OpenAI's wire format.
 
@@ -8,7 +9,7 @@ Wire format (docs/providers/openai.md, which cites OpenAI's sources):
 - variation → POST {base}/images/variations, multipart (dall-e-2 only)
 
 dall-e models are asked for `response_format: b64_json` (no second download); a `url` reply is still downloaded,
-with the same client and a 50 MB cap. gpt-image-1 never gets `response_format` (OpenAI refuses it); its extras
+with the same client and a 50 MB cap. GPT image models never get `response_format` (OpenAI refuses it); their extras
 (background, moderation, output_format, output_compression, input_fidelity) come from `request.options`. `seed` is not
 an OpenAI parameter and is never sent.
 
@@ -16,6 +17,10 @@ Streaming: when the client streams and asked for partial images (base.streams_pa
 to stream too (`stream: true`, `partial_images`); its `image_generation.partial_image` / `image_edit.partial_image`
 events go on to the client as they arrive (base.emit_partial), and its completed events make the same result a
 JSON reply would. Without partial images there is nothing to stream ahead, and the call is the ordinary one.
+
+From a GPT image reply the result keeps what OpenAI says was produced (top-level size, quality, background,
+output_format), its token `usage`, and the dated model that served the request (the body's `model`, else the
+`openai-model` header; docs/providers/openai.md says why both).
 
 Configuration arrives in the constructor only. Depends on base.py, transport.py and the standard library.
 """
@@ -25,7 +30,7 @@ import asyncio
 import base64
 import binascii
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from .base import (
@@ -66,16 +71,29 @@ class _ModelRules:
     styles: tuple[str, ...] = ()
     gpt_image: bool = False  # always answers base64, refuses response_format, takes the gpt-image extras
     max_input_images: int = 1
+    input_fidelities: tuple[str, ...] = ()  # edits' input_fidelity values the model takes
+    free_sizes: bool = False  # gpt-image-2: any WIDTHxHEIGHT within _free_size_problem's rules
 
+
+_GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+_GPT_IMAGE_QUALITIES = ("low", "medium", "high", "auto")
+_GPT_IMAGE_MODES = frozenset({"generate", "edit"})
 
 OPENAI_MODELS: dict[str, _ModelRules] = {
     "dall-e-2": _ModelRules(sizes=("256x256", "512x512", "1024x1024"), qualities=("standard",),
                             modes=frozenset({"generate", "edit", "variation"}), max_n=10),
     "dall-e-3": _ModelRules(sizes=("1024x1024", "1792x1024", "1024x1792"), qualities=("standard", "hd"),
                             modes=frozenset({"generate"}), max_n=1, styles=("vivid", "natural")),
-    "gpt-image-1": _ModelRules(sizes=("1024x1024", "1536x1024", "1024x1536", "auto"),
-                               qualities=("low", "medium", "high", "auto"), modes=frozenset({"generate", "edit"}),
-                               max_n=10, gpt_image=True, max_input_images=16),
+    "gpt-image-1": _ModelRules(sizes=_GPT_IMAGE_SIZES, qualities=_GPT_IMAGE_QUALITIES, modes=_GPT_IMAGE_MODES,
+                               max_n=10, gpt_image=True, max_input_images=16, input_fidelities=("high", "low")),
+    "gpt-image-1-mini": _ModelRules(sizes=_GPT_IMAGE_SIZES, qualities=_GPT_IMAGE_QUALITIES, modes=_GPT_IMAGE_MODES,
+                                    max_n=10, gpt_image=True, max_input_images=16, input_fidelities=("low",)),
+    "gpt-image-1.5": _ModelRules(sizes=_GPT_IMAGE_SIZES, qualities=_GPT_IMAGE_QUALITIES, modes=_GPT_IMAGE_MODES,
+                                 max_n=10, gpt_image=True, max_input_images=16, input_fidelities=("high", "low")),
+    "gpt-image-2": _ModelRules(sizes=_GPT_IMAGE_SIZES, qualities=_GPT_IMAGE_QUALITIES, modes=_GPT_IMAGE_MODES,
+                               max_n=10, gpt_image=True, max_input_images=16, free_sizes=True),
+    "chatgpt-image-latest": _ModelRules(sizes=_GPT_IMAGE_SIZES, qualities=_GPT_IMAGE_QUALITIES,
+                                        modes=_GPT_IMAGE_MODES, max_n=10, gpt_image=True, max_input_images=16),
 }
 
 # OpenAI's published list prices, micro-USD per image. Edits and variations cost what a generation of that size does.
@@ -89,23 +107,78 @@ _GPT_IMAGE_1_PRICES = {
     ("low", "1024x1536"): 16_000, ("medium", "1024x1536"): 63_000, ("high", "1024x1536"): 250_000,
     ("low", "1536x1024"): 16_000, ("medium", "1536x1024"): 63_000, ("high", "1536x1024"): 250_000,
 }
+# OpenAI's per-image output prices (docs/providers/openai.md): gpt-image-1-mini from OpenAI's model page,
+# gpt-image-1.5 as price trackers report it (OpenAI's page for it was not in our sources).
+_GPT_IMAGE_1_MINI_PRICES = {
+    ("low", "1024x1024"): 5_000, ("medium", "1024x1024"): 11_000, ("high", "1024x1024"): 36_000,
+    ("low", "1024x1536"): 6_000, ("medium", "1024x1536"): 15_000, ("high", "1024x1536"): 52_000,
+    ("low", "1536x1024"): 6_000, ("medium", "1536x1024"): 15_000, ("high", "1536x1024"): 52_000,
+}
+_GPT_IMAGE_1_5_PRICES = {
+    ("low", "1024x1024"): 9_000, ("medium", "1024x1024"): 34_000, ("high", "1024x1024"): 133_000,
+    ("low", "1024x1536"): 13_000, ("medium", "1024x1536"): 50_000, ("high", "1024x1536"): 200_000,
+    ("low", "1536x1024"): 13_000, ("medium", "1536x1024"): 50_000, ("high", "1536x1024"): 200_000,
+}
+_PER_IMAGE_TABLES = {"gpt-image-1": _GPT_IMAGE_1_PRICES, "gpt-image-1-mini": _GPT_IMAGE_1_MINI_PRICES,
+                     "gpt-image-1.5": _GPT_IMAGE_1_5_PRICES}
+# gpt-image-2 is priced by output tokens: $30 per 1M image output tokens (OpenAI's model page), and the tokens of
+# one image follow from its size and quality (OpenAI's cost calculator, as reverse-engineered and checked against
+# its published 1024x1024 prices: 196 / 1,756 / 7,024 tokens = $0.006 / $0.053 / $0.211).
+GPT_IMAGE_2_OUTPUT_MICROS_PER_MILLION_TOKENS = 30_000_000
+_GPT_IMAGE_2_QUALITY_FACTORS = {"low": 16, "medium": 48, "high": 96}
+# chatgpt-image-latest points at gpt-image-2's snapshot (docs/providers/openai.md) and is priced as gpt-image-2.
+ALIASES = {"chatgpt-image-latest": "gpt-image-2"}
 # "auto" is priced as OpenAI's 1024x1024 medium until the reply says what it resolved to.
 _GPT_IMAGE_AUTO_SIZE = "1024x1024"
 _GPT_IMAGE_AUTO_QUALITY = "medium"
 _GPT_IMAGE_1_SIZES_RESOLVED = ("1024x1024", "1024x1536", "1536x1024")
 
-_RESULT_FIELDS = {f.name for f in fields(ProviderResult)}
 _REFUSAL_CODES = {"content_policy_violation", "moderation_blocked"}
 _ACCOUNT_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "account_deactivated"}
 
 
 
 
-def gpt_image_1_price(size: str, quality: str) -> int:
-    """OpenAI's per-image price for gpt-image-1; "auto" (or anything unknown) is priced as 1024x1024 medium."""
+def gpt_image_1_price(size: str, quality: str, model: str = "gpt-image-1") -> int:
+    """OpenAI's per-image price (micro-USD) for gpt-image-1, -1-mini or -1.5; "auto" (or anything unknown) is
+    priced as 1024x1024 medium."""
     size = size if size in ("1024x1024", "1024x1536", "1536x1024") else _GPT_IMAGE_AUTO_SIZE
     quality = quality if quality in ("low", "medium", "high") else _GPT_IMAGE_AUTO_QUALITY
-    return _GPT_IMAGE_1_PRICES[(quality, size)]
+    return _PER_IMAGE_TABLES[model][(quality, size)]
+
+
+def gpt_image_2_output_tokens(size: str, quality: str) -> int:
+    """Image output tokens of one gpt-image-2 image of `size` (WIDTHxHEIGHT) at `quality` (low/medium/high; "auto"
+    or an unknown size counts as 1024x1024 medium). 1024x1024 high → 7,024; 1536x1024 high → 5,488."""
+    factor = _GPT_IMAGE_2_QUALITY_FACTORS.get(quality, _GPT_IMAGE_2_QUALITY_FACTORS[_GPT_IMAGE_AUTO_QUALITY])
+    w, _, h = (size if _free_size_problem(size) is None else _GPT_IMAGE_AUTO_SIZE).partition("x")
+    width, height = int(w), int(h)
+    long_edge, short_edge = max(width, height), min(width, height)
+    short_axis = (2 * factor * short_edge + long_edge) // (2 * long_edge)
+    return (factor * short_axis * (2_000_000 + width * height) + 3_999_999) // 4_000_000
+
+
+def gpt_image_2_price(size: str, quality: str) -> int:
+    """OpenAI's price (micro-USD, rounded up) of the output tokens of one gpt-image-2 image."""
+    tokens = gpt_image_2_output_tokens(size, quality)
+    return -(-tokens * GPT_IMAGE_2_OUTPUT_MICROS_PER_MILLION_TOKENS // 1_000_000)
+
+
+def _free_size_problem(size: str) -> str | None:
+    """gpt-image-2's size rules (OpenAI's SDK documentation of `size`): why `size` breaks them, or None."""
+    w, sep, h = size.partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or len(size) > 11:
+        return "a size is WIDTHxHEIGHT"
+    width, height = int(w), int(h)
+    if not width or not height or width % 16 or height % 16:
+        return "both sides must be multiples of 16"
+    if max(width, height) > 3 * min(width, height):
+        return "the aspect ratio must be between 1:3 and 3:1"
+    if max(width, height) > 3840 or width * height > 3840 * 2160:
+        return "the size must be at most 3840x2160"
+    if width * height < 655_360:
+        return "the size must have at least 655,360 pixels"
+    return None
 
 
 class OpenAIProvider:
@@ -142,20 +215,22 @@ class OpenAIProvider:
         stream = rules is not None and rules.gpt_image and streams_partials(request)
         try:
             async with asyncio.timeout(self.timeout):
-                body = await (self._post_stream(path, kwargs, request) if stream else self._post(path, kwargs))
+                body, reply_headers = await (self._post_stream(path, kwargs, request) if stream
+                                             else self._post(path, kwargs))
                 images = await self._images(body, request)
         except TimeoutError:
             raise UpstreamTimeout(f"{self.name} did not answer within {self.timeout:g} s.",
                                   provider=self.name) from None
         size, quality = self._resolved(request, body, rules)
         # The cost of this call: from the size/quality the reply says were made ("auto" resolved), else the request's.
-        extra = {}
-        if "resolved_size" in _RESULT_FIELDS:  # once base.ProviderResult carries them, the gateway gets them too
-            extra["resolved_size"] = size
-        if "resolved_quality" in _RESULT_FIELDS:
-            extra["resolved_quality"] = quality
-        return ProviderResult(images=images,
-                              upstream_cost_micros=self._unit_price(request.model, size, quality) * request.n, **extra)
+        extra = {"resolved_size": size, "resolved_quality": quality}
+        upstream = self._unit_price(request.model, size, quality) * request.n
+        if rules is not None and rules.gpt_image:
+            extra.update(_produced(body, reply_headers))
+            tokens = self._token_cost(request.model, extra.get("usage"))
+            if tokens is not None:
+                upstream = tokens
+        return ProviderResult(images=images, upstream_cost_micros=upstream, **extra)
 
     async def aclose(self) -> None:
         """Close the HTTP session of the running event loop (each loop gets its own)."""
@@ -174,17 +249,31 @@ class OpenAIProvider:
         if model == "dall-e-3":
             q = quality if quality in ("standard", "hd") else "standard"
             return _DALL_E_3_PRICES.get((q, size), _DALL_E_3_PRICES[(q, "1024x1024")])
-        if model == "gpt-image-1":
-            return gpt_image_1_price(size, quality)
+        model = ALIASES.get(model, model)
+        if model in _PER_IMAGE_TABLES:
+            return gpt_image_1_price(size, quality, model)
+        if model == "gpt-image-2":
+            return gpt_image_2_price(size, quality)
         return 0  # a self-hosted model without a configured cost: our list price still applies
+
+    def _token_cost(self, model: str, usage: dict | None) -> int | None:
+        """What OpenAI bills for a token-priced model's call, from the tokens it reported (micro-USD: $1 per 1M
+        tokens is 1 micro-USD per token): gpt-image-2 (and the alias, priced as it) at $5 text in, $8 image in, $30
+        image out per 1M (docs/providers/openai.md). None when not applicable (no usage, a configured cost)."""
+        if usage is None or model in self.cost_micros or ALIASES.get(model, model) != "gpt-image-2":
+            return None
+        details = usage["input_tokens_details"]
+        return 5 * details["text_tokens"] + 8 * details["image_tokens"] + 30 * usage["output_tokens"]
 
     @staticmethod
     def _resolved(request: ImageRequest, body: dict, rules: _ModelRules | None) -> tuple[str, str]:
         """The size and quality the upstream actually produced (gpt-image replies say so when "auto" was asked)."""
         size, quality = request.size, request.quality
         if rules is not None and rules.gpt_image:
-            if isinstance(body.get("size"), str) and body["size"] in _GPT_IMAGE_1_SIZES_RESOLVED:
-                size = body["size"]
+            answered = body.get("size")
+            if isinstance(answered, str) and (answered in _GPT_IMAGE_1_SIZES_RESOLVED
+                                              or (rules.free_sizes and _free_size_problem(answered) is None)):
+                size = answered
             if isinstance(body.get("quality"), str) and body["quality"] in ("low", "medium", "high"):
                 quality = body["quality"]
         return size, quality
@@ -201,7 +290,16 @@ class OpenAIProvider:
         if request.mode not in rules.modes:
             refuse(f"{model} does not support {request.mode}s upstream; it supports: {', '.join(sorted(rules.modes))}.")
         if request.size not in rules.sizes:
-            refuse(f"{model} does not support size {request.size}; supported sizes: {', '.join(rules.sizes)}.")
+            if not rules.free_sizes:
+                refuse(f"{model} does not support size {request.size}; supported sizes: {', '.join(rules.sizes)}.")
+            problem = _free_size_problem(request.size)
+            if problem is not None:
+                refuse(f"{model} does not support size {request.size}: {problem} (both sides multiples of 16, "
+                       "aspect between 1:3 and 3:1, at most 3840x2160).")
+        fidelity = request.options.get("input_fidelity")
+        if fidelity is not None and fidelity not in rules.input_fidelities:
+            refuse(f"{model} does not take input_fidelity {fidelity!r}"
+                   + (f"; it takes: {', '.join(rules.input_fidelities)}." if rules.input_fidelities else "."))
         if request.quality and request.quality not in rules.qualities:
             refuse(f"{model} does not support quality {request.quality!r}; supported: {', '.join(rules.qualities)}.")
         if request.style and request.style not in rules.styles:
@@ -272,13 +370,14 @@ class OpenAIProvider:
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
 
-    async def _post(self, path: str, kwargs: dict) -> dict:
+    async def _post(self, path: str, kwargs: dict) -> tuple[dict, dict]:
+        """(the reply's JSON object, its headers) for a 2xx; raises the mapped ProviderError otherwise."""
         response = await self.transport.request("POST", self.base_url + path, headers=self._auth(), **kwargs)
         if response.status >= 300:
             raise self._error(response)
         return self._json_body(response)
 
-    async def _post_stream(self, path: str, kwargs: dict, request: ImageRequest) -> dict:
+    async def _post_stream(self, path: str, kwargs: dict, request: ImageRequest) -> tuple[dict, dict]:
         """The call with `stream: true` and `partial_images`: partial images are emitted as they arrive, and the
         reply is built from the completed events as OpenAI's JSON reply would be ({data: [{b64_json}], and the last
         completed event's size, quality, background, output_format, usage}). An upstream that answers JSON instead
@@ -331,7 +430,7 @@ class OpenAIProvider:
         body: dict = {"data": [{"b64_json": event.get("b64_json")} for event in completed]}
         body.update({k: completed[-1][k] for k in ("size", "quality", "background", "output_format", "usage")
                      if k in completed[-1]})
-        return body
+        return body, response.headers
 
     def _stream_error(self, event: dict) -> ProviderError:
         """An `error` event of a stream (after the 200): {"error": {message, type, code, param}} or those keys
@@ -346,7 +445,7 @@ class OpenAIProvider:
             return UpstreamRateLimited(f"{self.name} rate limit: {text}", provider=self.name)
         return UpstreamUnavailable(f"{self.name} failed mid-stream: {text}", provider=self.name)
 
-    def _json_body(self, response: Reply) -> dict:
+    def _json_body(self, response: Reply) -> tuple[dict, dict]:
         try:
             body = response.json()
         except (ValueError, UnicodeDecodeError):
@@ -356,7 +455,7 @@ class OpenAIProvider:
         if not isinstance(body, dict):
             raise UpstreamUnavailable(f"{self.name} sent a malformed reply: a JSON {type(body).__name__}, "
                                       f"not an object.", provider=self.name)
-        return body
+        return body, response.headers
 
     def _error(self, response: Reply) -> ProviderError:
         """Map an upstream error reply (OpenAI's {"error": {message, type, param, code}} envelope) to our errors."""
@@ -445,6 +544,40 @@ class OpenAIProvider:
         headers = self._auth() if (target.scheme, target.netloc) == (api.scheme, api.netloc) else {}
         return await self.transport.download(url, label=f"image {index} from {self.name}", max_bytes=MAX_IMAGE_BYTES,
                                              headers=headers, follow_redirects=True)
+
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def _produced(body: dict, headers) -> dict:
+    """What a GPT image reply says it produced, as ProviderResult fields: background, output_format, the dated model
+    that served it, and its token usage (only when every token count OpenAI documents is an integer)."""
+    out: dict = {}
+    if body.get("background") in ("transparent", "opaque"):
+        out["resolved_background"] = body["background"]
+    if body.get("output_format") in ("png", "jpeg", "webp"):
+        out["resolved_output_format"] = body["output_format"]
+    served = body.get("model")
+    if not (isinstance(served, str) and served):
+        served = headers.get("openai-model") if headers is not None else None
+    if isinstance(served, str) and served and len(served) <= 100:
+        out["served_model"] = served
+    usage = body.get("usage")
+    if isinstance(usage, dict) and all(_count(usage.get(k)) for k in _USAGE_KEYS):
+        details = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
+        kept = {k: usage[k] for k in _USAGE_KEYS}
+        kept["input_tokens_details"] = {k: details.get(k) if _count(details.get(k)) else 0
+                                        for k in ("text_tokens", "image_tokens")}
+        output_details = usage.get("output_tokens_details")
+        if isinstance(output_details, dict) and all(_count(output_details.get(k))
+                                                    for k in ("text_tokens", "image_tokens")):
+            kept["output_tokens_details"] = {k: output_details[k] for k in ("text_tokens", "image_tokens")}
+        out["usage"] = kept
+    return out
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _pick(options: dict, keys: tuple[str, ...]) -> dict:

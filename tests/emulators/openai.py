@@ -34,7 +34,15 @@ Faults (`emu.faults.set(name, Fault(...))`, name = "generate" | "edit" | "variat
   same with moderation_blocked), "stream_cut" (a stream ends after its first event, without the completed ones).
 - delay=seconds before answering (with or without another behaviour). `emu.state["delay"] = 5.0` delays every
   generation/edit/variation (the capacity benchmark).
-State knobs: "delay", "auto_size" / "auto_quality" (what gpt-image resolves "auto" to; default 1024x1024 / medium).
+State knobs: "delay", "auto_size" / "auto_quality" / "auto_background" (what gpt-image resolves "auto" to; default
+1024x1024 / medium / opaque), "alias_snapshot" (the dated model behind chatgpt-image-latest), "no_usage" (answer
+without `usage`, as compatible servers do).
+
+GPT image models (gpt-image-1, -1-mini, -1.5, -2, chatgpt-image-latest): gpt-image-2 takes any WIDTHxHEIGHT within
+its rules (free_size_error); `input_fidelity` is taken by gpt-image-1 and -1.5 (high, low), -1-mini (low) and refused
+for gpt-image-2 and the alias (400 unsupported_parameter); every reply names the dated model that made it in the
+`openai-model` header (an assumption, docs/providers/openai.md) and reports token usage, gpt-image-2's from its
+calculator.
 """
 import asyncio
 import base64
@@ -68,7 +76,23 @@ OPENAI_RULES = {
                 "styles": ("vivid", "natural"), "max_prompt": 4000, "kind": "dall-e", "created": 1698785189},
     _GPT_IMAGE_1: {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
                    "qualities": ("low", "medium", "high", "auto"), "max_prompt": 32000, "kind": "gpt-image",
-                   "created": 1745517030},
+                   "created": 1745517030, "fidelities": ("high", "low"), "snapshot": "gpt-image-1"},
+    "gpt-image-1-mini": {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+                         "qualities": ("low", "medium", "high", "auto"), "max_prompt": 32000, "kind": "gpt-image",
+                         "created": 1759708800, "fidelities": ("low",), "snapshot": "gpt-image-1-mini-2025-10-06"},
+    "gpt-image-1.5": {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+                      "qualities": ("low", "medium", "high", "auto"), "max_prompt": 32000, "kind": "gpt-image",
+                      "created": 1765843200, "fidelities": ("high", "low"), "snapshot": "gpt-image-1.5-2025-12-16"},
+    # Free-form sizes (free_sizes); input_fidelity must be omitted (the SDK: "For gpt-image-2, omit this parameter").
+    "gpt-image-2": {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+                    "qualities": ("low", "medium", "high", "auto"), "max_prompt": 32000, "kind": "gpt-image",
+                    "created": 1776729600, "fidelities": None, "free_sizes": True,
+                    "snapshot": "gpt-image-2-2026-04-21"},
+    # The alias: served by gpt-image-2's snapshot today (state["alias_snapshot"] moves it).
+    "chatgpt-image-latest": {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+                             "qualities": ("low", "medium", "high", "auto"), "max_prompt": 32000,
+                             "kind": "gpt-image", "created": 1765843200, "fidelities": None,
+                             "snapshot": "gpt-image-2-2026-04-21"},
 }
 _GENERATION_KEYS = {"prompt", "model", "n", "size", "quality", "style", "response_format", "user", "background",
                     "moderation", "output_format", "output_compression", "partial_images", "stream"}
@@ -76,10 +100,42 @@ _EDIT_KEYS = {"prompt", "model", "n", "size", "quality", "response_format", "use
               "output_compression", "input_fidelity", "partial_images", "stream"}
 _VARIATION_KEYS = {"model", "n", "size", "response_format", "user"}
 _GPT_IMAGE_ONLY = ("background", "moderation", "output_format", "output_compression", "input_fidelity")
-# gpt-image-1 output tokens per image (OpenAI's published table), for the `usage` block.
+# gpt-image-1 output tokens per image (OpenAI's published table), for the `usage` block; gpt-image-2's follow from
+# size and quality (gpt_image_2_tokens).
 _OUTPUT_TOKENS = {("low", "1024x1024"): 272, ("medium", "1024x1024"): 1056, ("high", "1024x1024"): 4160,
                   ("low", "1024x1536"): 408, ("medium", "1024x1536"): 1584, ("high", "1024x1536"): 6240,
                   ("low", "1536x1024"): 400, ("medium", "1536x1024"): 1568, ("high", "1536x1024"): 6208}
+_GPT_IMAGE_2_FACTORS = {"low": 16, "medium": 48, "high": 96}
+
+
+def gpt_image_2_tokens(size: str, quality: str) -> int:
+    """Image output tokens of one gpt-image-2 image (OpenAI's cost calculator; 1024x1024 high → 7,024)."""
+    factor = _GPT_IMAGE_2_FACTORS[quality]
+    width, height = (int(v) for v in size.split("x"))
+    long_edge, short_edge = max(width, height), min(width, height)
+    short_axis = (2 * factor * short_edge + long_edge) // (2 * long_edge)
+    return (factor * short_axis * (2_000_000 + width * height) + 3_999_999) // 4_000_000
+
+
+def free_size_error(size) -> str | None:
+    """gpt-image-2's size rules, as the SDK documents them (and the pixel floor OpenAI's calculator applies)."""
+    if not isinstance(size, str) or size == "auto":
+        return None if size == "auto" else "Invalid type for 'size': expected a string."
+    w, sep, h = size.partition("x")
+    if not sep or not w.isdigit() or not h.isdigit():
+        return f"Invalid 'size': '{size}'. Expected 'auto' or a string of the form WIDTHxHEIGHT."
+    width, height = int(w), int(h)
+    if not width or not height or width % 16 or height % 16:
+        return f"Invalid 'size': '{size}'. Width and height must both be divisible by 16."
+    if max(width, height) > 3 * min(width, height):
+        return f"Invalid 'size': '{size}'. The aspect ratio must be between 1:3 and 3:1."
+    if max(width, height) > 3840 or width * height > 3840 * 2160:
+        return f"Invalid 'size': '{size}'. The maximum supported resolution is 3840x2160."
+    if width * height < 655_360:
+        return f"Invalid 'size': '{size}'. The image must have at least 655360 pixels."
+    return None
+
+
 SAFETY_TRIGGER = "forbidden-upstream"
 DALL_E_REFUSAL = ("Your request was rejected as a result of our safety system. Your prompt may contain text that is "
                   "not allowed by our safety system.")
@@ -355,7 +411,8 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
             raise OpenAIError(400, f"Invalid value: '{model}'. Supported values are: 'dall-e-2'.",
                               code="invalid_value", param="model")
         if endpoint == "edit" and model == _DALL_E_3:
-            raise OpenAIError(400, "Invalid value: 'dall-e-3'. Supported values are: 'dall-e-2' and 'gpt-image-1'.",
+            raise OpenAIError(400, "Invalid value: 'dall-e-3'. Supported values are: 'dall-e-2', 'gpt-image-1', "
+                              "'gpt-image-1-mini', 'gpt-image-1.5', 'gpt-image-2' and 'chatgpt-image-latest'.",
                               code="invalid_value", param="model")
         prompt = params.get("prompt")
         if endpoint != "variation":
@@ -382,7 +439,11 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
             if model == _DALL_E_3 and n != 1:
                 raise OpenAIError(400, "You must provide n=1 for this model.", param="n")
         size = params.get("size")
-        if size is not None:
+        if size is not None and spec.get("free_sizes"):
+            problem = free_size_error(size)
+            if problem is not None:
+                raise OpenAIError(400, problem, code="invalid_value", param="size")
+        elif size is not None:
             sizes = spec["sizes"]
             ok = (size in sizes) if sizes else _is_wxh(size)
             if not ok:
@@ -411,6 +472,14 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
                     raise OpenAIError(400, f"Unknown parameter: '{key}'.", code="unknown_parameter", param=key)
         if kind == "gpt-image":
             validate_gpt_image(params)
+            fidelity = params.get("input_fidelity")
+            if fidelity is not None and spec.get("fidelities") is None:
+                raise OpenAIError(400, f"The 'input_fidelity' parameter is not supported with model '{model}'.",
+                                  code="unsupported_parameter", param="input_fidelity")
+            if fidelity is not None and fidelity not in spec["fidelities"]:
+                raise OpenAIError(400, f"Invalid value: '{fidelity}'. Supported values for {model} are: "
+                                  + ", ".join(f"'{v}'" for v in spec["fidelities"]) + ".", code="invalid_value",
+                                  param="input_fidelity")
         if endpoint in ("edit", "variation"):
             validate_inputs(endpoint, model, kind, images, mask)
         if endpoint != "variation" and SAFETY_TRIGGER in prompt:
@@ -535,19 +604,29 @@ def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API
         body: dict = {"created": int(time.time()), "data": data}
         if fault_kind == "no_data":
             body = {"created": int(time.time()), "object": "list"}
+        headers = common_headers(rid)
         if kind == "gpt-image":
             background = params.get("background") or "auto"
+            if background == "auto":
+                background = state.get("auto_background", "opaque")
             text_tokens = max(1, len(prompt) // 4)
             image_tokens = 323 * len(images)
-            output_tokens = _OUTPUT_TOKENS.get((quality, size), 1056) * n
-            body.update({
-                "background": "transparent" if background == "transparent" else "opaque",
-                "output_format": fmt, "quality": quality, "size": size,
-                "usage": {"input_tokens": text_tokens + image_tokens, "output_tokens": output_tokens,
-                          "total_tokens": text_tokens + image_tokens + output_tokens,
-                          "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens}},
-            })
-        headers = common_headers(rid)
+            snapshot = state.get("alias_snapshot", spec["snapshot"]) if model == "chatgpt-image-latest" \
+                else spec["snapshot"]
+            if snapshot.startswith("gpt-image-2"):
+                per_image = gpt_image_2_tokens(size, quality)
+            else:
+                per_image = _OUTPUT_TOKENS.get((quality, size), 1056)
+            output_tokens = per_image * n
+            body.update({"background": background, "output_format": fmt, "quality": quality, "size": size})
+            if not state.get("no_usage"):
+                body["usage"] = {
+                    "input_tokens": text_tokens + image_tokens, "output_tokens": output_tokens,
+                    "total_tokens": text_tokens + image_tokens + output_tokens,
+                    "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+                    "output_tokens_details": {"text_tokens": 0, "image_tokens": output_tokens},
+                }
+            headers["openai-model"] = snapshot
         if fault is not None:
             headers.update(fault.headers)
         if kind == "gpt-image" and params.get("stream") is True:
