@@ -54,10 +54,9 @@ USER 10001:10001
 RUN DJANGO_DEBUG=off DJANGO_SECRET_KEY=collectstatic-at-build-time-only-not-a-secret \
     python manage.py collectstatic --noinput --verbosity 0
 EXPOSE 8000
-# Is the server listening? /healthz (being added in issue 12) will be the better probe; when it lands, note that
-# with DJANGO_DEBUG=off Django redirects plain HTTP to HTTPS and checks the Host header, so an HTTP probe must send
-# `X-Forwarded-Proto: https` and an allowed Host (or /healthz must be exempt from both).
+# Does the process answer? GET /healthz is served before Django (config/observability/endpoints.py): no Host check,
+# no HTTPS redirect, no dependency checked (readiness, /readyz, is the load balancer's question, not a restart's).
 # compose.yaml gives the worker its own check and turns this one off for beat and migrate, which listen on no port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['PORT'])), 3).close()"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['PORT'], timeout=3)"]
 CMD ["make", "serve"]

@@ -35,10 +35,16 @@ run: install
 
 # Production: the environment says everything (DATABASE_URL, REDIS_URL, DJANGO_SECRET_KEY, ...; README). No migrations,
 # no demo data. Static files are collected first so every page works with DJANGO_DEBUG=off.
+# Every worker process writes its metrics under PROMETHEUS_MULTIPROC_DIR and /metrics sums them (default: one
+# directory per host and port under $TMPDIR or /tmp; emptied here before the workers start; config/observability/).
 serve: install
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && find "$$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 	exec $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --workers $(WEB_CONCURRENCY) \
 		--no-access-log --lifespan off --backlog 4096 --timeout-keep-alive 30
+
+# (after the recipe: tests/servers.py and tests/test_deploy.py read the first `serve:` line as the rule)
+serve: export PROMETHEUS_MULTIPROC_DIR ?= $(or $(TMPDIR),/tmp)/imagegate-metrics-$(HOST)-$(PORT)
 
 services:
 	@scripts/ensure_services.sh

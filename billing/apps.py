@@ -23,3 +23,8 @@ class BillingConfig(AppConfig):
         invalidate_on_change(BillingAccount, "billing")
         invalidate_on_change(KeySpendLimit, "billing")
         invalidate_on_change(Price, "prices")
+
+        # /metrics: the ledger's and Stripe's backlogs, computed at scrape time (billing/metrics.py).
+        from . import metrics
+
+        metrics.register()

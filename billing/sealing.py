@@ -142,6 +142,18 @@ def seal_lag(*, now: datetime | None = None) -> SealLag:
                    max_observed_lag_seconds=(state.max_lag_ms / 1000) if state else 0.0)
 
 
+def backlog(*, now: datetime | None = None) -> tuple[int, float]:
+    """(rows waiting for the sealer, seconds the oldest has waited; 0.0 when none) for /metrics: only rows above the
+    watermark are looked at (every row at or below it is sealed; a row that committed late below it is the hourly
+    full pass's, and `verify_ledger`'s), so a scrape reads seconds' worth of rows through the primary key."""
+    now = now or timezone.now()
+    watermark = SealState.objects.filter(pk=1).values_list("last_ledger_id", flat=True).first() or 0
+    waiting = LedgerEntry.all_tenants_unsafe.filter(id__gt=watermark, seal__isnull=True).aggregate(
+        n=Count("id"), oldest=Min("created_at"))
+    oldest = (now - waiting["oldest"]).total_seconds() if waiting["oldest"] else 0.0
+    return waiting["n"], max(0.0, oldest)
+
+
 def after_ledger_write() -> None:
     """Called on commit of every ledger write: in the embedded default (no beat) seal right away."""
     if settings.LEDGER_SEAL_INLINE:

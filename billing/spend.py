@@ -54,9 +54,12 @@ _billing_cache = process_cache.ProcessCache("billing")
 
 
 class SpendLimitExceeded(Exception):
-    def __init__(self, message: str):
+    """`limit`: what refused: "organization" or "key" (a monthly limit), "billing" (the account's state)."""
+
+    def __init__(self, message: str, limit: str = "billing"):
         super().__init__(message)
         self.message = message
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -383,7 +386,8 @@ async def reserve(*, limits: list[Limit], amount_micros: int) -> Hold:
         lim = limits[int(out[1]) - 1]
         raise SpendLimitExceeded(
             f"You exceeded the monthly spend limit of {money.usd(lim.limit_micros)} for {lim.label}. Raise the "
-            "limit on the billing page, or wait until next month."
+            "limit on the billing page, or wait until next month.",
+            limit="organization" if lim.api_key_id is None else "key",
         )
     raise RuntimeError("spend counters could not be rebuilt")
 

@@ -4,6 +4,7 @@ Two Django handlers share one process: the API (/v1 and signed image URLs) runs 
 middleware list (settings.API_MIDDLEWARE: request ids and rate-limit headers, both async), the pages through
 Django's stock handler and the full list (sessions, CSRF, auth, messages, allauth). Oversized bodies are refused on
 every path before Django reads them, with a limit per route (config/http/body_limit.py, settings.BODY_LIMITS).
+The operators' endpoints (/healthz, /readyz, /metrics) are answered before Django (config/observability/endpoints.py).
 """
 import os
 
@@ -22,6 +23,7 @@ from django.urls import set_script_prefix  # noqa: E402
 
 from config.http.body_limit import BodyLimitMiddleware  # noqa: E402
 from config.http.security import APISecurity  # noqa: E402
+from config.observability import endpoints as operator_endpoints  # noqa: E402
 
 API_PREFIXES = ("/v1/", "/images/")
 
@@ -88,6 +90,8 @@ setting_changed.connect(_security_setting_changed, dispatch_uid="api-security-se
 async def _route(scope, receive, send):
     if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
         return await api_application(scope, receive, send)
+    if scope["type"] == "http" and scope["path"] in operator_endpoints.PATHS:  # /healthz, /readyz, /metrics
+        return await operator_endpoints.app(scope, receive, send)
     return await django_application(scope, receive, send)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import environ
 
+from config.observability.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -74,6 +76,7 @@ MIDDLEWARE = [
 # middleware, which the API does not use and which cost a thread hop each under ASGI.
 API_MIDDLEWARE = [
     "config.http.middleware.RequestIdMiddleware",
+    "config.observability.middleware.ObservabilityMiddleware",
     "generation.pipeline.ratelimit.RateLimitHeadersMiddleware",
 ]
 
@@ -354,14 +357,22 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# --- Operators: logs, metrics (config/observability/; docs/deployment.md) ---------------------------------------------
+# LOG_FORMAT: text (human-readable lines, the default) or json (one JSON object per line: each API request's access
+# line with its request id, organization, key prefix, model, provider, status, latency and cost; errors with the
+# request id). Every record logged while serving a request carries its request id.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").strip().lower()
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env.str("LOG_LEVEL", default="INFO"))
+# With json, Celery's worker keeps Django's handlers (JSON there too) instead of installing its own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+# GET /metrics (Prometheus) answers only `Authorization: Bearer <METRICS_TOKEN>` when set; empty = no token asked
+# (then keep the port off the internet). /healthz and /readyz never ask for one.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# prometheus-client's multiprocess mode (config/observability/metrics.py): `make serve` sets and empties it per host
+# and port; a process started otherwise that sets it gets the directory created.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 # --- OpenAPI description of /v1 (drf-spectacular; generation/api/openapi.py, served at /v1/openapi.json) --------------
 SPECTACULAR_SETTINGS = {

@@ -24,3 +24,8 @@ class GenerationConfig(AppConfig):
         from . import catalog
 
         model_catalog.register(lambda: [(spec.id, spec.description) for spec in catalog.MODELS.values()])
+
+        # /metrics: each provider's circuit state, read at scrape time (generation/metrics.py).
+        from . import metrics
+
+        metrics.register()

@@ -19,7 +19,7 @@ import stripe
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Max, Sum
+from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -190,3 +190,31 @@ def ensure_customers(*, sc: stripe.StripeClient | None = None) -> int:
         stripe_gateway.ensure_customer(organization, sc=sc)
         count += 1
     return count
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Usage not yet accepted by Stripe (for /metrics)."""
+
+    unassigned_events: int  # outbox rows in no meter report yet
+    pending_reports: int  # meter reports built, not delivered yet
+    micros: int  # micro-USD of both
+    oldest_age_seconds: float  # since the oldest such usage occurred; 0.0 when none
+
+
+def backlog(*, now: datetime | None = None) -> Backlog:
+    """Three indexed aggregates: unassigned outbox rows (usage_unreported), pending reports (meter_report_due) and the
+    usage inside those (by report id)."""
+    now = now or timezone.now()
+    events = UsageEvent.all_tenants_unsafe.filter(report__isnull=True).aggregate(
+        n=Count("id"), micros=Sum("value_micros"), oldest=Min("occurred_at"))
+    reports = MeterReport.all_tenants_unsafe.filter(status=MeterReport.Status.PENDING).aggregate(
+        n=Count("id"), micros=Sum("value_micros"))
+    oldest = [events["oldest"]]
+    if reports["n"]:
+        pending = MeterReport.all_tenants_unsafe.filter(status=MeterReport.Status.PENDING).values("id")
+        oldest.append(UsageEvent.all_tenants_unsafe.filter(report__in=pending).aggregate(o=Min("occurred_at"))["o"])
+    oldest = [o for o in oldest if o is not None]
+    return Backlog(unassigned_events=events["n"], pending_reports=reports["n"],
+                   micros=(events["micros"] or 0) + (reports["micros"] or 0),
+                   oldest_age_seconds=max(0.0, (now - min(oldest)).total_seconds()) if oldest else 0.0)

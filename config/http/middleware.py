@@ -3,6 +3,8 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from config.observability.logs import current_request_id
+
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
@@ -22,13 +24,21 @@ class RequestIdMiddleware:
         if self.is_async:
             return self._acall(request)
         request.request_id = new_request_id()
-        response = self.get_response(request)
+        token = current_request_id.set(request.request_id)  # every log record of the request names it (logs.py)
+        try:
+            response = self.get_response(request)
+        finally:
+            current_request_id.reset(token)
         response["x-request-id"] = request.request_id
         return response
 
     async def _acall(self, request):
         request.request_id = new_request_id()
-        response = await self.get_response(request)
+        token = current_request_id.set(request.request_id)
+        try:
+            response = await self.get_response(request)
+        finally:
+            current_request_id.reset(token)
         response["x-request-id"] = request.request_id
         return response
 

@@ -8,6 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.authentication import ApiKeyAuthentication, KeyPrincipal
 from config import db
+from config.observability.middleware import observe
 from generation.errors import APIError, handler404
 
 
@@ -41,6 +42,9 @@ class V1APIView(APIView):
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
+        api_key = getattr(request._request, "auth", None)  # DRF puts the authenticated key there too
+        if api_key is not None:
+            observe(request._request, organization_id=api_key.organization_id, key_prefix=api_key.prefix)
         return self.response
 
 

@@ -10,6 +10,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from accounts import keys
 from accounts.selectors import key_allows_model
 from config import db
+from config.observability.middleware import observe
 from generation import catalog
 from generation.api import streaming
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
@@ -47,6 +48,7 @@ class ImageEndpoint(V1APIView):
         try:
             request.get_host()  # DisallowedHost → 400 before anything else (image URLs are built from it)
             principal = await authenticate(request)
+            observe(request, organization_id=principal.organization.pk, key_prefix=principal.api_key.prefix)
             require_scope(principal.api_key, keys.SCOPE_GENERATE)
             await ratelimit.enforce(request, principal.api_key, principal.organization)
             if request.method != "POST":
@@ -82,6 +84,7 @@ class ImageEndpoint(V1APIView):
                     base_url=base_url(request), idempotency_key=durable,
                 )
                 earlier["replayed"] = outcome.request_id is not None  # an earlier attempt's committed answer
+                observe(request, provider=outcome.provider, cost_micros=outcome.cost_micros)
                 headers = {"x-provider": outcome.provider, "x-request-id": outcome.request_id or request_id}
                 return idempotency.StoredResponse(200, outcome.body, headers)
             except APIError as exc:  # 4xx are stored and replayed under an Idempotency-Key; 5xx are not
@@ -89,6 +92,8 @@ class ImageEndpoint(V1APIView):
 
         # The key's model allow-list holds for replays too (a replay runs no validation): checked before anything.
         model_id = data.get("model") if isinstance(data, dict) else None
+        known = catalog.get_model(model_id if isinstance(model_id, str) else catalog.DEFAULT_MODEL)
+        observe(request, model=known.id if known is not None else "other")  # never a client's string: no new series
         if isinstance(model_id, str) and not key_allows_model(principal.api_key, model_id):
             raise PermissionDenied(f"This API key may not use model '{model_id[:100]}'. It may use: "
                                    f"{', '.join(principal.api_key.allowed_models)}.", param="model",

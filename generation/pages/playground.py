@@ -15,6 +15,7 @@ from accounts.access import organization_page
 from billing import selectors as billing_selectors
 from config import db
 from config.http.middleware import new_request_id
+from config.observability import metrics
 from generation import catalog
 from generation.errors import APIError
 from generation.pipeline import ratelimit
@@ -115,6 +116,7 @@ def playground(request):
     except RedisError:
         decision = None  # the limiter is down: as on the API, serve rather than refuse
     if decision is not None and not decision.allowed:
+        metrics.count_rate_limit_refusal(decision.binding.scope)
         return render(request, "dashboard/playground.html",
                       _context(form, models, may_generate=may_generate, error=decision.message()), status=429)
     data = {key: form.cleaned_data[key] for key in ("model", "prompt", "size", "quality", "n")}

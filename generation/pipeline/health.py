@@ -100,6 +100,10 @@ class _LocalStore:
                     h["open_until"] = now + COOLDOWN
             self._state[name] = h
 
+    def snapshot(self, names: list[str]) -> dict[str, Health]:
+        with self._lock:
+            return {n: Health(provider=n, **self._state[n]) if n in self._state else Health(provider=n) for n in names}
+
     async def try_trial(self, name: str, now: float) -> bool:
         with self._lock:
             if self._trials.get(name, 0.0) > now:
@@ -121,6 +125,7 @@ class _RedisStore:
         self.prefix = prefix
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._scripts: dict = {}
+        self._sync = None
 
     def _client(self):
         import redis.asyncio as aioredis
@@ -146,6 +151,20 @@ class _RedisStore:
             out[name] = Health(provider=name, error_rate=float(err or 0), latency_ms=float(lat or 0),
                                consecutive_failures=int(fails or 0), open_until=float(open_until or 0))
         return out
+
+    def snapshot(self, names: list[str]) -> dict[str, Health]:
+        """`read` from sync code (a metrics scrape), on a client of its own."""
+        import redis
+
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        with self._sync.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(self._key(name), "err", "lat", "fails", "open_until")
+            rows = pipe.execute()
+        return {name: Health(provider=name, error_rate=float(err or 0), latency_ms=float(lat or 0),
+                             consecutive_failures=int(fails or 0), open_until=float(open_until or 0))
+                for name, (err, lat, fails, open_until) in zip(names, rows)}
 
     async def record(self, name: str, *, ok: bool, latency_ms: float, now: float, count: int = 1) -> None:
         client = self._client()

@@ -51,6 +51,7 @@ from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 from rest_framework.throttling import BaseThrottle
 
+from config.observability import metrics
 from generation.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -339,6 +340,7 @@ async def enforce(request, api_key, organization) -> None:
         return
     request.rate_limit = decision
     if not decision.allowed:
+        metrics.count_rate_limit_refusal(decision.binding.scope)
         raise RateLimited(decision.message(), headers=decision.headers())
 
 
@@ -373,6 +375,7 @@ class RequestRateThrottle(BaseThrottle):
             return True
         request._request.rate_limit = decision
         if not decision.allowed:
+            metrics.count_rate_limit_refusal(decision.binding.scope)
             raise RateLimited(decision.message(), headers=decision.headers())
         return True
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from config.observability import metrics
 from generation.catalog import ModelSpec
 from generation.pipeline.health import HALF_OPEN, OPEN, HealthBook
 from generation.providers import base as pb
@@ -77,6 +78,7 @@ async def route(
             latency = int((time.monotonic() - t0) * 1000)
             # A refusal or a validation error means the upstream is working: it counts as healthy.
             await health.record(name, ok=not exc.retryable, latency_ms=latency)
+            metrics.count_upstream_attempt(name, spec.id, _status(exc), latency / 1000, type(exc).__name__)
             attempts.append(Attempt(provider=name, started_at=started, latency_ms=latency, status=_status(exc),
                                     error=exc.message[:500], error_type=type(exc).__name__))
             if not exc.retryable:
@@ -86,11 +88,13 @@ async def route(
         except Exception as exc:  # a bug in an adapter: record it, count it, and let the 500 handler answer
             latency = int((time.monotonic() - t0) * 1000)
             await health.record(name, ok=False, latency_ms=latency)
+            metrics.count_upstream_attempt(name, spec.id, "failed", latency / 1000, type(exc).__name__)
             attempts.append(Attempt(provider=name, started_at=started, latency_ms=latency, status="failed",
                                     error=repr(exc)[:500], error_type=type(exc).__name__))
             raise
         latency = int((time.monotonic() - t0) * 1000)
         await health.record(name, ok=True, latency_ms=latency)
+        metrics.count_upstream_attempt(name, spec.id, "succeeded", latency / 1000)
         attempts.append(Attempt(provider=name, started_at=started, latency_ms=latency, status="succeeded"))
         return result, name
     if last_error is not None:

@@ -21,6 +21,7 @@ from billing import money, spend
 from billing import selectors as billing_selectors
 from billing.models import LedgerEntry
 from config import db, faults
+from config.observability import metrics
 from generation import catalog, prompts
 from generation.errors import (
     APIError,
@@ -51,6 +52,7 @@ class Outcome:
     body: dict
     provider: str
     request_id: str | None = None  # set when the answer is an earlier attempt's (its request id, not this one's)
+    cost_micros: int = 0  # what this request was charged (micro-USD); 0 when the answer is an earlier attempt's
 
 
 _health: HealthBook | None = None
@@ -258,7 +260,7 @@ async def run(
         await spend.release(hold)
         raise
     await spend.settle(hold, entry.cost_micros)
-    return Outcome(body=body, provider=provider_name)
+    return Outcome(body=body, provider=provider_name, cost_micros=entry.cost_micros)
 
 
 ZERO_TOKENS = {"input_tokens": 0, "input_tokens_details": {"text_tokens": 0, "image_tokens": 0}, "output_tokens": 0,
@@ -340,6 +342,7 @@ async def _price_and_hold(call: ImageCall, organization, api_key):
         limits = await spend.limits_for(organization=organization, api_key=api_key, end_user=call.end_user)
         hold = await spend.reserve(limits=limits, amount_micros=estimate.unit_price_micros * req.n)
     except spend.SpendLimitExceeded as exc:
+        metrics.count_spend_limit_refusal(exc.limit)
         raise InsufficientQuota(exc.message) from exc
     return price, hold
 
