@@ -9,9 +9,8 @@ import openai
 import pytest
 from django.db import connection
 
+from billing import sealing, spend
 from billing import services as billing_services
-from billing import spend
-from billing import sealing
 from billing.models import LedgerEntry
 from billing.selectors import current_price
 from generation import providers
