@@ -30,6 +30,7 @@ ALL_TENANTS_ALLOWED = {
     "billing/stripe/reporting.py": "the reporter sends every organization's unreported usage to Stripe",
     "billing/stripe/webhooks.py": "a Stripe event names a customer id, not an organization",
     "billing/usage/reader.py": "the staff ledger admin's totals and date drill-down span every organization",
+    "generation/pipeline/jobs.py": "a worker claims a job by id; expiry deletes all old jobs",
     "generation/pipeline/idempotency.py": "a replay is found by organization and key hash in one indexed lookup",
     "generation/pipeline/storage.py": "a signed image URL's token names the image, not the organization",
 }

@@ -135,6 +135,10 @@ else:
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A task a worker took but never acknowledged (the worker died) is handed out again after this many seconds (Redis
+# broker). Async image jobs are also guarded by their own lease (IMAGE_JOB_LEASE_SECONDS, generation/pipeline/jobs.py).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600)}
+IMAGE_JOB_LEASE_SECONDS = env.int("IMAGE_JOB_LEASE_SECONDS", default=60)
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "expire-images": {"task": "generation.tasks.expire_images", "schedule": 300.0},
@@ -143,6 +147,7 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-rollups": {"task": "billing.tasks.refresh_rollups", "schedule": 60.0},
     "seal-ledger": {"task": "billing.tasks.seal_ledger", "schedule": env.float("LEDGER_SEAL_INTERVAL_SECONDS",
                                                                                default=5.0)},
+    "expire-image-jobs": {"task": "generation.tasks.expire_image_jobs", "schedule": 300.0},
     "expire-idempotent-responses": {"task": "generation.tasks.expire_idempotent_responses", "schedule": 3600.0},
     "seal-ledger-full": {"task": "billing.tasks.seal_ledger", "schedule": 3600.0, "kwargs": {"full": True}},
 }

@@ -135,3 +135,76 @@ class ProviderAttempt(models.Model):
 
     def __str__(self):
         return f"{self.request_id}#{self.attempt} {self.provider} {self.status}"
+
+
+class ImageJob(models.Model):
+    """An image request run in the background (`Prefer: respond-async`, generation/pipeline/jobs.py): its state, the
+    request it runs (kept until it ends), and its answer (kept as long as the answer's image URLs live).
+
+    `request_id` is the request's id in the ledger: the ledger row, its upstream attempts and its stored images carry
+    it, and the charged answer is committed with the ledger row under it (IdempotentResponse), so a job that runs
+    twice (its worker died) is charged once and answers with the first result."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.CharField(max_length=40, primary_key=True)  # imgjob_...
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    endpoint = models.CharField(max_length=20)  # generations | edits
+    request_id = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    model = models.CharField(max_length=100)
+    parameters = models.JSONField(default=dict)  # what the client sent, without the prompt (shown on the job)
+    request = models.JSONField(default=dict)  # what the client sent, prompt included (dropped when the job ends)
+    form = models.BooleanField(default=False)  # multipart (edits): fields are strings, as a form sends them
+    base_url = models.CharField(max_length=500)  # image URLs are built on it, as the request would have had them
+    idempotency_key_hash = models.CharField(max_length=64, blank=True)  # SHA-256 of the Idempotency-Key, or ""
+    fingerprint = models.CharField(max_length=80, blank=True)
+    result = models.JSONField(null=True, blank=True)  # the synchronous answer's body on success
+    error = models.JSONField(null=True, blank=True)  # OpenAI's error object on failure
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_token = models.CharField(max_length=32, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "idempotency_key_hash"],
+                                               condition=~models.Q(idempotency_key_hash=""),
+                                               name="uniq_image_job_idempotency_key")]
+        indexes = [models.Index(fields=["organization", "-created_at", "-id"], name="image_job_org_created")]
+
+    def __str__(self):
+        return f"{self.id} {self.status}"
+
+
+class ImageJobInput(models.Model):
+    """An uploaded image of an edits job, as sent, until the job ends (the worker checks and decodes it again)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(ImageJob, on_delete=models.CASCADE, related_name="inputs")
+    field = models.CharField(max_length=20)  # image | image[] | mask
+    position = models.PositiveSmallIntegerField()
+    filename = models.CharField(max_length=255)
+    data = models.BinaryField()
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["job", "position"]
+
+    def __str__(self):
+        return f"{self.job_id}/{self.position} {self.field}"

@@ -10,6 +10,7 @@ from accounts import keys
 from accounts.selectors import key_allows_model
 from config import db
 from generation import catalog
+from generation.api import jobs as job_api
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
 from generation.api.parsers import StrictJSONParser, parse_json
 from generation.errors import APIError, InvalidRequest, PermissionDenied, ServerError, error_response
@@ -51,6 +52,8 @@ class ImageEndpoint(V1APIView):
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
             async with input_images.KeptPixels():  # decoded input images kept for the request, given back at its end
                 data, files = await self._read(request)
+                if job_api.prefers_async(self, request):  # `Prefer: respond-async`: 202 and a job (api/jobs.py)
+                    return await job_api.create(self, request, principal, data, files)
                 return await self._generate(request, principal, data, files)
         except Exception as exc:  # every failure leaves in OpenAI's envelope
             return error_response(exc, request)
@@ -159,22 +162,10 @@ class _MultipartImageEndpoint(ImageEndpoint):
         self._post, self._uploads = await asyncio.to_thread(parse)
         fields = {key: self._post.get(key) for key in self._post.keys()}
         spec = catalog.get_model(fields.get("model") or catalog.DEFAULT_MODEL)
-        rules = spec.input_images if spec is not None else None
-        keep, limit = input_images.keep_policy(spec, fields.get("size"))
-        max_pixels = rules.max_pixels if rules is not None else input_images.MAX_PIXELS
-        uploads = []
-        for field in self._uploads.keys():  # every header first: refuse what is too large before decoding any
-            for upload in self._uploads.getlist(field):
-                data = upload.read()
-                uploads.append((field, data, upload.name or field, input_images.header(data, param=field,
-                                                                                 max_pixels=max_pixels)))
-        if keep:  # the built-in renderer's copies, reserved in one go before any decode
-            need = sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads)
-            await input_images.current_kept().reserve(need)
-        inspected: dict[str, list] = {}
-        for field, data, filename, known in uploads:
-            inspected.setdefault(field, []).append(await input_images.inspect(
-                data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=known))
+        uploads = [(field, upload.read(), upload.name or field)
+                   for field in self._uploads.keys() for upload in self._uploads.getlist(field)]
+        self._raw_uploads = uploads  # as sent: an async job keeps them for its worker (api/jobs.py)
+        inspected = await input_images.inspect_uploads(uploads, spec=spec, size=fields.get("size"))
         return fields, inspected
 
     def _fingerprint_body(self, data, files):
