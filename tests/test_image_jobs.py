@@ -102,13 +102,16 @@ def get_job(client, job_id: str) -> dict:
     return client.get(f"/images/jobs/{job_id}", cast_to=object)
 
 
-def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 60) -> dict:
+def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 60,
+             every: float = 0.1) -> dict:
+    """Poll the job (every `every` seconds: each poll counts against the key's rate limit) until it is in one of
+    `statuses`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = get_job(client, job_id)
         if job["status"] in statuses:
             return job
-        time.sleep(0.1)
+        time.sleep(every)
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
 
 
