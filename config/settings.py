@@ -147,6 +147,7 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-rollups": {"task": "billing.tasks.refresh_rollups", "schedule": 60.0},
     "seal-ledger": {"task": "billing.tasks.seal_ledger", "schedule": env.float("LEDGER_SEAL_INTERVAL_SECONDS",
                                                                                default=5.0)},
+    "retry-webhooks": {"task": "generation.tasks.retry_webhooks", "schedule": 30.0},
     "expire-image-jobs": {"task": "generation.tasks.expire_image_jobs", "schedule": 300.0},
     "expire-idempotent-responses": {"task": "generation.tasks.expire_idempotent_responses", "schedule": 3600.0},
     "seal-ledger-full": {"task": "billing.tasks.seal_ledger", "schedule": 3600.0, "kwargs": {"full": True}},
@@ -362,3 +363,7 @@ SPECTACULAR_SETTINGS = {
         {"name": "Models", "description": "The models this server serves and what each accepts."},
     ],
 }
+
+# Webhooks (generation/pipeline/webhooks.py): deliveries go only to public addresses on ports 80/443, as input-image
+# fetching (generation/pipeline/fetch.py). On, this lets development and tests deliver to loopback (any port, http).
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", default=False)

@@ -208,3 +208,79 @@ class ImageJobInput(models.Model):
 
     def __str__(self):
         return f"{self.job_id}/{self.position} {self.field}"
+
+
+class WebhookEndpoint(models.Model):
+    """An organization's HTTPS endpoint for job events (generation/pipeline/webhooks.py), signed with its secret.
+
+    The secret is kept (HMAC needs it) and shown once, when created or rotated. After a rotation the previous secret
+    keeps signing, beside the new one, until `previous_secret_expires_at` (24 hours)."""
+
+    id = models.CharField(max_length=40, primary_key=True)  # we_...
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    url = models.URLField(max_length=2000)
+    description = models.CharField(max_length=200, blank=True)
+    enabled_events = models.JSONField(default=list)
+    secret = models.CharField(max_length=100)
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.id} {self.url}"
+
+
+class WebhookEvent(models.Model):
+    """One event (evt_...): a job that ended. Its body is fixed when it happens; every delivery sends the same."""
+
+    id = models.CharField(max_length=40, primary_key=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    type = models.CharField(max_length=40)
+    job_id = models.CharField(max_length=40, db_index=True)  # the job it is about (ImageJob.id)
+    body = models.TextField()  # the JSON sent, byte for byte what is signed
+    created_at = models.DateTimeField(default=timezone.now)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.id} {self.type}"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint: retried with exponential backoff until it is answered 2xx or 3 days have passed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)  # the last attempt's HTTP status
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["event", "endpoint"], name="uniq_delivery_per_endpoint")]
+
+    def __str__(self):
+        return f"{self.event_id} → {self.endpoint_id} {self.status}"

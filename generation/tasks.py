@@ -23,9 +23,39 @@ def run_image_job(self, job_id: str) -> str | None:
     from generation.pipeline import jobs
 
     try:
-        return jobs.run(job_id)
+        status = jobs.run(job_id)
     except jobs.LeaseHeld as exc:
         raise self.retry(countdown=max(1.0, exc.seconds), max_retries=None) from exc
+    send_webhooks(job_id)
+    return status
+
+
+def send_webhooks(job_id: str) -> None:
+    """Hand a job's pending webhook deliveries to the workers (retry_webhooks finds any this misses)."""
+    from generation.pipeline import webhooks
+
+    for delivery_id in webhooks.pending_for_job(job_id):
+        deliver_webhook.delay(delivery_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def deliver_webhook(delivery_id: int) -> str | None:
+    """One attempt of one webhook delivery (generation/pipeline/webhooks.py)."""
+    from generation.pipeline import webhooks
+
+    return webhooks.deliver(delivery_id)
+
+
+@shared_task
+def retry_webhooks() -> int:
+    """Hand every due webhook delivery (a retry whose backoff has passed, a resend, one never handed out) to the
+    workers."""
+    from generation.pipeline import webhooks
+
+    due = webhooks.due()
+    for delivery_id in due:
+        deliver_webhook.delay(delivery_id)
+    return len(due)
 
 
 @shared_task

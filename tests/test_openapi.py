@@ -33,7 +33,8 @@ from tests.images_util import png
 V1_PATHS = {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models",
             "/v1/models/{model_id}", "/v1/organization/usage/images", "/v1/organization/costs",
             "/v1/organization/usage/records", "/v1/images/jobs", "/v1/images/jobs/{job_id}",
-            "/v1/images/jobs/{job_id}/cancel"}
+            "/v1/images/jobs/{job_id}/cancel", "/v1/webhook_endpoints", "/v1/webhook_endpoints/{endpoint_id}",
+            "/v1/webhook_endpoints/{endpoint_id}/rotate_secret"}
 REQUEST_SCHEMAS = {"generations": "ImageGenerationRequest", "edits": "ImageEditRequest",
                    "variations": "ImageVariationRequest"}
 
@@ -66,7 +67,8 @@ def test_schema_describes_v1_only(schema):
     operation_ids = {op["operationId"] for item in schema["paths"].values() for op in item.values()}
     assert operation_ids == {"createImage", "createImageEdit", "createImageVariation", "listModels", "retrieveModel",
                              "usageImages", "usageCosts", "listUsageRecords", "listImageJobs", "retrieveImageJob",
-                             "cancelImageJob"}
+                             "cancelImageJob", "listWebhookEndpoints", "createWebhookEndpoint",
+                             "retrieveWebhookEndpoint", "deleteWebhookEndpoint", "rotateWebhookEndpointSecret"}
 
 
 def test_every_operation_needs_a_bearer_key(schema):
@@ -214,6 +216,12 @@ BUDGET = {
     "GET /v1/images/jobs": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20},
     "GET /v1/images/jobs/{job_id}": {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
     "POST /v1/images/jobs/{job_id}/cancel": {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
+    "GET /v1/webhook_endpoints": {GenerationMode.POSITIVE: 10},
+    "POST /v1/webhook_endpoints": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20},
+    "GET /v1/webhook_endpoints/{endpoint_id}": {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
+    "DELETE /v1/webhook_endpoints/{endpoint_id}": {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
+    "POST /v1/webhook_endpoints/{endpoint_id}/rotate_secret": {GenerationMode.POSITIVE: 10,
+                                                               GenerationMode.NEGATIVE: 10},
 }
 MIN_CASES = 500
 

@@ -149,10 +149,14 @@ class ImageJobCancelView(V1APIView):
     permission_classes = [IsAuthenticated, GeneratesImages]
 
     def post(self, request, job_id: str):
+        from generation.tasks import send_webhooks
+
         try:
-            return Response(job_service.as_object(job_service.cancel(request.user.organization, job_id)))
+            job = job_service.cancel(request.user.organization, job_id)
         except job_service.JobNotFound as exc:
             raise _not_found(job_id) from exc
         except job_service.NotCancellable as exc:
             raise APIError(f"The job is {exc.job.status} and can no longer be cancelled: only a queued job can.",
                            param="id", code="job_not_cancellable") from exc
+        send_webhooks(job.pk)  # image.job.cancelled
+        return Response(job_service.as_object(job))

@@ -22,7 +22,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiReque
 from rest_framework import serializers
 
 from generation import catalog, errors
-from generation.api import images, jobs, model_list
+from generation.api import images, jobs, model_list, webhooks
 from generation.pipeline import validation
 from generation.providers import registry
 
@@ -397,6 +397,43 @@ class ImageJobListSerializer(serializers.Serializer):
     has_more = serializers.BooleanField()
 
 
+_WEBHOOK_EVENTS = list(webhooks.webhooks.EVENTS)
+
+
+class WebhookEndpointRequestSerializer(serializers.Serializer):
+    """A webhook endpoint to register (docs/webhooks.md)."""
+
+    url = serializers.URLField(max_length=2000, help_text="The https URL to POST events to.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    enabled_events = serializers.ListField(
+        child=serializers.ChoiceField(choices=[*_WEBHOOK_EVENTS, "*"]), required=False, min_length=1,
+        help_text="The events to send (default, or '*': all of them).")
+
+
+class WebhookEndpointSerializer(serializers.Serializer):
+    """A webhook endpoint; `secret` only in the answers to create and rotate_secret."""
+
+    id = serializers.CharField(help_text="we_...")
+    object = serializers.ChoiceField(choices=["webhook_endpoint"])
+    url = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    enabled_events = serializers.ListField(child=serializers.ChoiceField(choices=_WEBHOOK_EVENTS))
+    created = serializers.IntegerField(help_text="Unix time (seconds).")
+    secret = serializers.CharField(required=False, help_text="whsec_...: signs deliveries; shown only once.")
+
+
+class WebhookEndpointListSerializer(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = WebhookEndpointSerializer(many=True)
+    has_more = serializers.BooleanField()
+
+
+class WebhookEndpointDeletedSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["webhook_endpoint"])
+    deleted = serializers.BooleanField()
+
+
 class ModelSerializer(serializers.Serializer):
     """OpenAI's model object, plus what the catalog knows about the model (SDKs keep the extra keys)."""
 
@@ -673,6 +710,11 @@ OPERATION_IDS = {
     ("/v1/images/jobs", "get"): "listImageJobs",
     ("/v1/images/jobs/{job_id}", "get"): "retrieveImageJob",
     ("/v1/images/jobs/{job_id}/cancel", "post"): "cancelImageJob",
+    ("/v1/webhook_endpoints", "get"): "listWebhookEndpoints",
+    ("/v1/webhook_endpoints", "post"): "createWebhookEndpoint",
+    ("/v1/webhook_endpoints/{endpoint_id}", "get"): "retrieveWebhookEndpoint",
+    ("/v1/webhook_endpoints/{endpoint_id}", "delete"): "deleteWebhookEndpoint",
+    ("/v1/webhook_endpoints/{endpoint_id}/rotate_secret", "post"): "rotateWebhookEndpointSecret",
     ("/v1/models", "get"): "listModels",
     ("/v1/models/{model_id}", "get"): "retrieveModel",
 }
@@ -817,7 +859,42 @@ def annotate() -> None:
         responses=_responses(ImageJobSerializer, _JOB_CANCEL_STATUSES, "The cancelled job."),
         parameters=[job_id, *_headers(_JOB_CANCEL_STATUSES, images=False)],
     )(jobs.ImageJobCancelView)
+    _annotate_webhooks()
     images.ImageGenerationsView._openapi_annotated = True
+
+
+def _annotate_webhooks() -> None:
+    """The webhook endpoint views: per method (two of them serve two methods each)."""
+    endpoint_id = OpenApiParameter("endpoint_id", {"type": "string", "minLength": 1, "maxLength": 40},
+                                   OpenApiParameter.PATH, required=True, description="The endpoint's id (we_...).")
+    listing, detail, rotate = (webhooks.WebhookEndpointListView, webhooks.WebhookEndpointDetailView,
+                               webhooks.WebhookEndpointRotateView)
+    tags = ["Webhooks"]
+    listing.get = extend_schema(
+        tags=tags, summary="List webhook endpoints", description="The organization's webhook endpoints.",
+        responses=_responses(WebhookEndpointListSerializer, _JOB_STATUSES, "The endpoints."),
+        parameters=_headers(_JOB_STATUSES, images=False))(listing.get)
+    listing.post = extend_schema(
+        tags=tags, summary="Create a webhook endpoint",
+        description="Register an https URL for job events (image.job.succeeded, image.job.failed, "
+                    "image.job.cancelled). The answer carries the signing `secret`, shown only this once.",
+        request={"application/json": WebhookEndpointRequestSerializer},
+        responses=_responses(WebhookEndpointSerializer, _JOB_STATUSES, "The endpoint, with its secret."),
+        parameters=_headers(_JOB_STATUSES, images=False))(listing.post)
+    detail.get = extend_schema(
+        tags=tags, summary="Retrieve a webhook endpoint", description="One endpoint (without its secret).",
+        responses=_responses(WebhookEndpointSerializer, _JOB_STATUSES, "The endpoint."),
+        parameters=[endpoint_id, *_headers(_JOB_STATUSES, images=False)])(detail.get)
+    detail.delete = extend_schema(
+        tags=tags, summary="Delete a webhook endpoint", description="No more events go to it.",
+        responses=_responses(WebhookEndpointDeletedSerializer, _JOB_STATUSES, "Deleted."),
+        parameters=[endpoint_id, *_headers(_JOB_STATUSES, images=False)])(detail.delete)
+    rotate.post = extend_schema(
+        tags=tags, summary="Rotate a webhook endpoint's secret",
+        description="A new signing secret (shown this once); the previous one keeps signing too (a second v1= "
+                    "in Imagegate-Signature) for 24 hours.", request=None,
+        responses=_responses(WebhookEndpointSerializer, _JOB_STATUSES, "The endpoint, with its new secret."),
+        parameters=[endpoint_id, *_headers(_JOB_STATUSES, images=False)])(rotate.post)
 
 
 annotate()

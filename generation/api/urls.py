@@ -4,7 +4,7 @@ from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from generation.api import base, images, jobs, model_list, openapi, organization  # noqa: F401  (importing openapi attaches the schema to the views)
+from generation.api import base, images, jobs, model_list, openapi, organization, webhooks  # noqa: F401  (importing openapi attaches the schema to the views)
 
 urlpatterns = [
     path("images/generations", images.ImageGenerationsView.as_view(), name="images-generations"),
@@ -13,6 +13,11 @@ urlpatterns = [
     path("images/jobs", jobs.ImageJobListView.as_view(), name="images-jobs"),
     path("images/jobs/<str:job_id>", jobs.ImageJobDetailView.as_view(), name="images-job"),
     path("images/jobs/<str:job_id>/cancel", jobs.ImageJobCancelView.as_view(), name="images-job-cancel"),
+    path("webhook_endpoints", webhooks.WebhookEndpointListView.as_view(), name="webhook-endpoints"),
+    path("webhook_endpoints/<str:endpoint_id>", webhooks.WebhookEndpointDetailView.as_view(),
+         name="webhook-endpoint"),
+    path("webhook_endpoints/<str:endpoint_id>/rotate_secret", webhooks.WebhookEndpointRotateView.as_view(),
+         name="webhook-endpoint-rotate"),
     path("models", model_list.ModelListView.as_view(), name="models-list"),
     path("models/<path:model_id>", model_list.ModelDetailView.as_view(), name="models-detail"),
     path("organization/usage/images", organization.UsageImagesView.as_view(), name="organization-usage-images"),

@@ -3,10 +3,12 @@ from django.urls import path
 
 from generation.pages import playground
 from generation.pages import requests as dashboard_views
+from generation.pages import webhooks as webhook_pages
 
 urlpatterns = [
     path("playground/", playground.playground, name="playground"),
     path("requests/", dashboard_views.request_log, name="request-log"),
     path("requests/export.csv", dashboard_views.request_export, name="request-export"),
     path("requests/<str:request_id>/", dashboard_views.request_detail, name="request-detail"),
+    path("webhooks/", webhook_pages.webhooks_page, name="webhooks"),
 ]

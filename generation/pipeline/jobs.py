@@ -36,7 +36,7 @@ from config import db
 from generation import catalog
 from generation.errors import APIError, InvalidRequest, ServerError
 from generation.models import ImageJob, ImageJobInput
-from generation.pipeline import idempotency, input_images, service
+from generation.pipeline import idempotency, input_images, service, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +158,17 @@ def page(organization, *, after: str | None, limit: int) -> tuple[list[ImageJob]
 
 
 def cancel(organization, job_id: str) -> ImageJob:
-    """Cancel a queued job (NotCancellable when it is already running or finished)."""
+    """Cancel a queued job (NotCancellable when it is already running or finished); its event is written with it."""
     now = timezone.now()
-    changed = _live(organization).filter(pk=job_id, status=ImageJob.Status.QUEUED).update(
-        status=ImageJob.Status.CANCELLED, finished_at=now, request={},
-        expires_at=now + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS))
-    job = get(organization, job_id)
-    if changed:
-        ImageJobInput.objects.for_organization(organization).filter(job=job).delete()
-        return job
+    with transaction.atomic():
+        changed = _live(organization).filter(pk=job_id, status=ImageJob.Status.QUEUED).update(
+            status=ImageJob.Status.CANCELLED, finished_at=now, request={},
+            expires_at=now + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS))
+        job = get(organization, job_id)
+        if changed:
+            ImageJobInput.objects.for_organization(organization).filter(job=job).delete()
+            _emit(job)
+            return job
     raise NotCancellable(job)
 
 
@@ -223,13 +225,22 @@ def _renew(job_id: str, token: str) -> bool:
 
 
 def _finish(job: ImageJob, *, result: dict | None = None, error: dict | None = None) -> None:
+    """End a running job: its answer or error, its expiry, its inputs dropped and its event (webhooks.py) written,
+    all in one transaction, only if it was still running (so one ending, one event)."""
     now = timezone.now()
     status = ImageJob.Status.SUCCEEDED if error is None else ImageJob.Status.FAILED
-    updated = ImageJob.all_tenants_unsafe.filter(pk=job.pk, status=ImageJob.Status.RUNNING).update(
-        status=status, result=result, error=error, finished_at=now, request={}, lease_until=None,
-        expires_at=now + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS))
-    if updated:
-        ImageJobInput.all_tenants_unsafe.filter(job_id=job.pk).delete()
+    with transaction.atomic():
+        updated = ImageJob.all_tenants_unsafe.filter(pk=job.pk, status=ImageJob.Status.RUNNING).update(
+            status=status, result=result, error=error, finished_at=now, request={}, lease_until=None,
+            expires_at=now + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS))
+        if updated:
+            ImageJobInput.all_tenants_unsafe.filter(job_id=job.pk).delete()
+            _emit(ImageJob.all_tenants_unsafe.get(pk=job.pk))
+
+
+def _emit(job: ImageJob) -> list[int]:
+    return webhooks.emit(organization_id=job.organization_id, job_id=job.pk, event_type=f"image.job.{job.status}",
+                         job_object=as_object(job))
 
 
 def _earlier_outcome(job: ImageJob) -> tuple[dict | None, dict | None] | None:
