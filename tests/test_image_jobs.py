@@ -3,6 +3,7 @@ real Celery worker process on the real Redis broker: 202 and the job object, pol
 cancel, Idempotency-Key, the synchronous path's limits (scopes, allowed models, validation, spend limits), results
 kept for the image URL lifetime. Killed workers are in tests/test_image_jobs_worker.py."""
 import io
+import json
 import os
 import signal
 import subprocess
@@ -82,7 +83,8 @@ def worker(django_db_setup, django_db_blocker, upstream):
     from config.celery import app
 
     with django_db_blocker.unblock():
-        proc = start_worker("jobs", OPENAI_API_KEY=openai_emu.API_KEY, OPENAI_BASE_URL=upstream.url + "/v1")
+        proc = start_worker("jobs", OPENAI_API_KEY=openai_emu.API_KEY, OPENAI_BASE_URL=upstream.url + "/v1",
+                            WEBHOOKS_ALLOW_PRIVATE_ADDRESSES="on")
     app.conf.task_always_eager = False
     yield proc
     app.conf.task_always_eager = True
@@ -301,3 +303,30 @@ def test_prefer_header_parsing_follows_rfc_7240():
     assert jobs.prefers_async(["wait=10,respond-async"])
     assert not jobs.prefers_async(["return=representation"])
     assert not jobs.prefers_async(["respond-asyncx", ""])
+
+
+def test_the_worker_delivers_signed_events_for_ended_and_cancelled_jobs(client, api_key, upstream, settings):
+    from tests.test_webhooks import Receiver, doc_verify
+
+    settings.WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = True
+    receiver = Receiver()
+    try:
+        endpoint = client.post("/webhook_endpoints", cast_to=object, body={"url": receiver.url + "/hook"})
+        upstream.state["delay"] = 2.0
+        _, busy = create(client, model="dall-e-2", prompt="slow one", response_format="b64_json")
+        wait_for(client, busy["id"], statuses=("running",))
+        _, queued = create(client, prompt="cancelled before it ran")
+        client.post(f"/images/jobs/{queued['id']}/cancel", cast_to=object)
+        wait_for(client, busy["id"])
+        deadline = time.monotonic() + 30
+        while len(receiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        receiver.close()
+    events = {json.loads(r["body"])["data"]["object"]["id"]: r for r in receiver.received}
+    assert set(events) == {busy["id"], queued["id"]}
+    assert json.loads(events[busy["id"]]["body"])["type"] == "image.job.succeeded"
+    assert json.loads(events[queued["id"]]["body"])["type"] == "image.job.cancelled"
+    verify = doc_verify()
+    for got in receiver.received:
+        assert verify(got["body"], got["headers"]["Imagegate-Signature"], [endpoint["secret"]])

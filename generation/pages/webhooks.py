@@ -44,5 +44,5 @@ def webhooks_page(request):
             error = "No such endpoint or delivery."
     return render(request, "dashboard/webhooks.html", {
         "endpoints": webhooks.endpoints(org), "deliveries": webhooks.log(org), "shown_secret": shown_secret,
-        "error": error, "events": webhooks.EVENTS, "status": 400 if error else 200,
+        "error": error, "events": webhooks.EVENTS,
     }, status=400 if error else 200)
