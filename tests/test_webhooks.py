@@ -21,9 +21,11 @@ from billing.models import BillingAccount
 from generation import tasks
 from generation.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from generation.pipeline import webhooks
+from tests import test_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 ASYNC = {"Prefer": "respond-async"}
+chromium = test_browser.page  # the browser tests' Chromium page fixture, registered here as `chromium`
 
 
 def doc_verify():
@@ -234,8 +236,8 @@ def test_the_address_guard_of_image_fetching_holds_for_deliveries(openai_client,
 def test_the_dashboard_page_registers_shows_the_log_and_resends(client, user, organization, api_key, receiver, dev,
                                                              live_url):
     client.force_login(user)
-    page = client.get("/dashboard/webhooks/")
-    assert page.status_code == 200 and b"No endpoints yet" in page.content
+    first = client.get("/dashboard/webhooks/")
+    assert first.status_code == 200 and b"No endpoints yet" in first.content
     created = client.post("/dashboard/webhooks/", {"action": "create", "url": receiver.url + "/hook"})
     secret = re.search(rb'data-testid="webhook-secret">(whsec_[^<]+)<', created.content).group(1).decode()
     assert WebhookEndpoint.objects.for_organization(organization).get().secret == secret
@@ -259,3 +261,47 @@ def test_the_dashboard_page_registers_shows_the_log_and_resends(client, user, or
     Membership.all_tenants_unsafe.create(organization=organization, user=member, role="member")
     client.force_login(member)
     assert client.get("/dashboard/webhooks/").status_code == 403  # members cannot see or manage endpoints
+
+
+def test_the_webhooks_page_in_chromium(chromium, live_url, receiver, dev):
+    """The page in a real browser: sign up, add an endpoint (the secret once), a failed delivery in the log, Resend."""
+    page = chromium
+    _assert_styled, _goto, _shot = test_browser._assert_styled, test_browser._goto, test_browser._shot
+
+    _goto(page, "/accounts/signup/")
+    page.fill('input[name="email"]', "hooks@example.com")
+    page.fill('input[name="password1"]', "browser horse battery staple")
+    page.fill('input[name="password2"]', "browser horse battery staple")
+    page.fill('input[name="organization_name"]', "Hooks Co")
+    page.locator('form:has(input[name="password1"]) [type="submit"]').click()
+    page.wait_for_url(re.compile(r"/dashboard/$"))
+
+    page.click('header nav a:has-text("Webhooks")')
+    page.wait_for_url(re.compile(r"/dashboard/webhooks/$"))
+    _assert_styled(page)
+    page.fill('input[name="url"]', receiver.url + "/hook")
+    page.click('button:has-text("Add endpoint")')
+    secret = page.locator('[data-testid="webhook-secret"]').inner_text().strip()
+    assert secret.startswith("whsec_")
+    _shot(page, "webhooks-01-secret")
+
+    page.click('header nav a:has-text("API keys")')  # a key, made as a customer makes one
+    page.fill('input[name="name"]', "hooks")
+    page.click('button:has-text("Create key")')
+    raw_key = page.locator('[data-testid="new-key"]').inner_text().strip()
+    receiver.replies = [(500, {})]
+    async_job(openai.OpenAI(base_url=f"{live_url}/v1", api_key=raw_key, max_retries=0), prompt="for the browser")
+
+    _goto(page, "/dashboard/webhooks/")
+    assert page.locator('[data-testid="webhook-secret"]').count() == 0  # shown once
+    row = page.locator('[data-testid="delivery-log"] tbody tr')
+    assert row.count() == 1 and "image.job.succeeded" in row.inner_text() and "pending" in row.inner_text()
+    assert row.locator('[data-testid="response-code"]').inner_text().strip() == "500"
+    row.locator('button:has-text("Resend")').click()
+    page.wait_for_load_state()
+    row = page.locator('[data-testid="delivery-log"] tbody tr')
+    assert row.locator('[data-testid="response-code"]').inner_text().strip() == "200"
+    assert "succeeded" in row.locator("td").nth(3).inner_text()
+    _shot(page, "webhooks-02-log")
+    assert len(receiver.received) == 2
+    assert doc_verify()(receiver.received[1]["body"], receiver.received[1]["headers"]["Imagegate-Signature"], [secret])

@@ -98,7 +98,9 @@ class GeneratesImages(BasePermission):
 
 
 def _not_found(job_id: str) -> NotFound:
-    return NotFound(f"No image job found with id '{job_id[:100]}'.", param="id", code="not_found")
+    """404 for an unknown, expired or another organization's job (the id is not echoed: nothing is confirmed)."""
+    return NotFound("No image job of your organization has this id (jobs are kept until their image URLs "
+                    "expire).", param="id", code="not_found")
 
 
 class ImageJobListView(V1APIView):
@@ -125,7 +127,8 @@ class ImageJobListView(V1APIView):
         try:
             rows, has_more = job_service.page(request.user.organization, after=after, limit=limit)
         except job_service.JobNotFound as exc:
-            raise InvalidRequest(f"'after' names no job of yours: '{after[:40]}'.", param="after") from exc
+            raise InvalidRequest("'after' names no job of your organization (use a `last_id` of this list).",
+                                 param="after") from exc
         data = [job_service.as_object(job) for job in rows]
         return Response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": has_more})

@@ -21,7 +21,8 @@ from generation.pipeline import webhooks
 
 
 def _not_found(endpoint_id: str) -> NotFound:
-    return NotFound(f"No webhook endpoint found with id '{endpoint_id[:100]}'.", param="id", code="not_found")
+    """404 for an unknown or another organization's endpoint (the id is not echoed)."""
+    return NotFound("No webhook endpoint of your organization has this id.", param="id", code="not_found")
 
 
 class WebhookEndpointListView(V1APIView):
