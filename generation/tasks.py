@@ -1,4 +1,5 @@
 from celery import shared_task
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from generation.pipeline import storage
 
@@ -63,3 +64,11 @@ def expire_image_jobs() -> int:
     from generation.pipeline import jobs
 
     return jobs.delete_expired()
+
+
+@worker_process_shutdown.connect  # a pool process
+@worker_shutdown.connect  # the worker itself (the solo pool runs tasks there)
+def _close_job_loop(**kwargs) -> None:
+    from generation.pipeline import jobs
+
+    jobs.close_loop()

@@ -271,6 +271,26 @@ def _loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def close_loop() -> None:
+    """Close this process's job loop (a worker process shutting down), after the upstream sessions and the async
+    database pool bound to it."""
+    loop = getattr(_loop_state, "loop", None)
+    if loop is None or loop.is_closed():
+        return
+
+    async def close():
+        from generation.providers import registry
+
+        for provider in registry().values():
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await db.close_async_pools()
+
+    loop.run_until_complete(close())
+    loop.close()
+
+
 def run(job_id: str) -> str | None:
     """Run the job once (the Celery task's body); returns its final status, or None when there was nothing to do.
     Raises LeaseHeld when another worker is running it."""
