@@ -137,7 +137,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A task a worker took but never acknowledged (the worker died) is handed out again after this many seconds (Redis
 # broker). Async image jobs are also guarded by their own lease (IMAGE_JOB_LEASE_SECONDS, generation/pipeline/jobs.py).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600)}
+# kombu sweeps for such tasks every unacked_restore_interval (10 s) × unacked_restore_throttle (default 10) seconds;
+# throttle 1 makes it every 10 s (one ZRANGE per worker), so a lost task returns soon after its timeout.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600),
+                                   "unacked_restore_throttle": 1}
 IMAGE_JOB_LEASE_SECONDS = env.int("IMAGE_JOB_LEASE_SECONDS", default=60)
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
