@@ -330,3 +330,16 @@ def test_the_worker_delivers_signed_events_for_ended_and_cancelled_jobs(client, 
     verify = doc_verify()
     for got in receiver.received:
         assert verify(got["body"], got["headers"]["Imagegate-Signature"], [endpoint["secret"]])
+
+
+def test_the_rate_limit_counts_job_creation(client, api_key, live_url):
+    org = api_key[0].organization
+    _, raw = account_services.create_api_key(organization=org, name="one a minute", rate_limit_rpm=1)
+    slow = openai.OpenAI(base_url=f"{live_url}/v1", api_key=raw, max_retries=0)
+    response, job = create(slow, prompt="the only one this minute", response_format="b64_json")
+    assert response.status_code == 202
+    with pytest.raises(openai.RateLimitError) as exc:
+        create(slow, prompt="one too many")
+    assert exc.value.code == "rate_limit_exceeded" and exc.value.response.headers["retry-after"]
+    assert ImageJob.objects.for_organization(org).count() == 1
+    assert wait_for(client, job["id"])["status"] == "succeeded"
