@@ -31,6 +31,8 @@ ALL_TENANTS_ALLOWED = {
     "billing/stripe/webhooks.py": "a Stripe event names a customer id, not an organization",
     "billing/usage/reader.py": "the staff ledger admin's totals and date drill-down span every organization",
     "generation/prompts.py": "the purge job blanks every organization's prompts past their retention",
+    "generation/pipeline/jobs.py": "a worker claims a job by id; expiry deletes all old jobs",
+    "generation/pipeline/webhooks.py": "delivery workers and the retry sweep find deliveries by id across tenants",
     "generation/pipeline/idempotency.py": "a replay is found by organization and key hash in one indexed lookup",
     "generation/pipeline/storage.py": "a signed image URL's token names the image, not the organization",
 }

@@ -140,6 +140,13 @@ else:
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A task a worker took but never acknowledged (the worker died) is handed out again after this many seconds (Redis
+# broker). Async image jobs are also guarded by their own lease (IMAGE_JOB_LEASE_SECONDS, generation/pipeline/jobs.py).
+# kombu sweeps for such tasks every unacked_restore_interval (10 s) × unacked_restore_throttle (default 10) seconds;
+# throttle 1 makes it every 10 s (one ZRANGE per worker), so a lost task returns soon after its timeout.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600),
+                                   "unacked_restore_throttle": 1}
+IMAGE_JOB_LEASE_SECONDS = env.int("IMAGE_JOB_LEASE_SECONDS", default=60)
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "expire-images": {"task": "generation.tasks.expire_images", "schedule": 300.0},
@@ -149,6 +156,8 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-rollups": {"task": "billing.tasks.refresh_rollups", "schedule": 60.0},
     "seal-ledger": {"task": "billing.tasks.seal_ledger", "schedule": env.float("LEDGER_SEAL_INTERVAL_SECONDS",
                                                                                default=5.0)},
+    "retry-webhooks": {"task": "generation.tasks.retry_webhooks", "schedule": 30.0},
+    "expire-image-jobs": {"task": "generation.tasks.expire_image_jobs", "schedule": 300.0},
     "expire-idempotent-responses": {"task": "generation.tasks.expire_idempotent_responses", "schedule": 3600.0},
     "seal-ledger-full": {"task": "billing.tasks.seal_ledger", "schedule": 3600.0, "kwargs": {"full": True}},
 }
@@ -398,3 +407,7 @@ SPECTACULAR_SETTINGS = {
         {"name": "Models", "description": "The models this server serves and what each accepts."},
     ],
 }
+
+# Webhooks (generation/pipeline/webhooks.py): deliveries go only to public addresses on ports 80/443, as input-image
+# fetching (generation/pipeline/fetch.py). On, this lets development and tests deliver to loopback (any port, http).
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", default=False)

@@ -164,3 +164,152 @@ class RequestText(models.Model):
 
     def __str__(self):
         return self.request_id
+
+
+class ImageJob(models.Model):
+    """An image request run in the background (`Prefer: respond-async`, generation/pipeline/jobs.py): its state, the
+    request it runs (kept until it ends), and its answer (kept as long as the answer's image URLs live).
+
+    `request_id` is the request's id in the ledger: the ledger row, its upstream attempts and its stored images carry
+    it, and the charged answer is committed with the ledger row under it (IdempotentResponse), so a job that runs
+    twice (its worker died) is charged once and answers with the first result."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.CharField(max_length=40, primary_key=True)  # imgjob_...
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    endpoint = models.CharField(max_length=20)  # generations | edits
+    request_id = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    model = models.CharField(max_length=100)
+    parameters = models.JSONField(default=dict)  # what the client sent, without the prompt (shown on the job)
+    request = models.JSONField(default=dict)  # what the client sent, prompt included (dropped when the job ends)
+    form = models.BooleanField(default=False)  # multipart (edits): fields are strings, as a form sends them
+    base_url = models.CharField(max_length=500)  # image URLs are built on it, as the request would have had them
+    idempotency_key_hash = models.CharField(max_length=64, blank=True)  # SHA-256 of the Idempotency-Key, or ""
+    fingerprint = models.CharField(max_length=80, blank=True)
+    result = models.JSONField(null=True, blank=True)  # the synchronous answer's body on success
+    error = models.JSONField(null=True, blank=True)  # OpenAI's error object on failure
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_token = models.CharField(max_length=32, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "idempotency_key_hash"],
+                                               condition=~models.Q(idempotency_key_hash=""),
+                                               name="uniq_image_job_idempotency_key")]
+        indexes = [models.Index(fields=["organization", "-created_at", "-id"], name="image_job_org_created")]
+
+    def __str__(self):
+        return f"{self.id} {self.status}"
+
+
+class ImageJobInput(models.Model):
+    """An uploaded image of an edits job, as sent, until the job ends (the worker checks and decodes it again)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(ImageJob, on_delete=models.CASCADE, related_name="inputs")
+    field = models.CharField(max_length=20)  # image | image[] | mask
+    position = models.PositiveSmallIntegerField()
+    filename = models.CharField(max_length=255)
+    data = models.BinaryField()
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["job", "position"]
+
+    def __str__(self):
+        return f"{self.job_id}/{self.position} {self.field}"
+
+
+class WebhookEndpoint(models.Model):
+    """An organization's HTTPS endpoint for job events (generation/pipeline/webhooks.py), signed with its secret.
+
+    The secret is kept (HMAC needs it) and shown once, when created or rotated. After a rotation the previous secret
+    keeps signing, beside the new one, until `previous_secret_expires_at` (24 hours)."""
+
+    id = models.CharField(max_length=40, primary_key=True)  # we_...
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    url = models.URLField(max_length=2000)
+    description = models.CharField(max_length=200, blank=True)
+    enabled_events = models.JSONField(default=list)
+    secret = models.CharField(max_length=100)
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.id} {self.url}"
+
+
+class WebhookEvent(models.Model):
+    """One event (evt_...): a job that ended. Its body is fixed when it happens; every delivery sends the same."""
+
+    id = models.CharField(max_length=40, primary_key=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    type = models.CharField(max_length=40)
+    job_id = models.CharField(max_length=40, db_index=True)  # the job it is about (ImageJob.id)
+    body = models.TextField()  # the JSON sent, byte for byte what is signed
+    created_at = models.DateTimeField(default=timezone.now)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.id} {self.type}"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint: retried with exponential backoff until it is answered 2xx or 3 days have passed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)  # the last attempt's HTTP status
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    all_tenants_unsafe = models.Manager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["event", "endpoint"], name="uniq_delivery_per_endpoint")]
+
+    def __str__(self):
+        return f"{self.event_id} → {self.endpoint_id} {self.status}"

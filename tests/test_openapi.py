@@ -33,7 +33,9 @@ from tests.images_util import png
 
 V1_PATHS = {"/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models",
             "/v1/models/{model_id}", "/v1/organization/usage/images", "/v1/organization/costs",
-            "/v1/organization/usage/records", "/v1/images/quote"}
+            "/v1/organization/usage/records", "/v1/images/quote", "/v1/images/jobs", "/v1/images/jobs/{job_id}",
+            "/v1/images/jobs/{job_id}/cancel", "/v1/webhook_endpoints", "/v1/webhook_endpoints/{endpoint_id}",
+            "/v1/webhook_endpoints/{endpoint_id}/rotate_secret"}
 REQUEST_SCHEMAS = {"generations": "ImageGenerationRequest", "edits": "ImageEditRequest",
                    "variations": "ImageVariationRequest"}
 
@@ -65,7 +67,9 @@ def test_schema_describes_v1_only(schema):
         assert not any(word in path for word in ("dashboard", "admin", "accounts", "openapi", "docs"))
     operation_ids = {op["operationId"] for item in schema["paths"].values() for op in item.values()}
     assert operation_ids == {"createImage", "createImageEdit", "createImageVariation", "listModels", "retrieveModel",
-                             "usageImages", "usageCosts", "listUsageRecords", "quoteImage"}
+                             "usageImages", "usageCosts", "listUsageRecords", "quoteImage", "listImageJobs",
+                             "retrieveImageJob", "cancelImageJob", "listWebhookEndpoints", "createWebhookEndpoint",
+                             "retrieveWebhookEndpoint", "deleteWebhookEndpoint", "rotateWebhookEndpointSecret"}
 
 
 def test_every_operation_needs_a_bearer_key(schema):
@@ -132,7 +136,11 @@ def test_the_document_carries_the_catalog(schema):
 
 def test_every_status_is_documented_with_the_error_envelope_and_headers(schema):
     images = ["200", "400", "401", "403", "404", "409", "413", "415", "429", "500", "502", "503", "504"]
-    expected = {"/v1/images/generations": images, "/v1/images/edits": images, "/v1/images/variations": images,
+    accepted = ["200", "202", *images[1:]]  # 202: `Prefer: respond-async`, an image job
+    jobs = ["200", "400", "401", "403", "404", "429", "500"]
+    expected = {"/v1/images/generations": accepted, "/v1/images/edits": accepted, "/v1/images/variations": images,
+                "/v1/images/jobs": jobs, "/v1/images/jobs/{job_id}": jobs,
+                "/v1/images/jobs/{job_id}/cancel": ["200", "400", "401", "403", "404", "409", "429", "500"],
                 "/v1/models": ["200", "401", "403", "429", "500"],
                 "/v1/models/{model_id}": ["200", "401", "403", "404", "429", "500"]}
     for path, statuses in expected.items():
@@ -140,7 +148,7 @@ def test_every_status_is_documented_with_the_error_envelope_and_headers(schema):
         assert list(operation["responses"]) == statuses, path
         for status, response in operation["responses"].items():
             body = response["content"]["application/json"]["schema"]["$ref"]
-            if status != "200":
+            if status not in ("200", "202"):
                 assert body == "#/components/schemas/Error"
             assert response["headers"]["x-request-id"]["required"] is True
             if status not in ("401", "413"):
@@ -211,6 +219,15 @@ BUDGET = {
     "GET /v1/organization/usage/images": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},
     "GET /v1/organization/costs": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},
     "GET /v1/organization/usage/records": {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20},
+    "GET /v1/images/jobs": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20},
+    "GET /v1/images/jobs/{job_id}": {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
+    "POST /v1/images/jobs/{job_id}/cancel": {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
+    "GET /v1/webhook_endpoints": {GenerationMode.POSITIVE: 10},
+    "POST /v1/webhook_endpoints": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20},
+    "GET /v1/webhook_endpoints/{endpoint_id}": {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
+    "DELETE /v1/webhook_endpoints/{endpoint_id}": {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
+    "POST /v1/webhook_endpoints/{endpoint_id}/rotate_secret": {GenerationMode.POSITIVE: 10,
+                                                               GenerationMode.NEGATIVE: 10},
 }
 MIN_CASES = 500
 

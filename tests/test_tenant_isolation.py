@@ -28,7 +28,8 @@ from accounts import services as account_services
 from accounts.models import ApiKey, Invitation, Membership
 from billing import services as billing_services
 from billing.models import BillingAccount, Invoice, KeySpendLimit, LedgerEntry
-from generation.models import ProviderAttempt, StoredImage
+from generation.models import ProviderAttempt, StoredImage, WebhookDelivery, WebhookEvent
+from generation.pipeline import webhooks
 
 from .images_util import png
 
@@ -66,6 +67,9 @@ class Tenant:
     image_paths: list[str] = field(default_factory=list)
     gen_request_id: str = ""
     edit_request_id: str = ""
+    job_id: str = ""
+    webhook_endpoint_id: str = ""
+    webhook_delivery_id: int = 0
 
     @property
     def markers(self) -> list[str]:
@@ -73,7 +77,7 @@ class Tenant:
         return [*self.request_ids, self.key.name, self.batch_key.name, self.key.prefix, self.batch_key.prefix,
                 self.owner.email, self.admin_membership.user.email, self.member_membership.user.email,
                 self.invitation.email, self.invoice.number, self.invoice.stripe_invoice_id, self.org.name,
-                f"{self.tag}-secret-upstream",
+                f"{self.tag}-secret-upstream", self.job_id, self.webhook_endpoint_id, f"{self.tag}-hooks.example.com",
                 *[p.rsplit("/", 1)[-1].split(".")[0] for p in self.image_paths]]
 
 
@@ -127,10 +131,21 @@ def _build_tenant(tag: str, name: str, live_url: str) -> Tenant:
     ProviderAttempt.all_tenants_unsafe.create(
         organization=org, request_id=tenant.gen_request_id, attempt=99, provider=f"{tag}-secret-upstream",
         model="local-preview", status="failed", error_type="timeout", started_at=timezone.now())
+    # An async job (run in-process), then a webhook endpoint and a delivery of the job's event to it.
+    job = client.images.with_raw_response.generate(
+        model="local-preview", prompt=GEN_PROMPT, size="256x256", response_format="b64_json",
+        extra_headers={"Prefer": "respond-async"}).http_response.json()
+    tenant.job_id = job["id"]
+    endpoint = webhooks.create_endpoint(org, url=f"https://{tag}-hooks.example.com/imagegate")
+    tenant.webhook_endpoint_id = endpoint.id
+    event = WebhookEvent.all_tenants_unsafe.create(id=f"evt_{tag}", organization=org, type="image.job.succeeded",
+                                                   job_id=job["id"], body="{}")
+    tenant.webhook_delivery_id = WebhookDelivery.all_tenants_unsafe.create(
+        organization=org, event=event, endpoint=endpoint, status="failed", attempts=1, response_code=500).pk
 
     tenant.request_ids = list(LedgerEntry.all_tenants_unsafe.filter(organization=org)
                               .values_list("request_id", flat=True))
-    assert len(tenant.request_ids) == 3, tenant.request_ids
+    assert len(tenant.request_ids) == 4, tenant.request_ids  # generation, edit, refused, async job
     assert {tenant.gen_request_id, tenant.edit_request_id} <= set(tenant.request_ids)
     assert ProviderAttempt.all_tenants_unsafe.filter(organization=org).count() >= 3
     assert StoredImage.all_tenants_unsafe.filter(organization=org).count() == 3
@@ -402,6 +417,33 @@ COVERAGE: dict[str, list[Probe]] = {
         Probe("api", "POST", lambda w: "/v1/images/quote", "own",
               lambda w: {"json": {"model": "local-preview", "prompt": GEN_PROMPT, "size": "256x256", "n": 2}}),
     ],
+    "images-jobs": [
+        Probe("api", "GET", lambda w: "/v1/images/jobs", "own"),
+        Probe("api", "GET", lambda w: f"/v1/images/jobs?after={w.b.job_id}"),
+    ],
+    "images-job": [Probe("api", "GET", lambda w: f"/v1/images/jobs/{w.b.job_id}")],
+    "images-job-cancel": [Probe("api", "POST", lambda w: f"/v1/images/jobs/{w.b.job_id}/cancel")],
+    "webhook-endpoints": [
+        Probe("api", "GET", lambda w: "/v1/webhook_endpoints", "own"),
+        Probe("api", "POST", lambda w: "/v1/webhook_endpoints", "own",
+              lambda w: {"json": {"url": "https://alpha-probe.example.com/hook"}}),
+    ],
+    "webhook-endpoint": [
+        Probe("api", "GET", lambda w: f"/v1/webhook_endpoints/{w.b.webhook_endpoint_id}"),
+        Probe("api", "DELETE", lambda w: f"/v1/webhook_endpoints/{w.b.webhook_endpoint_id}"),
+    ],
+    "webhook-endpoint-rotate": [
+        Probe("api", "POST", lambda w: f"/v1/webhook_endpoints/{w.b.webhook_endpoint_id}/rotate_secret"),
+    ],
+    "webhooks": [
+        Probe("session", "GET", lambda w: "/dashboard/webhooks/", "own"),
+        Probe("session", "POST", lambda w: "/dashboard/webhooks/", "deny",
+              lambda w: {"action": "rotate", "endpoint": w.b.webhook_endpoint_id}),
+        Probe("session", "POST", lambda w: "/dashboard/webhooks/", "deny",
+              lambda w: {"action": "delete", "endpoint": w.b.webhook_endpoint_id}),
+        Probe("session", "POST", lambda w: "/dashboard/webhooks/", "deny",
+              lambda w: {"action": "resend", "delivery": str(w.b.webhook_delivery_id)}),
+    ],
     "models-list": [Probe("api", "GET", lambda w: "/v1/models", "own")],
     "models-detail": [Probe("api", "GET", lambda w: "/v1/models/local-preview", "own")],
     "organization-usage-images": [
@@ -592,7 +634,7 @@ def test_other_tenants_objects_are_untouched_after_the_walk(world, a_session, a_
     assert not Membership.all_tenants_unsafe.filter(organization=b.org, user=world.a.owner).exists()
     assert BillingAccount.all_tenants_unsafe.get(organization=b.org).monthly_spend_limit_micros == 777_000_000
     assert KeySpendLimit.all_tenants_unsafe.get(api_key=b.batch_key).monthly_limit_micros == 55_000_000
-    assert LedgerEntry.all_tenants_unsafe.filter(organization=b.org).count() == 3
+    assert LedgerEntry.all_tenants_unsafe.filter(organization=b.org).count() == 4
 
 
 def test_own_lists_show_own_requests_and_never_the_other_tenants(world, a_session, a_http):

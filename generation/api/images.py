@@ -2,6 +2,7 @@
 Idempotency-Key, hand the request to the pipeline (generation/pipeline/service.py), answer in OpenAI's shapes: JSON,
 or Server-Sent Events for `stream: true` (generation/api/streaming.py)."""
 import asyncio
+from dataclasses import dataclass
 
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
@@ -12,6 +13,7 @@ from accounts.selectors import key_allows_model
 from config import db
 from config.observability.middleware import observe
 from generation import catalog
+from generation.api import jobs as job_api
 from generation.api import streaming
 from generation.api.base import V1APIView, authenticate, base_url, require_scope
 from generation.api.parsers import StrictJSONParser, parse_json
@@ -55,6 +57,8 @@ class ImageEndpoint(V1APIView):
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
             async with input_images.KeptPixels():  # decoded input images kept for the request, given back at its end
                 data, files = await self._read(request)
+                if job_api.prefers_async(self, request):  # `Prefer: respond-async`: 202 and a job (api/jobs.py)
+                    return await job_api.create(self, request, principal, data, files)
                 if streaming.requested(data):  # the same request, answered as Server-Sent Events
                     return await streaming.respond(self._answer(request, principal, data, files), request=request,
                                                    endpoint=self.endpoint, data=data)
@@ -148,8 +152,9 @@ class _MultipartImageEndpoint(ImageEndpoint):
     multipart = True
 
     async def _read(self, request) -> tuple[dict, dict]:
-        fields, inspected, self._post, self._uploads = await read_form(request)
-        return fields, inspected
+        body = await read_form(request)
+        self._post, self._uploads, self._raw_uploads = body.post, body.files, body.raw  # raw: an async job keeps them
+        return body.fields, body.inspected
 
     def _fingerprint_body(self, data, files):
         from django.utils.datastructures import MultiValueDict
@@ -184,13 +189,26 @@ async def read_json(request) -> tuple[dict, dict]:
     return parse_json(request.body), {}  # ParseError → 400 invalid_json (errors.py)
 
 
-async def read_form(request) -> tuple[dict, dict, dict, dict]:
-    """A multipart endpoint's body: (fields, {field: [checked InputImage]}, Django's POST, Django's FILES). Every
-    uploaded file is checked and decoded once (generation/pipeline/input_images.py), off the event loop and within
-    the process's decode budget; every header is read before any decode, so an oversized image is refused first."""
+@dataclass(frozen=True)
+class FormBody:
+    """A multipart request as read: its fields, each upload checked and decoded once ({field: [InputImage]}),
+    Django's POST and FILES (for the Idempotency-Key fingerprint), and the uploads as sent ([(field, bytes,
+    filename)]: an async job keeps them for its worker, generation/api/jobs.py)."""
+
+    fields: dict
+    inspected: dict
+    post: dict
+    files: dict
+    raw: list
+
+
+async def read_form(request) -> FormBody:
+    """A multipart endpoint's body. Every uploaded file is checked and decoded once
+    (generation/pipeline/input_images.py inspect_uploads), off the event loop and within the process's decode
+    budget. 415 for another content type; 400 invalid_request_body for a form Django cannot parse."""
     content_type = request.content_type or ""
     if not content_type and request.META.get("CONTENT_LENGTH") in (None, "", "0"):
-        return {}, {}, {}, {}  # validation names what is missing
+        return FormBody({}, {}, {}, {}, [])  # validation names what is missing
     if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise APIError(f'Unsupported media type "{content_type}" in request. Send multipart/form-data.',
                        status=415, code="unsupported_media_type")
@@ -202,23 +220,9 @@ async def read_form(request) -> tuple[dict, dict, dict, dict]:
             raise APIError(f"We could not parse the body of your request: {exc}",
                            code="invalid_request_body") from exc
 
-    post, uploads_by_field = await asyncio.to_thread(parse)
+    post, files = await asyncio.to_thread(parse)
     fields = {key: post.get(key) for key in post.keys()}
     spec = catalog.get_model(fields.get("model") or catalog.DEFAULT_MODEL)
-    rules = spec.input_images if spec is not None else None
-    keep, limit = input_images.keep_policy(spec, fields.get("size"))
-    max_pixels = rules.max_pixels if rules is not None else input_images.MAX_PIXELS
-    uploads = []
-    for field in uploads_by_field.keys():
-        for upload in uploads_by_field.getlist(field):
-            data = upload.read()
-            uploads.append((field, data, upload.name or field, input_images.header(data, param=field,
-                                                                             max_pixels=max_pixels)))
-    if keep:  # the built-in renderer's copies, reserved in one go before any decode
-        need = sum(input_images.kept_size(w, h, limit) for *_, (_, w, h) in uploads)
-        await input_images.current_kept().reserve(need)
-    inspected: dict[str, list] = {}
-    for field, data, filename, known in uploads:
-        inspected.setdefault(field, []).append(await input_images.inspect(
-            data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=known))
-    return fields, inspected, post, uploads_by_field
+    raw = [(field, upload.read(), upload.name or field) for field in files.keys() for upload in files.getlist(field)]
+    inspected = await input_images.inspect_uploads(raw, spec=spec, size=fields.get("size"))
+    return FormBody(fields, inspected, post, files, raw)

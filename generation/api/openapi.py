@@ -29,7 +29,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 
 from generation import catalog, errors
-from generation.api import images, model_list, streaming
+from generation.api import images, jobs, model_list, streaming, webhooks
 from generation.api import quote as quote_api
 from generation.pipeline import quote, validation
 from generation.providers import registry
@@ -487,6 +487,79 @@ class PriceSerializer(serializers.Serializer):
     effective_from = serializers.CharField(help_text="When this price took effect (ISO 8601, UTC).")
 
 
+class ImageJobSerializer(serializers.Serializer):
+    """An async image job (`Prefer: respond-async`): its state; on success the synchronous answer's `data` and
+    `usage` (and gpt-image's echoed fields), on failure OpenAI's error object."""
+
+    id = serializers.CharField(help_text="The job's id, imgjob_...")
+    object = serializers.ChoiceField(choices=["image.job"])
+    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    created = serializers.IntegerField(help_text="Unix time (seconds) the job was created.")
+    model = serializers.CharField(help_text="The model asked for.")
+    endpoint = serializers.ChoiceField(choices=list(jobs.job_service.ASYNC_ENDPOINTS))
+    request_id = serializers.CharField(help_text="The request id of the job's usage record (x-request-id).")
+    parameters = serializers.DictField(help_text="The request's fields as sent, without the prompt.")
+    started_at = serializers.IntegerField(allow_null=True, help_text="Unix time the job first started, or null.")
+    finished_at = serializers.IntegerField(allow_null=True, help_text="Unix time the job ended, or null.")
+    expires_at = serializers.IntegerField(
+        allow_null=True, help_text="Unix time after which the job and its image URLs are gone (the URLs' lifetime "
+                                   "after the job ended), or null while it runs.")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, field in ImagesResponseSerializer().get_fields().items():
+            if name != "created":
+                field.required = False
+                fields[name] = field
+        fields["error"] = ErrorDetailSerializer(required=False, help_text="Why the job failed (status failed).")
+        return fields
+
+
+class ImageJobListSerializer(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = ImageJobSerializer(many=True)
+    first_id = serializers.CharField(allow_null=True)
+    last_id = serializers.CharField(allow_null=True)
+    has_more = serializers.BooleanField()
+
+
+_WEBHOOK_EVENTS = list(webhooks.webhooks.EVENTS)
+
+
+class WebhookEndpointRequestSerializer(serializers.Serializer):
+    """A webhook endpoint to register (docs/webhooks.md)."""
+
+    url = serializers.URLField(max_length=2000, help_text="The https URL to POST events to.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    enabled_events = serializers.ListField(
+        child=serializers.ChoiceField(choices=[*_WEBHOOK_EVENTS, "*"]), required=False, min_length=1,
+        help_text="The events to send (default, or '*': all of them).")
+
+
+class WebhookEndpointSerializer(serializers.Serializer):
+    """A webhook endpoint; `secret` only in the answers to create and rotate_secret."""
+
+    id = serializers.CharField(help_text="we_...")
+    object = serializers.ChoiceField(choices=["webhook_endpoint"])
+    url = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    enabled_events = serializers.ListField(child=serializers.ChoiceField(choices=_WEBHOOK_EVENTS))
+    created = serializers.IntegerField(help_text="Unix time (seconds).")
+    secret = serializers.CharField(required=False, help_text="whsec_...: signs deliveries; shown only once.")
+
+
+class WebhookEndpointListSerializer(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = WebhookEndpointSerializer(many=True)
+    has_more = serializers.BooleanField()
+
+
+class WebhookEndpointDeletedSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["webhook_endpoint"])
+    deleted = serializers.BooleanField()
+
+
 class ModelSerializer(serializers.Serializer):
     """OpenAI's model object, plus what the catalog knows about the model (SDKs keep the extra keys)."""
 
@@ -557,6 +630,8 @@ class ErrorSerializer(serializers.Serializer):
 # --- Headers --------------------------------------------------------------------------------------------------------
 
 _IMAGE_STATUSES = [200, 400, 401, 403, 404, 409, 413, 415, 429, 500, 502, 503, 504]
+_JOB_STATUSES = [200, 400, 401, 403, 404, 429, 500]
+_JOB_CANCEL_STATUSES = [200, 400, 401, 403, 404, 409, 429, 500]
 _MODEL_LIST_STATUSES = [200, 401, 403, 429, 500]
 _QUOTE_STATUSES = [200, 400, 401, 403, 404, 413, 415, 500, 503]
 _MODEL_DETAIL_STATUSES = [200, 401, 403, 404, 429, 500]
@@ -567,15 +642,16 @@ _ERROR_DESCRIPTIONS = {
          "unusable input image, or a prompt refused by the safety system.",
     401: "No API key, or an unknown or revoked one.",
     403: "The API key may not perform this request.",
-    404: "Unknown or disabled model (model_not_found).",
-    409: "Idempotency-Key conflict: reused with another request, or that request is still running.",
+    404: "Unknown or disabled model (model_not_found), or no such job (not_found).",
+    409: "Idempotency-Key conflict: reused with another request, or that request is still running; or the job can "
+         "no longer be cancelled (job_not_cancellable).",
     413: "The request body is over the size limit (request_too_large).",
     415: "Unsupported Content-Type.",
     429: "Rate limit reached (rate_limit_exceeded); wait for retry-after.",
     500: "Internal error; retry, quoting x-request-id if it persists.",
     502: "The upstream provider failed (upstream_error); nothing was charged.",
-    503: "Temporarily unavailable: no price configured for this model/size/quality (model_unavailable) or the "
-         "idempotency store is down (idempotency_unavailable).",
+    503: "Temporarily unavailable: no price configured for this model/size/quality (model_unavailable), the "
+         "idempotency store is down (idempotency_unavailable) or jobs cannot be queued (job_queue_unavailable).",
     504: "The upstream provider timed out (upstream_timeout); nothing was charged.",
 }
 
@@ -604,6 +680,19 @@ def _headers(statuses: list[int], *, images: bool) -> list[OpenApiParameter]:
         OpenApiParameter("www-authenticate", {"type": "string"}, OpenApiParameter.HEADER,
                          response=[s for s in statuses if s == 401], description='Bearer realm="api".'),
     ]
+    if 202 in statuses:
+        headers += [
+            OpenApiParameter("Prefer", {"type": "string", "enum": ["respond-async"]}, OpenApiParameter.HEADER,
+                             required=False,
+                             description="`respond-async` (RFC 7240): answer 202 with an image job at once and "
+                                         "run the request in the background (generations and edits)."),
+            OpenApiParameter("location", {"type": "string", "pattern": "^/v1/images/jobs/imgjob_"},
+                             OpenApiParameter.HEADER, required=True, response=[202],
+                             description="The job's URL."),
+            OpenApiParameter("preference-applied", {"type": "string", "enum": ["respond-async"]},
+                             OpenApiParameter.HEADER, required=True, response=[202],
+                             description="The Prefer header's preference that was honoured."),
+        ]
     if images:
         headers += [
             OpenApiParameter("x-provider", {"type": "string"}, OpenApiParameter.HEADER, response=[200],
@@ -624,12 +713,20 @@ def _headers(statuses: list[int], *, images: bool) -> list[OpenApiParameter]:
     return headers
 
 
+_ASYNC_DESCRIPTION = (
+    "`Prefer: respond-async` was sent: the request runs as a job (GET /v1/images/jobs/{id}, the `Location` "
+    "header). The job answers with the same `data` and `usage` when it succeeds.")
+
+
 def _responses(ok, statuses: list[int], ok_description: str, ok_examples=(), error_examples=None,
-               stream=None) -> dict:
+               stream=None, accepted: bool = False) -> dict:
     responses = {200: OpenApiResponse(ok, description=ok_description, examples=list(ok_examples))}
     if stream is not None:  # `stream: true`: the same 200 as Server-Sent Events, each `data:` one of the events
         responses = {(200, "application/json"): responses[200],
                      (200, streaming.CONTENT_TYPE.split(";")[0]): OpenApiResponse(stream)}
+    if accepted:  # `Prefer: respond-async`: 202 and the job
+        responses[(202, "application/json") if stream is not None else 202] = OpenApiResponse(
+            ImageJobSerializer, description=_ASYNC_DESCRIPTION)
     for status in statuses:
         if status != 200:
             responses[status] = OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[status],
@@ -769,6 +866,14 @@ OPERATION_IDS = {
     ("/v1/images/edits", "post"): "createImageEdit",
     ("/v1/images/variations", "post"): "createImageVariation",
     ("/v1/images/quote", "post"): "quoteImage",
+    ("/v1/images/jobs", "get"): "listImageJobs",
+    ("/v1/images/jobs/{job_id}", "get"): "retrieveImageJob",
+    ("/v1/images/jobs/{job_id}/cancel", "post"): "cancelImageJob",
+    ("/v1/webhook_endpoints", "get"): "listWebhookEndpoints",
+    ("/v1/webhook_endpoints", "post"): "createWebhookEndpoint",
+    ("/v1/webhook_endpoints/{endpoint_id}", "get"): "retrieveWebhookEndpoint",
+    ("/v1/webhook_endpoints/{endpoint_id}", "delete"): "deleteWebhookEndpoint",
+    ("/v1/webhook_endpoints/{endpoint_id}/rotate_secret", "post"): "rotateWebhookEndpointSecret",
     ("/v1/models", "get"): "listModels",
     ("/v1/models/{model_id}", "get"): "retrieveModel",
 }
@@ -859,10 +964,10 @@ def annotate() -> None:
         responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES,
                              "The images (JSON); with `stream: true`, Server-Sent Events (`event: <type>`, `data: "
                              "<one event as JSON>`).", [_example_images("generations")], _image_error_examples(),
-                             stream=_stream_events("image_generation", "ImageGen")),
+                             stream=_stream_events("image_generation", "ImageGen"), accepted=True),
         examples=[OpenApiExample("base64", summary=f"{catalog.DEFAULT_MODEL}, base64", value=_example_request(),
                                  request_only=True)],
-        parameters=_headers(_IMAGE_STATUSES, images=True),
+        parameters=_headers([202, *_IMAGE_STATUSES], images=True),
         extensions={"x-codeSamples": _samples("generations")},
     )(images.ImageGenerationsView)
     extend_schema(
@@ -875,8 +980,8 @@ def annotate() -> None:
         responses=_responses(ImagesResponseSerializer, _IMAGE_STATUSES,
                              "The edited images (JSON); with `stream: true`, Server-Sent Events (`event: <type>`, "
                              "`data: <one event as JSON>`).", [_example_images("edits")], _image_error_examples(),
-                             stream=_stream_events("image_edit", "ImageEdit")),
-        parameters=_headers(_IMAGE_STATUSES, images=True),
+                             stream=_stream_events("image_edit", "ImageEdit"), accepted=True),
+        parameters=_headers([202, *_IMAGE_STATUSES], images=True),
         extensions={"x-codeSamples": _samples("edits")},
     )(images.ImageEditsView)
     extend_schema(
@@ -922,7 +1027,72 @@ def annotate() -> None:
         ],
         extensions={"x-codeSamples": _model_samples(detail=True)},
     )(model_list.ModelDetailView)
+    job_id = OpenApiParameter("job_id", {"type": "string", "minLength": 1, "maxLength": 40}, OpenApiParameter.PATH,
+                              required=True, description="The job's id (imgjob_...).")
+    extend_schema(
+        tags=["Images"], summary="List image jobs",
+        description="The organization's async image jobs, newest first, as OpenAI pages its lists: pass `last_id` "
+                    "back as `after` while `has_more`. Jobs are kept until their results' image URLs expire.",
+        responses=_responses(ImageJobListSerializer, _JOB_STATUSES, "A page of jobs."),
+        parameters=[
+            OpenApiParameter("after", {"type": "string", "minLength": 1, "maxLength": 40}, OpenApiParameter.QUERY,
+                             description="A job id: the jobs created before it."),
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": jobs.job_service.LIST_MAX},
+                             OpenApiParameter.QUERY, description="Jobs per page, 1-100 (default 20)."),
+            *_headers(_JOB_STATUSES, images=False),
+        ],
+    )(jobs.ImageJobListView)
+    extend_schema(
+        tags=["Images"], summary="Retrieve an image job",
+        description="One async image job (`Prefer: respond-async` on generations or edits); poll it until its "
+                    "status is succeeded, failed or cancelled.",
+        responses=_responses(ImageJobSerializer, _JOB_STATUSES, "The job."),
+        parameters=[job_id, *_headers(_JOB_STATUSES, images=False)],
+    )(jobs.ImageJobDetailView)
+    extend_schema(
+        tags=["Images"], summary="Cancel an image job",
+        description="Cancel a queued job: it never runs and costs nothing. A running or finished job answers 409 "
+                    "job_not_cancellable (its upstream call may already be paid for).",
+        request=None,
+        responses=_responses(ImageJobSerializer, _JOB_CANCEL_STATUSES, "The cancelled job."),
+        parameters=[job_id, *_headers(_JOB_CANCEL_STATUSES, images=False)],
+    )(jobs.ImageJobCancelView)
+    _annotate_webhooks()
     images.ImageGenerationsView._openapi_annotated = True
+
+
+def _annotate_webhooks() -> None:
+    """The webhook endpoint views: per method (two of them serve two methods each)."""
+    endpoint_id = OpenApiParameter("endpoint_id", {"type": "string", "minLength": 1, "maxLength": 40},
+                                   OpenApiParameter.PATH, required=True, description="The endpoint's id (we_...).")
+    listing, detail, rotate = (webhooks.WebhookEndpointListView, webhooks.WebhookEndpointDetailView,
+                               webhooks.WebhookEndpointRotateView)
+    tags = ["Webhooks"]
+    listing.get = extend_schema(
+        tags=tags, summary="List webhook endpoints", description="The organization's webhook endpoints.",
+        responses=_responses(WebhookEndpointListSerializer, _JOB_STATUSES, "The endpoints."),
+        parameters=_headers(_JOB_STATUSES, images=False))(listing.get)
+    listing.post = extend_schema(
+        tags=tags, summary="Create a webhook endpoint",
+        description="Register an https URL for job events (image.job.succeeded, image.job.failed, "
+                    "image.job.cancelled). The answer carries the signing `secret`, shown only this once.",
+        request={"application/json": WebhookEndpointRequestSerializer},
+        responses=_responses(WebhookEndpointSerializer, _JOB_STATUSES, "The endpoint, with its secret."),
+        parameters=_headers(_JOB_STATUSES, images=False))(listing.post)
+    detail.get = extend_schema(
+        tags=tags, summary="Retrieve a webhook endpoint", description="One endpoint (without its secret).",
+        responses=_responses(WebhookEndpointSerializer, _JOB_STATUSES, "The endpoint."),
+        parameters=[endpoint_id, *_headers(_JOB_STATUSES, images=False)])(detail.get)
+    detail.delete = extend_schema(
+        tags=tags, summary="Delete a webhook endpoint", description="No more events go to it.",
+        responses=_responses(WebhookEndpointDeletedSerializer, _JOB_STATUSES, "Deleted."),
+        parameters=[endpoint_id, *_headers(_JOB_STATUSES, images=False)])(detail.delete)
+    rotate.post = extend_schema(
+        tags=tags, summary="Rotate a webhook endpoint's secret",
+        description="A new signing secret (shown this once); the previous one keeps signing too (a second v1= "
+                    "in Imagegate-Signature) for 24 hours.", request=None,
+        responses=_responses(WebhookEndpointSerializer, _JOB_STATUSES, "The endpoint, with its new secret."),
+        parameters=[endpoint_id, *_headers(_JOB_STATUSES, images=False)])(rotate.post)
 
 
 annotate()

@@ -36,7 +36,8 @@ class QuoteView(images.ImageEndpoint):
                 raise APIError(f'Method "{request.method}" not allowed.', status=405, code="method_not_allowed")
             async with input_images.KeptPixels():
                 if (request.content_type or "") in ("multipart/form-data", "application/x-www-form-urlencoded"):
-                    endpoint, (data, files, _, _) = "edits", await images.read_form(request)
+                    form = await images.read_form(request)
+                    endpoint, data, files = "edits", form.fields, form.inspected
                 else:
                     endpoint, (data, files) = "generations", await images.read_json(request)
                 call = validate(endpoint, data, files=files, form=endpoint == "edits",

@@ -3,6 +3,7 @@ from django.urls import path
 
 from generation.pages import playground
 from generation.pages import requests as dashboard_views
+from generation.pages import webhooks as webhook_pages
 
 urlpatterns = [
     path("playground/", playground.playground, name="playground"),
@@ -11,4 +12,5 @@ urlpatterns = [
     path("requests/prompt-retention/", dashboard_views.prompt_retention, name="prompt-retention"),
     path("requests/<str:request_id>/", dashboard_views.request_detail, name="request-detail"),
     path("requests/<str:request_id>/prompt/delete/", dashboard_views.delete_prompt, name="request-prompt-delete"),
+    path("webhooks/", webhook_pages.webhooks_page, name="webhooks"),
 ]

@@ -437,3 +437,52 @@ async def fetch_image(url: str, *, max_bytes: int = 10 * 1024 * 1024, timeout: f
         raise ImageFetchError(f"The file at the 'image' URL is not a {ALLOWED_TYPES_TEXT} image.")
     width, height = await asyncio.to_thread(_decode, data, content_type, MAX_PIXELS)
     return FetchedImage(data=data, content_type=content_type, width=width, height=height)
+
+
+# --- Posting (webhook deliveries) ------------------------------------------------------------------------------------
+
+POST_REDIRECT_STATUSES = frozenset({307, 308})  # the redirects that keep the method and body
+
+
+async def post_guarded(url: str, *, body: bytes, headers: dict[str, str], policy: AddressPolicy = DEFAULT_POLICY,
+                       timeout: float = 10.0, max_redirects: int = 3, subject: str = "The webhook URL") -> int:
+    """POST `body` to `url` under the same guard as fetching an image: every hop's URL checked, its host resolved
+    here and every address judged by `policy`, the connection pinned to a validated address (name in Host and SNI),
+    307/308 redirects followed (each target checked again, at most `max_redirects`); other statuses are answers.
+    Returns the final HTTP status; ImageFetchError (the refusal or the failure, in words) or TimeoutError."""
+    current = _parse(url)
+    for _hop in range(max_redirects + 1):
+        _check_url(current, subject=subject)
+        target = await _resolve(current, subject=subject, policy=policy)
+        status, location = await _post(target, body=body, headers=headers, timeout=timeout)
+        if status not in POST_REDIRECT_STATUSES or not location:
+            return status
+        subject = f"{subject} redirects to a URL that"
+        try:
+            current = current.join(location)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            raise ImageFetchError(f"{subject} is not valid.") from None
+    raise ImageFetchError(f"The webhook URL redirected more than {max_redirects} times.")
+
+
+async def _post(target: _Target, *, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str | None]:
+    last_error: Exception | None = None
+    for ip in target.addresses:
+        url, pinned, extensions = _pinned(target, ip)
+        sent = {"Host": pinned["Host"], "Accept-Encoding": "identity", **headers}
+        async with _new_client(timeout) as client:
+            try:
+                response = await client.post(url, content=body, headers=sent, extensions=extensions)
+                return response.status_code, response.headers.get("location")
+            except httpx.ConnectError as exc:
+                last_error = exc
+                continue
+            except httpx.TimeoutException:
+                raise TimeoutError from None
+            except httpx.TransportError:
+                raise ImageFetchError(f"The webhook endpoint ({target.url.host}) sent an incomplete or malformed "
+                                      "HTTP response.") from None
+    tls = _tls_cause(last_error)
+    if tls is not None:
+        raise ImageFetchError(f"We could not establish a verified https connection to {target.url.host}.")
+    raise ImageFetchError(f"We could not connect to the webhook endpoint's host ({target.url.host}).")

@@ -206,6 +206,24 @@ async def inspect(data: bytes, *, param: str, filename: str = "image", rules: In
                       pixels=pixels if keep_pixels else None)
 
 
+async def inspect_uploads(uploads: list[tuple[str, bytes, str]], *, spec: ModelSpec | None,
+                          size: str | None) -> dict[str, list[InputImage]]:
+    """A form's uploaded files ((field, bytes, filename) in order) checked and decoded for a request to `spec` at
+    `size`: every header first (what is too large is refused before any decode), the built-in renderer's kept
+    copies reserved in one go (within the current KeptPixels), then one decode each. {field: [InputImage, ...]}."""
+    rules = spec.input_images if spec is not None else None
+    keep, limit = keep_policy(spec, size)
+    max_pixels = rules.max_pixels if rules is not None else MAX_PIXELS
+    known = [header(data, param=field, max_pixels=max_pixels) for field, data, _ in uploads]
+    if keep:
+        await current_kept().reserve(sum(kept_size(w, h, limit) for _, w, h in known))
+    inspected: dict[str, list[InputImage]] = {}
+    for (field, data, filename), head in zip(uploads, known):
+        inspected.setdefault(field, []).append(await inspect(
+            data, param=field, filename=filename, rules=rules, keep_pixels=keep, limit=limit, known=head))
+    return inspected
+
+
 def check_inputs(images: list[InputImage], spec: ModelSpec, *, param: str = "image") -> None:
     rules: InputImageRules = spec.input_images
     if not images:
