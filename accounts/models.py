@@ -75,6 +75,10 @@ class Organization(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Requests per minute across all of the organization's keys; 0 = no organization-wide limit.
     rate_limit_rpm = models.PositiveIntegerField(default=0)
+    # On: a request for a retired model is served by its replacement, at the replacement's price, with an
+    # x-model-remapped header (generation/lifecycle.py). Off (default): 404 model_not_found naming the replacement.
+    remap_retired_models = models.BooleanField(
+        default=False, help_text="Serve requests for retired models with their replacement (at its price).")
 
     class Meta:
         ordering = ["name"]

@@ -328,3 +328,11 @@ def remove_member(*, membership: Membership, actor: Membership) -> None:
             raise TeamError("The organization's last owner cannot be removed or leave. "
                             "Make someone else an owner first.")
     membership.delete()
+
+
+def set_remap_retired_models(*, organization: Organization, enabled: bool) -> Organization:
+    """Turn remapping of retired models on or off for `organization` (generation/lifecycle.py reads it from the
+    per-process key cache, which the save drops in every process within a second)."""
+    organization.remap_retired_models = bool(enabled)
+    organization.save(update_fields=["remap_retired_models"])
+    return organization

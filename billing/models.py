@@ -46,7 +46,10 @@ class LedgerEntry(models.Model):
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     request_id = models.CharField(max_length=64, unique=True)
     endpoint = models.CharField(max_length=32, default="generations")
-    model = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=100, blank=True)  # the model that served the request (and is priced)
+    # The model the client asked for: differs from `model` when a retired model was remapped to its replacement
+    # (generation/lifecycle.py); blank on rows written before it was recorded.
+    requested_model = models.CharField(max_length=100, blank=True, default="")
     provider = models.CharField(max_length=50, blank=True)
     size = models.CharField(max_length=20, blank=True)
     quality = models.CharField(max_length=20, blank=True)

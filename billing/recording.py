@@ -45,6 +45,7 @@ def entries_for(usages: list[dict]) -> list[LedgerEntry]:
         entries.append(LedgerEntry(
             organization=u["organization"], api_key=u.get("api_key"), request_id=u["request_id"],
             endpoint=u.get("endpoint", "generations"), model=u.get("model", "")[:100],
+            requested_model=(u.get("requested_model") or u.get("model", ""))[:100],
             provider=u.get("provider", "")[:50], size=u.get("size", "")[:20], quality=u.get("quality", "")[:20],
             n=n, price=price if succeeded else None, unit_price_micros=unit, cost_micros=unit * n if succeeded else 0,
             upstream_cost_micros=upstream if succeeded else None, latency_ms=max(0, int(u.get("latency_ms", 0))),

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import cached_property
 
 from django.utils import timezone
 
@@ -54,7 +55,12 @@ class Lifecycle:
 
     def headers(self) -> dict[str, str]:
         """The response headers of a request this model served: {} unless deprecated. Deprecation is RFC 9745's
-        structured date `@<unix seconds>`; Sunset RFC 8594's HTTP-date (IMF-fixdate, GMT); Link only with a URL."""
+        structured date `@<unix seconds>`; Sunset RFC 8594's HTTP-date (IMF-fixdate, GMT); Link only with a URL.
+        Formatted once per cached row (a fresh dict each call)."""
+        return dict(self._headers)
+
+    @cached_property
+    def _headers(self) -> dict[str, str]:
         if self.status == ACTIVE:
             return {}
         headers = {}

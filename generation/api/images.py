@@ -78,7 +78,8 @@ class ImageEndpoint(V1APIView):
                     base_url=base_url(request), idempotency_key=durable,
                 )
                 earlier["replayed"] = outcome.request_id is not None  # an earlier attempt's committed answer
-                headers = {"x-provider": outcome.provider, "x-request-id": outcome.request_id or request_id}
+                headers = {**outcome.headers, "x-provider": outcome.provider,
+                           "x-request-id": outcome.request_id or request_id}
                 return idempotency.StoredResponse(200, outcome.body, headers)
             except APIError as exc:  # 4xx are stored and replayed under an Idempotency-Key; 5xx are not
                 return idempotency.StoredResponse(exc.status, exc.body(), {**exc.headers, "x-request-id": request_id})

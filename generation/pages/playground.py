@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from accounts import roles
 from accounts.access import organization_page
 from config.http.middleware import new_request_id
-from generation import catalog
+from generation import catalog, lifecycle
 from generation.errors import APIError
 from generation.pipeline import ratelimit
 from generation.pipeline import service as services
@@ -18,8 +18,11 @@ from generation.providers import registry
 
 
 def _models() -> list[catalog.ModelSpec]:
+    """The models the playground offers: those served here that generate, retired ones left out."""
     registry()
-    return [m for m in catalog.available_models(set(registry())) if m.supports("generate")]
+    table = lifecycle.table()
+    return [m for m in catalog.available_models(set(registry()))
+            if m.supports("generate") and lifecycle.of(m.id, table).effective_status() != lifecycle.RETIRED]
 
 
 class PlaygroundForm(forms.Form):
