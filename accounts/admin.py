@@ -86,7 +86,7 @@ class MembershipInline(SafeAutocomplete, admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "rate_limit_rpm", "created_at"]
+    list_display = ["name", "slug", "rate_limit_rpm", "remap_retired_models", "created_at"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
 

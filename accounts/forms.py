@@ -111,3 +111,11 @@ class InviteForm(forms.Form):
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Membership.Role.choices)
 
+
+
+class OrganizationSettingsForm(forms.Form):
+    remap_retired_models = forms.BooleanField(
+        required=False, label="Serve retired models with their replacement",
+        help_text="On: a request for a retired model is served by its replacement, at the replacement's price, with "
+                  "an x-model-remapped header. Off: such requests get 404 model_not_found naming the replacement.",
+    )

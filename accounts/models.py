@@ -77,6 +77,10 @@ class Organization(models.Model):
     rate_limit_rpm = models.PositiveIntegerField(default=0)
     # Days a request's prompt is kept for the request log (generation/prompts.py); 0 = prompts are not stored.
     prompt_retention_days = models.PositiveSmallIntegerField(default=30)
+    # On: a request for a retired model is served by its replacement, at the replacement's price, with an
+    # x-model-remapped header (generation/lifecycle.py). Off (default): 404 model_not_found naming the replacement.
+    remap_retired_models = models.BooleanField(
+        default=False, help_text="Serve requests for retired models with their replacement (at its price).")
 
     class Meta:
         ordering = ["name"]

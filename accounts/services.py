@@ -349,3 +349,11 @@ def set_prompt_retention(*, organization: Organization, days: int) -> None:
     Organization.objects.filter(pk=organization.pk).update(prompt_retention_days=int(days))
     organization.prompt_retention_days = int(days)
     process_cache.invalidate("api_keys")  # the API's cached organizations learn it within a second
+
+
+def set_remap_retired_models(*, organization: Organization, enabled: bool) -> Organization:
+    """Turn remapping of retired models on or off for `organization` (generation/lifecycle.py reads it from the
+    per-process key cache, which the save drops in every process within a second)."""
+    organization.remap_retired_models = bool(enabled)
+    organization.save(update_fields=["remap_retired_models"])
+    return organization

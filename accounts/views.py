@@ -1,4 +1,5 @@
-"""Dashboard pages for customers: API keys and the team. Thin: forms in, services and selectors do the work."""
+"""Dashboard pages for customers: API keys, the team and the organization's settings. Thin: forms in, services
+and selectors do the work."""
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -11,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from . import identity, roles, selectors, services
 from .access import organization_page, require, scoped_or_404
-from .forms import ApiKeyCreateForm, ApiKeyRotateForm, InviteForm, RoleForm
+from .forms import ApiKeyCreateForm, ApiKeyRotateForm, InviteForm, OrganizationSettingsForm, RoleForm
 from .models import ApiKey, Invitation, Membership, User
 
 
@@ -198,3 +199,26 @@ def accept_invite(request, token: str):
             return redirect("team")
     return render(request, "dashboard/invite.html", {"invitation": invitation, "problem": problem},
                   status=400 if problem and request.method == "POST" else 200)
+
+
+@organization_page(roles.VIEW_USAGE, post=roles.MANAGE_BILLING)
+def organization_settings(request):
+    """The organization's settings: whether retired models are served by their replacement (it changes what
+    requests cost, so changing it needs the billing permission)."""
+    organization = request.organization
+    if request.method == "POST":
+        form = OrganizationSettingsForm(request.POST)
+        if form.is_valid():
+            enabled = form.cleaned_data["remap_retired_models"]
+            services.set_remap_retired_models(organization=organization, enabled=enabled)
+            messages.success(request, "Retired models are now served by their replacement." if enabled else
+                             "Requests for retired models now get 404 model_not_found.")
+            return redirect("organization-settings")
+    else:
+        form = OrganizationSettingsForm(initial={"remap_retired_models": organization.remap_retired_models})
+    can_change = request.membership.has_perm(roles.MANAGE_BILLING)
+    form.fields["remap_retired_models"].disabled = not can_change
+    return render(request, "dashboard/settings.html", {
+        "form": form, "organization": organization,
+        "can_change": can_change,
+    })

@@ -21,7 +21,7 @@ HASHED_FIELDS = (
     "error_code", "created_at",
 )
 # Fields added later: hashed only when set, so every row sealed before they existed keeps its hash.
-HASHED_WHEN_SET = ("served_model", "end_user")
+HASHED_WHEN_SET = ("served_model", "end_user", "requested_model")
 
 
 def _canonical(value):

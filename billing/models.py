@@ -46,9 +46,12 @@ class LedgerEntry(models.Model):
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     request_id = models.CharField(max_length=64, unique=True)
     endpoint = models.CharField(max_length=32, default="generations")
+    # Which model, at three levels: `requested_model` is what the client asked for; `model` is the catalog model that
+    # served the request and is priced (the replacement when a retired model was remapped, generation/lifecycle.py);
+    # `served_model` is the dated upstream snapshot behind it when the upstream named another (an alias such as
+    # chatgpt-image-latest → gpt-image-2-2026-04-21). requested_model is blank on rows written before it existed.
     model = models.CharField(max_length=100, blank=True)
-    # The dated upstream model that served the request, when the upstream named one other than `model` (an alias
-    # such as chatgpt-image-latest → gpt-image-2-2026-04-21); "" otherwise.
+    requested_model = models.CharField(max_length=100, blank=True, default="")
     served_model = models.CharField(max_length=100, blank=True, default="")
     # The customer's end user as the request named it (OpenAI's `safety_identifier`, else `user`); "" when none.
     end_user = models.CharField(max_length=256, blank=True, default="")

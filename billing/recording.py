@@ -46,6 +46,7 @@ def entries_for(usages: list[dict]) -> list[LedgerEntry]:
             organization=u["organization"], api_key=u.get("api_key"), request_id=u["request_id"],
             endpoint=u.get("endpoint", "generations"), model=u.get("model", "")[:100],
             served_model=(u.get("served_model") or "")[:100], end_user=(u.get("end_user") or "")[:256],
+            requested_model=(u.get("requested_model") or u.get("model", ""))[:100],
             provider=u.get("provider", "")[:50], size=u.get("size", "")[:20], quality=u.get("quality", "")[:20],
             n=n, price=price if succeeded else None, unit_price_micros=unit, cost_micros=unit * n if succeeded else 0,
             upstream_cost_micros=upstream if succeeded else None, latency_ms=max(0, int(u.get("latency_ms", 0))),

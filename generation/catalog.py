@@ -117,8 +117,10 @@ class ModelSpec:
         return max(sides + [1536 if "auto" in self.sizes else 0]) or 1024
 
 
+# OpenAI retired dall-e-2 and dall-e-3 on 2026-05-12 (docs/models.md): OpenAI now answers 404 model_not_found for
+# them, and the router fails over to an OpenAI-compatible host that still serves them (OPENAI_COMPATIBLE_MODELS).
 DALL_E_2 = ModelSpec(
-    id="dall-e-2", owned_by="openai", created=1698798177, providers=("openai",),
+    id="dall-e-2", owned_by="openai", created=1698798177, providers=("openai", "openai_compatible"),
     sizes=("256x256", "512x512", "1024x1024"), default_size="1024x1024",
     qualities=("standard",), default_quality="standard",
     max_n=10, native_max_n=10, max_prompt_chars=1000,
@@ -129,7 +131,7 @@ DALL_E_2 = ModelSpec(
 )
 
 DALL_E_3 = ModelSpec(
-    id="dall-e-3", owned_by="openai", created=1698785189, providers=("openai",),
+    id="dall-e-3", owned_by="openai", created=1698785189, providers=("openai", "openai_compatible"),
     sizes=("1024x1024", "1792x1024", "1024x1792"), default_size="1024x1024",
     qualities=("standard", "hd"), default_quality="standard",
     styles=("vivid", "natural"), default_style="vivid",

@@ -76,7 +76,8 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(403, _REQ, "https_required",
               "The request came over plain HTTP: the API answers HTTPS only, and refuses rather than redirects "
               "(the key was already sent in clear text; rotate it if it may have been seen)."),
-    ErrorCode(404, _REQ, "model_not_found", "The model does not exist or is not enabled here."),
+    ErrorCode(404, _REQ, "model_not_found",
+              "The model does not exist, is not enabled here, or is retired (the message names its replacement)."),
     ErrorCode(404, _REQ, "not_found", "No such object (an image, a record)."),
     ErrorCode(404, _REQ, "unknown_url", "No such URL under /v1."),
     ErrorCode(405, _REQ, "method_not_allowed", "The URL exists but not with this HTTP method."),

@@ -313,3 +313,52 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"{self.event_id} → {self.endpoint_id} {self.status}"
+
+
+class ModelLifecycle(models.Model):
+    """Where a catalog model stands in its life: active, deprecated (still served, with Deprecation and Sunset
+    headers) or retired (404 `model_not_found` naming the replacement, or served by the replacement for
+    organizations that turned remapping on). Global, not tenant-owned: staff edit it in the admin; the request path
+    reads it from a per-process cache (generation/lifecycle.py) that every save drops in every process.
+
+    What a model *is* (sizes, providers, capabilities) stays in generation/catalog.py; this row holds only its
+    lifecycle, one row per catalog model id (missing rows are created as active after every migrate)."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DEPRECATED = "deprecated", "Deprecated (still served, with Deprecation/Sunset headers)"
+        RETIRED = "retired", "Retired (404, or the replacement for organizations that remap)"
+
+    model = models.CharField(max_length=100, unique=True, help_text="The catalog model id (generation/catalog.py).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    deprecated_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the model was (or will be) deprecated: the Deprecation header (RFC 9745). Required for "
+                  "deprecated and retired models.")
+    sunset_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the model stops being served: the Sunset header (RFC 8594). A deprecated model whose sunset "
+                  "has passed is treated as retired.")
+    replacement = models.CharField(
+        max_length=100, blank=True,
+        help_text="The catalog model id to use instead: named in the 404 of a retired model, and what serves it "
+                  "for organizations that remap retired models.")
+    info_url = models.URLField(
+        blank=True, help_text="A page about the deprecation, sent as Link: <url>; rel=\"deprecation\" (RFC 9745).")
+    note = models.TextField(blank=True, help_text="Why, and the sources (staff only).")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        verbose_name = "model lifecycle"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=["active", "deprecated", "retired"]),
+                                   name="model_lifecycle_status_valid"),
+            models.CheckConstraint(condition=models.Q(status="active") | models.Q(deprecated_at__isnull=False),
+                                   name="model_lifecycle_deprecated_has_date"),
+            models.CheckConstraint(condition=~models.Q(replacement=models.F("model")),
+                                   name="model_lifecycle_not_its_own_replacement"),
+        ]
+
+    def __str__(self):
+        return f"{self.model} ({self.status})"

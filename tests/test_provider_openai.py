@@ -18,6 +18,7 @@ from generation.providers.base import (
     ContentRefused,
     ImageRequest,
     InputImage,
+    ModelGone,
     UpstreamInvalidRequest,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -36,7 +37,10 @@ SELF_HOSTED_MODEL = "sdxl-turbo-selfhosted"
 
 @pytest.fixture(scope="module")
 def openai_emu():
-    with emulator() as emu:
+    # OpenAI as it was before it retired dall-e-2 and dall-e-3 (2026-05-12), which is what an OpenAI-compatible host
+    # that still serves them speaks: these tests are about the dall-e wire format. The retirement itself is
+    # test_openai_answers_retired_dall_e_models_as_gone.
+    with emulator(retired=()) as emu:
         yield emu
 
 
@@ -387,8 +391,10 @@ def test_403_is_a_gateway_misconfiguration(emu):
     assert "credentials" in info.value.message and "must be verified" in info.value.message
 
 
-def test_unknown_model_upstream_is_invalid_request(emu):
-    with pytest.raises(UpstreamInvalidRequest) as info:
+def test_unknown_model_upstream_is_gone(emu):
+    """404 model_not_found: the upstream no longer has (or never had) the model; another provider may (ModelGone is
+    retryable, and not a health failure)."""
+    with pytest.raises(ModelGone) as info:
         run(provider_for(emu, models={"dall-e-4"}, cost_micros={"dall-e-4": 1}), req(model="dall-e-4"))
     assert "does not exist" in info.value.message and "model_not_found" in info.value.message
 
@@ -655,3 +661,13 @@ def test_emulator_mirrors_openai_validation_and_headers(emu):
                                      "code": "rate_limit_exceeded"}
         assert client.get("/models", headers=auth).json()["object"] == "list"
         assert client.get("/models/dall-e-3", headers=auth).json()["id"] == "dall-e-3"
+
+
+@pytest.mark.parametrize("model", ["dall-e-2", "dall-e-3"])
+def test_openai_answers_retired_dall_e_models_as_gone(model):
+    """OpenAI retired dall-e-2 and dall-e-3 on 2026-05-12 and answers 404 model_not_found (docs/providers/openai.md
+    O11): the adapter raises ModelGone, which the router fails over from (tests/test_model_lifecycle.py)."""
+    with emulator() as emu:
+        with pytest.raises(ModelGone) as info:
+            run(provider_for(emu), req(model=model))
+    assert "model_not_found" in info.value.message and info.value.retryable

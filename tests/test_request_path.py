@@ -141,7 +141,7 @@ def test_the_hold_of_a_killed_process_is_released_within_its_ttl(transactional_d
     org = key.organization
     price = Price.objects.get(model="dall-e-2", size="256x256", quality="standard").unit_price_micros
     billing_services.set_spend_limit(organization=org, monthly_limit_micros=price)  # room for one request
-    with openai_emu.emulator() as upstream:
+    with openai_emu.emulator(retired=()) as upstream:  # a host that still serves dall-e-2
         upstream.state["delay"] = 60.0
         env = {"OPENAI_API_KEY": openai_emu.API_KEY, "OPENAI_BASE_URL": upstream.url + "/v1",
                "SPEND_HOLD_TTL_SECONDS": 2}

@@ -334,6 +334,11 @@ COVERAGE: dict[str, list[Probe]] = {
         Probe("session", "POST", lambda w: "/dashboard/team/", "own",
               lambda w: {"email": SHARED_INVITEE, "role": Membership.Role.MEMBER}),
     ],
+    "organization-settings": [
+        Probe("session", "GET", lambda w: "/dashboard/settings/", "own"),
+        # Changes A's own setting; carries no id to point at B.
+        Probe("session", "POST", lambda w: "/dashboard/settings/", "own", lambda w: {"remap_retired_models": "on"}),
+    ],
     "team-role": [
         *_per_id("session", "POST", "/dashboard/team/members/{}/role/", _b_member_ids, data=ROLE_DATA),
         *_per_id("session", "POST", "/dashboard/team/members/{}/role/", _b_member_ids,

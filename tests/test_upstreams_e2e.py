@@ -25,7 +25,8 @@ UPSTREAM_MODELS = [m for m in catalog.MODELS.values() if m.id != "local-preview"
 def upstreams():
     with openai_emu.emulator(extra_models={"sdxl-turbo-selfhosted": None}) as oa, stability.emulator() as st, \
             bfl.emulator() as bf, replicate.emulator() as rp, bedrock.emulator() as br, \
-            openai_emu.emulator(api_key="selfhosted-key", extra_models={"sdxl-turbo-selfhosted": None}) as sh, \
+            openai_emu.emulator(api_key="selfhosted-key", extra_models={"sdxl-turbo-selfhosted": None},
+                                retired=()) as sh, \
             gemini.emulator() as gm, recraft.emulator() as rc, ideogram.emulator() as ig:
         yield {"openai": oa, "stability": st, "bfl": bf, "replicate": rp, "bedrock": br, "selfhosted": sh,
                "gemini": gm, "recraft": rc, "ideogram": ig}
@@ -48,7 +49,10 @@ def configured(upstreams, settings, live_url):
     settings.IDEOGRAM_API_KEY, settings.IDEOGRAM_BASE_URL = ideogram.API_KEY, upstreams["ideogram"].url
     settings.OPENAI_COMPATIBLE_BASE_URL = upstreams["selfhosted"].url + "/v1"
     settings.OPENAI_COMPATIBLE_API_KEY = "selfhosted-key"
-    settings.OPENAI_COMPATIBLE_MODELS = ["sdxl-turbo-selfhosted"]
+    settings.OPENAI_COMPATIBLE_UPSTREAM_COST_MICROS = 1_000
+    # OpenAI retired dall-e-2 and dall-e-3 (its emulator answers 404 model_not_found, as OpenAI does): the
+    # self-hosted OpenAI-compatible host still serves them, and the router fails over to it.
+    settings.OPENAI_COMPATIBLE_MODELS = ["sdxl-turbo-selfhosted", "dall-e-2", "dall-e-3"]
     settings.PROVIDER_TIMEOUT_SECONDS = 10.0
     providers.reset_registry()
     from django.core.management import call_command
@@ -68,6 +72,7 @@ def test_models_lists_exactly_what_enabled_providers_serve(configured, openai_cl
     assert ids == {m.id for m in UPSTREAM_MODELS} | {"local-preview", "sdxl-turbo-selfhosted"}
     sdxl = openai_client.models.retrieve("sdxl-1.0")
     assert sdxl.model_extra["providers"] == ["stability", "replicate"]
+    assert openai_client.models.retrieve("dall-e-2").model_extra["providers"] == ["openai", "openai_compatible"]
 
 
 def test_without_keys_only_local_preview_is_listed(openai_client):
@@ -137,7 +142,7 @@ def test_explicit_provider_is_honoured(configured, openai_client):
 def test_upstream_rate_limits_everywhere_become_our_429(configured, openai_client):
     configured["openai"].faults.set("generate", Fault(status=429))
     with pytest.raises(openai.RateLimitError) as info:
-        openai_client.images.generate(model="dall-e-3", prompt="x")
+        openai_client.images.generate(model="gpt-image-1", prompt="x")
     assert info.value.code == "rate_limit_exceeded"
 
 
@@ -154,7 +159,7 @@ def test_upstream_timeout_is_504(configured, openai_client, settings, api_key):
 def test_malformed_upstream_reply_is_502(configured, openai_client):
     configured["openai"].faults.set("generate", Fault(kind="malformed"))
     with pytest.raises(openai.InternalServerError) as info:
-        openai_client.images.generate(model="dall-e-2", prompt="x")
+        openai_client.images.generate(model="gpt-image-1", prompt="x")
     assert info.value.status_code == 502
 
 
@@ -163,7 +168,7 @@ def test_upstream_validation_error_passes_its_reason(configured, openai_client):
         "message": "Your prompt was too vague for this model.", "type": "invalid_request_error", "param": "prompt",
         "code": "prompt_too_vague"}}))
     with pytest.raises(openai.BadRequestError) as info:
-        openai_client.images.generate(model="dall-e-2", prompt="x")
+        openai_client.images.generate(model="gpt-image-1", prompt="x")
     assert "too vague" in info.value.message
 
 
@@ -175,7 +180,8 @@ def test_edits_and_variations_reach_their_upstreams(configured, openai_client, a
                                                       image=("a.png", png(64, 64), "image/png"),
                                                       response_format="b64_json", size="512x512")
     assert variation.data[0].b64_json
-    assert [r.provider for r in _rows(api_key)] == ["openai", "bedrock"]
+    # dall-e-2 is retired at OpenAI: the OpenAI-compatible host serves it (tests/test_model_lifecycle.py).
+    assert [r.provider for r in _rows(api_key)] == ["openai_compatible", "bedrock"]
 
 
 def test_dall_e_3_refuses_an_input_image(configured, openai_client):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0006_all_tenants_unsafe_managers'),
+        ('accounts', '0007_remap_retired_models'),
     ]
 
     operations = [

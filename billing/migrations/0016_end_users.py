@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0010_key_max_cost'),
-        ('billing', '0014_gpt_image_prices_and_served_model'),
+        ('billing', '0015_ledger_requested_model'),
     ]
 
     operations = [

@@ -89,7 +89,8 @@ class ImageEndpoint(V1APIView):
                 )
                 earlier["replayed"] = outcome.request_id is not None  # an earlier attempt's committed answer
                 observe(request, provider=outcome.provider, cost_micros=outcome.cost_micros)
-                headers = {"x-provider": outcome.provider, "x-request-id": outcome.request_id or request_id}
+                headers = {**outcome.headers, "x-provider": outcome.provider,
+                           "x-request-id": outcome.request_id or request_id}
                 return idempotency.StoredResponse(200, outcome.body, headers)
             except APIError as exc:  # 4xx are stored and replayed under an Idempotency-Key; 5xx are not
                 return idempotency.StoredResponse(exc.status, exc.body(), {**exc.headers, "x-request-id": request_id})

@@ -576,6 +576,15 @@ class ModelSerializer(serializers.Serializer):
     max_prompt_chars = serializers.IntegerField(min_value=1)
     description = serializers.CharField(allow_blank=True)
     pricing = PriceSerializer(many=True, help_text="Our list price per image, per size and quality (Imagegate).")
+    status = serializers.ChoiceField(choices=["active", "deprecated"],
+                                     help_text="The model's lifecycle: a deprecated model still serves (with "
+                                               "Deprecation and Sunset headers) until its sunset_date; retired "
+                                               "models are not listed.")
+    deprecation_date = serializers.IntegerField(allow_null=True, help_text="Unix time (seconds) it was or will be "
+                                                                           "deprecated, or null.")
+    sunset_date = serializers.IntegerField(allow_null=True, help_text="Unix time (seconds) it stops being served, "
+                                                                      "or null.")
+    replacement = serializers.CharField(allow_null=True, help_text="The model to use instead, or null.")
 
     def get_fields(self):
         fields = super().get_fields()
@@ -642,7 +651,8 @@ _ERROR_DESCRIPTIONS = {
          "unusable input image, or a prompt refused by the safety system.",
     401: "No API key, or an unknown or revoked one.",
     403: "The API key may not perform this request.",
-    404: "Unknown or disabled model (model_not_found), or no such job (not_found).",
+    404: "Unknown, disabled or retired model (model_not_found; a retired model's message names its replacement), or "
+         "no such job (not_found).",
     409: "Idempotency-Key conflict: reused with another request, or that request is still running; or the job can "
          "no longer be cancelled (job_not_cancellable).",
     413: "The request body is over the size limit (request_too_large).",
@@ -693,8 +703,22 @@ def _headers(statuses: list[int], *, images: bool) -> list[OpenApiParameter]:
                              OpenApiParameter.HEADER, required=True, response=[202],
                              description="The Prefer header's preference that was honoured."),
         ]
+    headers += [
+        OpenApiParameter("Deprecation", {"type": "string", "pattern": r"^@-?\d+$"}, OpenApiParameter.HEADER,
+                         response=[200], description="The model is deprecated (RFC 9745): @<unix seconds> of its "
+                                                     "deprecation. Absent for active models."),
+        OpenApiParameter("Sunset", {"type": "string"}, OpenApiParameter.HEADER, response=[200],
+                         description="When a deprecated model stops being served (RFC 8594), an HTTP-date."),
+        OpenApiParameter("Link", {"type": "string"}, OpenApiParameter.HEADER, response=[200],
+                         description='<url>; rel="deprecation": a page about the deprecation (RFC 9745).'),
+    ] if statuses != _MODEL_LIST_STATUSES else []
     if images:
         headers += [
+            OpenApiParameter("x-model-remapped", {"type": "string", "pattern": "^.+ -> .+$"},
+                             OpenApiParameter.HEADER, response=[200],
+                             description="'<requested> -> <served>': the requested model is retired and your "
+                                         "organization has remapping on, so its replacement served the request "
+                                         "(at the replacement's price; usage.model_used names it)."),
             OpenApiParameter("x-provider", {"type": "string"}, OpenApiParameter.HEADER, response=[200],
                              description="The upstream provider that produced the images."),
             OpenApiParameter("idempotent-replayed", {"type": "string", "enum": ["true"]}, OpenApiParameter.HEADER,

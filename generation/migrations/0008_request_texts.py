@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0008_prompt_retention'),
-        ('generation', '0006_all_tenants_unsafe_managers'),
+        ('generation', '0007_model_lifecycle'),
     ]
 
     operations = [

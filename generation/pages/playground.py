@@ -16,7 +16,7 @@ from billing import selectors as billing_selectors
 from config import db
 from config.http.middleware import new_request_id
 from config.observability import metrics
-from generation import catalog
+from generation import catalog, lifecycle
 from generation.errors import APIError
 from generation.pipeline import ratelimit
 from generation.pipeline import service as services
@@ -24,7 +24,11 @@ from generation.providers import registry
 
 
 def _models() -> list[catalog.ModelSpec]:
-    return [m for m in catalog.available_models(set(registry())) if m.supports("generate")]
+    """The models the playground offers: those served here that generate, retired ones left out."""
+    registry()
+    table = lifecycle.table()
+    return [m for m in catalog.available_models(set(registry()))
+            if m.supports("generate") and lifecycle.of(m.id, table).effective_status() != lifecycle.RETIRED]
 
 
 def model_limits(models: list[catalog.ModelSpec]) -> dict:

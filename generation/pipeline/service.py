@@ -1,12 +1,13 @@
 """The image service: one request from validated input to stored images, a ledger row and OpenAI's response.
 
 Async end to end: upstream waits never hold a thread. Before the upstream call nothing touches the database: the API
-key, organization, limits, prices and the moderation policy come from per-process caches (config/process_cache.py)
-and the rate limit and spend hold from Redis (one script each). After it, one transaction writes everything the
-request leaves behind: its ledger row (and billing outbox row), its upstream attempts, its stored images' rows, the
-key's last use, committed together with concurrent requests' (commit.py). Order of work for every endpoint: validate →
-moderate → fetch the input image (generations' `image` URL) → price and hold the spend → provider call(s) → deliver
-→ one transaction → settle the spend hold.
+key, organization, limits, prices, the moderation policy and the model lifecycle come from per-process caches
+(config/process_cache.py) and the rate limit and spend hold from Redis (one script each). After it, one
+transaction writes everything the request leaves behind: its ledger row (and billing outbox row), its upstream
+attempts, its stored images' rows, the key's last use, committed together with concurrent requests' (commit.py).
+Order of work for every endpoint: the model's lifecycle (generation/lifecycle.py: a retired model is refused or
+remapped to its replacement) → validate → moderate → fetch the input image (generations' `image` URL) → price and
+hold the spend → provider call(s) → deliver → one transaction → settle the spend hold.
 """
 import asyncio
 import base64
@@ -22,7 +23,7 @@ from billing import selectors as billing_selectors
 from billing.models import LedgerEntry
 from config import db, faults
 from config.observability import metrics
-from generation import catalog, prompts
+from generation import catalog, lifecycle, prompts
 from generation.errors import (
     APIError,
     ContentPolicyViolation,
@@ -53,6 +54,17 @@ class Outcome:
     provider: str
     request_id: str | None = None  # set when the answer is an earlier attempt's (its request id, not this one's)
     cost_micros: int = 0  # what this request was charged (micro-USD); 0 when the answer is an earlier attempt's
+    # Lifecycle headers: Deprecation / Sunset / Link for a deprecated model, x-model-remapped for a remapped one.
+    headers: dict = dataclasses.field(default_factory=dict)
+
+
+class _RemapAfterGone(Exception):
+    """Every upstream said the model no longer exists, and the organization remaps retired models: run the request
+    again for the replacement (once), keeping the attempts made so far for the audit trail."""
+
+    def __init__(self, data: dict, requested: str, attempts: list):
+        super().__init__(requested)
+        self.data, self.requested, self.attempts = data, requested, attempts
 
 
 _health: HealthBook | None = None
@@ -68,6 +80,51 @@ def health_book() -> HealthBook:
 def is_available(spec: catalog.ModelSpec) -> bool:
     """Some enabled provider serves the model."""
     return bool(router.candidates(spec, registry()))
+
+
+def _servable(model_id: str) -> bool:
+    spec = catalog.get_model(model_id)
+    return spec is not None and is_available(spec)
+
+
+def requested_model(data) -> str | None:
+    """The model id a request body asks for (the default when it names none); None when the body is not an object
+    or `model` is not a string (validation then answers)."""
+    if not isinstance(data, dict):
+        return None
+    model = data.get("model")
+    if model is None or model == "":
+        return catalog.DEFAULT_MODEL
+    return model if isinstance(model, str) else None
+
+
+async def _resolve(data, organization, remapped_from: str | None) -> tuple[object, lifecycle.Resolution | None]:
+    """(the body to validate, the lifecycle resolution): a retired model raises ModelRetired, or, for an
+    organization that remaps, becomes its replacement in the body. `remapped_from`: the model a previous pass
+    remapped from (after every upstream said the model was gone)."""
+    model = requested_model(data)
+    if model is None:
+        return data, None
+    table = await lifecycle.atable()
+    resolution = lifecycle.resolve(model, table, remap=organization.remap_retired_models, exists=_servable)
+    if resolution.remapped:
+        data = {**data, "model": resolution.served}
+    if remapped_from is not None:
+        resolution = dataclasses.replace(resolution, requested=remapped_from)
+    return data, resolution
+
+
+async def _gone_error(exc: pb.ModelGone, call: ImageCall, data, organization, resolution, attempts) -> Exception:
+    """Every provider that serves the model said it no longer exists: answer like a retired model (404 naming the
+    replacement), or, for an organization that remaps, run the request again for the replacement (once)."""
+    table = await lifecycle.atable()
+    replacement = lifecycle.of(call.spec.id, table).replacement
+    first_pass = resolution is None or not resolution.remapped
+    if organization.remap_retired_models and replacement and first_pass and _servable(replacement) \
+            and isinstance(data, dict):
+        return _RemapAfterGone({**data, "model": replacement}, call.spec.id, attempts)
+    return lifecycle.ModelRetired(call.spec.id, replacement,
+                                  reason="is no longer offered by any upstream provider we use")
 
 
 def _map_provider_error(exc: pb.ProviderError) -> APIError:
@@ -166,18 +223,33 @@ async def run(
     idempotency_key: tuple[str, str] | None = None,
 ) -> Outcome:
     """Serve one image request; `idempotency_key` is (the client's Idempotency-Key, the request's fingerprint) when it
-    sent one: the charged answer is then committed with the charge (generation/pipeline/idempotency.py)."""
-    started = time.monotonic()
+    sent one: the charged answer is then committed with the charge (generation/pipeline/idempotency.py). Raises
+    APIError (ModelRetired for a retired model: 404 model_not_found naming its replacement)."""
+    kwargs = dict(endpoint=endpoint, organization=organization, api_key=api_key, request_id=request_id, files=files,
+                  form=form, base_url=base_url, idempotency_key=idempotency_key, started=time.monotonic())
+    try:
+        return await _run(data=data, **kwargs)
+    except _RemapAfterGone as remap:
+        return await _run(data=remap.data, remapped_from=remap.requested, prior_attempts=remap.attempts, **kwargs)
+
+
+async def _run(*, endpoint, organization, api_key, request_id, data, files, form, base_url, idempotency_key,
+               started: float, remapped_from: str | None = None, prior_attempts: list | None = None) -> Outcome:
 
     def elapsed_ms() -> int:
         return int((time.monotonic() - started) * 1000)
 
     call: ImageCall | None = None
     provider_name = ""
-    attempts: list[router.Attempt] = []
+    attempts: list[router.Attempt] = list(prior_attempts or [])
     hold = spend.NO_HOLD
+    resolution: lifecycle.Resolution | None = None
+    requested = requested_model(data)
     try:
         registry()  # built on first use; it also registers configured self-hosted models in the catalog
+        data, resolution = await _resolve(data, organization, remapped_from)
+        if resolution is not None:
+            requested = resolution.requested
         call = validate(endpoint, data, files=files, form=form, is_available=is_available, api_key=api_key)
         if call.end_user:  # upstreams see a keyed hash of the end user, never the customer's own identifier
             call = dataclasses.replace(call, request=dataclasses.replace(
@@ -193,6 +265,8 @@ async def run(
                     spec=call.spec, request=req, providers=registry(), health=health_book(), explicit=call.provider,
                     call=lambda provider, r: _call_provider(provider, r, call.spec.native_max_n), attempts=attempts,
                 )
+        except pb.ModelGone as exc:
+            raise await _gone_error(exc, call, data, organization, resolution, attempts) from exc
         except pb.ProviderError as exc:
             raise _map_provider_error(exc) from exc
         if len(result.images) != req.n:
@@ -215,15 +289,17 @@ async def run(
         text = prompts.row_for(organization=organization, request_id=request_id, prompt=req.prompt)
         if text is not None:
             rows.append(text)
+        headers = resolution.headers() if resolution is not None else {}
         if idempotency_key is not None:
             rows.append(idempotency.durable_row(
                 organization_id=organization.pk, key=idempotency_key[0], fingerprint=idempotency_key[1],
-                response=idempotency.StoredResponse(200, body, {"x-provider": provider_name,
+                response=idempotency.StoredResponse(200, body, {**headers, "x-provider": provider_name,
                                                                 "x-request-id": request_id})))
         try:
             entry = await commit.commit(commit.Write(
                 usage=dict(organization=organization, api_key=api_key, request_id=request_id, endpoint=endpoint,
-                           status=LedgerEntry.Status.SUCCEEDED, model=req.model, provider=provider_name,
+                           status=LedgerEntry.Status.SUCCEEDED, model=req.model,
+                           requested_model=requested or req.model, provider=provider_name,
                            size=req.size, quality=req.quality, n=req.n, price=price, latency_ms=latency,
                            upstream_cost_micros=result.upstream_cost_micros,
                            served_model=_served_model(req.model, result), end_user=call.end_user),
@@ -239,28 +315,33 @@ async def run(
                 if first is not None:
                     await spend.release(hold)
                     return Outcome(body=first.body, provider=first.headers.get("x-provider", ""),
-                                   request_id=first.headers.get("x-request-id"))
+                                   request_id=first.headers.get("x-request-id"),
+                                   headers={k: v for k, v in first.headers.items()
+                                            if k not in ("x-provider", "x-request-id")})
             raise
         except BaseException:
             await _discard(files_saved)
             raise
         faults.point("after_commit")
         attempts = []  # written with the ledger row
+    except _RemapAfterGone:  # run() serves the replacement; this pass leaves nothing but its attempts behind
+        await spend.release(hold)
+        raise
     except APIError as exc:
         await _record_failure(exc, endpoint=endpoint, organization=organization, api_key=api_key,
                               request_id=request_id, data=data, call=call, attempts=attempts,
                               provider=provider_name or (attempts[-1].provider if attempts else ""),
-                              latency_ms=elapsed_ms())
+                              latency_ms=elapsed_ms(), requested=requested)
         await spend.release(hold)
         raise
     except Exception:
         await _record_failure(ServerError("internal error"), endpoint=endpoint, organization=organization,
                               api_key=api_key, request_id=request_id, data=data, call=call, attempts=attempts,
-                              provider=provider_name, latency_ms=elapsed_ms())
+                              provider=provider_name, latency_ms=elapsed_ms(), requested=requested)
         await spend.release(hold)
         raise
     await spend.settle(hold, entry.cost_micros)
-    return Outcome(body=body, provider=provider_name, cost_micros=entry.cost_micros)
+    return Outcome(body=body, provider=provider_name, cost_micros=entry.cost_micros, headers=headers)
 
 
 ZERO_TOKENS = {"input_tokens": 0, "input_tokens_details": {"text_tokens": 0, "image_tokens": 0}, "output_tokens": 0,
@@ -434,7 +515,7 @@ def _text_rows(exc: APIError, *, organization, request_id: str, data, call) -> l
 
 
 async def _record_failure(exc: APIError, *, endpoint, organization, api_key, request_id, data, call, attempts,
-                          provider, latency_ms):
+                          provider, latency_ms, requested: str | None = None):
     """The failed request's ledger row (cost 0) and its attempts, in one transaction."""
     if call is not None:
         req = call.request
@@ -446,6 +527,7 @@ async def _record_failure(exc: APIError, *, endpoint, organization, api_key, req
         fields["end_user"] = _printable(named)[:256] if isinstance(named, str) else ""
         n = raw.get("n")
         fields["n"] = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1000 else 0
+    fields["requested_model"] = _printable(requested) if requested is not None else fields["model"]
 
     try:
         await commit.commit(commit.Write(

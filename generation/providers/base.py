@@ -150,6 +150,15 @@ class UpstreamInvalidRequest(ProviderError):
     """The upstream rejected a parameter; the message carries its reason."""
 
 
+class ModelGone(ProviderError):
+    """The upstream says the model no longer exists (OpenAI answers 404 `model_not_found` for dall-e-2 and dall-e-3
+    since it retired them on 2026-05-12). Retryable: another provider that serves the model may still have it
+    (an OpenAI-compatible host); the router answers like a retired model only when none does. Not a health failure:
+    the upstream is working."""
+
+    retryable = True
+
+
 class UpstreamRateLimited(ProviderError):
     """The upstream refused for rate (HTTP 429). `retry_after_seconds` (float, or None) is the wait the upstream asked
     for (`retry-after-ms`, `retry-after`, or a hint in its body), for the gateway to pass on."""

@@ -37,6 +37,7 @@ from .base import (
     ContentRefused,
     GeneratedImage,
     ImageRequest,
+    ModelGone,
     PartialImage,
     ProviderError,
     ProviderResult,
@@ -481,8 +482,8 @@ class OpenAIProvider:
                                      or "safety system" in low):
             return ContentRefused(f"{self.name} refused the request: {text}", provider=self.name)
         if status == 404:
-            if code == "model_not_found" or "model" in low:
-                return UpstreamInvalidRequest(f"{self.name} rejected the request: {text}", provider=self.name)
+            if code == "model_not_found" or "model" in low:  # retired upstream (dall-e since 2026-05-12)
+                return ModelGone(f"{self.name} no longer serves the model: {text}", provider=self.name)
             return UpstreamUnavailable(f"{self.name} has no such endpoint at {self.base_url}: {text}",
                                        provider=self.name)
         if status == 408:

@@ -34,6 +34,11 @@ Faults (`emu.faults.set(name, Fault(...))`, name = "generate" | "edit" | "variat
   same with moderation_blocked), "stream_cut" (a stream ends after its first event, without the completed ones).
 - delay=seconds before answering (with or without another behaviour). `emu.state["delay"] = 5.0` delays every
   generation/edit/variation (the capacity benchmark).
+Retired models: OpenAI retired dall-e-2 and dall-e-3 on 2026-05-12 (the openai SDK's ImageModel docstring,
+../shared/REFERENCE.md section 8, docs/providers/openai.md O11): by default the emulator answers them as OpenAI now
+does, 404 `model_not_found`. `emulator(retired=())` is an OpenAI-compatible host that still serves them (and OpenAI
+as it was before the retirement, for tests of the dall-e wire format).
+
 State knobs: "delay", "auto_size" / "auto_quality" / "auto_background" (what gpt-image resolves "auto" to; default
 1024x1024 / medium / opaque), "alias_snapshot" (the dated model behind chatgpt-image-latest), "no_usage" (answer
 without `usage`, as compatible servers do).
@@ -67,6 +72,7 @@ API_KEY = "sk-emulator-openai-0123456789abcdef"
 _DALL_E_2 = "dall-e-2"
 _DALL_E_3 = "dall-e-3"
 _GPT_IMAGE_1 = "gpt-image-1"
+RETIRED = (_DALL_E_2, _DALL_E_3)  # retired by OpenAI on 2026-05-12
 
 # model id → its rules. Extra (self-hosted) models come in through emulator(extra_models=...).
 OPENAI_RULES = {
@@ -236,10 +242,11 @@ def image_bytes(seed: str, size: str, fmt: str = "png") -> bytes:
 
 
 def build_app(*, faults: Faults, requests: list, state: dict, api_key: str = API_KEY,
-              extra_models: dict | None = None) -> Starlette:
+              extra_models: dict | None = None, retired: tuple[str, ...] = RETIRED) -> Starlette:
     """extra_models: model id → sizes (a tuple, or None for any WxH): a self-hosted OpenAI-compatible model,
-    validated leniently (no gpt-image rules, unknown parameters tolerated)."""
-    rules = dict(OPENAI_RULES)
+    validated leniently (no gpt-image rules, unknown parameters tolerated). retired: model ids answered with 404
+    model_not_found, as OpenAI answers them since it retired them."""
+    rules = {k: v for k, v in OPENAI_RULES.items() if k not in retired}
     for model_id, sizes in (extra_models or {}).items():
         rules[model_id] = {"sizes": tuple(sizes) if sizes else None, "qualities": None, "max_prompt": 100_000,
                            "kind": "compatible", "created": 1735689600}
@@ -773,10 +780,11 @@ def _is_wxh(size) -> bool:
 
 
 @contextlib.contextmanager
-def emulator(*, api_key: str = API_KEY, extra_models: dict | None = None):
+def emulator(*, api_key: str = API_KEY, extra_models: dict | None = None, retired: tuple[str, ...] = RETIRED):
     """Serve the emulator on a free loopback port; yields base.Emulator (url, faults, requests, state).
     The OpenAI API lives under `emu.url + "/v1"`."""
     faults, requests, state = Faults(), [], {}
-    app = build_app(faults=faults, requests=requests, state=state, api_key=api_key, extra_models=extra_models)
+    app = build_app(faults=faults, requests=requests, state=state, api_key=api_key, extra_models=extra_models,
+                    retired=retired)
     with serve(app, faults=faults, requests=requests, state=state) as emu:
         yield emu
