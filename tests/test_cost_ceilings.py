@@ -31,7 +31,7 @@ def _price_usd(model, size, quality):
 
 @pytest.fixture(scope="module")
 def upstream():
-    with openai_emu.emulator() as emu:
+    with openai_emu.emulator(retired=()) as emu:  # OpenAI as it was before the dall-e retirement
         yield emu
 
 

@@ -20,7 +20,7 @@ from tests.emulators.openai import recorded_json
 
 @pytest.fixture(scope="module")
 def upstream():
-    with openai_emu.emulator() as emu:
+    with openai_emu.emulator(retired=()) as emu:  # OpenAI as it was before the dall-e retirement
         yield emu
 
 

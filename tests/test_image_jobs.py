@@ -73,7 +73,7 @@ def stop_worker(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
 
 @pytest.fixture(scope="module")
 def upstream():
-    with openai_emu.emulator() as emu:
+    with openai_emu.emulator(retired=()) as emu:  # OpenAI as it was before the dall-e retirement
         yield emu
 
 

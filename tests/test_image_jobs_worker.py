@@ -25,7 +25,7 @@ FAST = {"IMAGE_JOB_LEASE_SECONDS": 3, "CELERY_VISIBILITY_TIMEOUT_SECONDS": 3}
 
 @pytest.fixture
 def upstream():
-    with openai_emu.emulator() as emu:
+    with openai_emu.emulator(retired=()) as emu:  # OpenAI as it was before the dall-e retirement
         yield emu
 
 

@@ -66,7 +66,7 @@ def cluster(transactional_db, prices, tmp_path):
         "budget": _org("budget", limit_micros=10 * price + price // 2),
         "busy": _org("busy", rpm=1_000_000, limit_micros=1_000_000_000),
     }
-    with openai_emu.emulator() as upstream:
+    with openai_emu.emulator(retired=()) as upstream:  # OpenAI as it was before the dall-e retirement
         upstream.state["delay"] = UPSTREAM_DELAY
         env = {"DJANGO_DEBUG": "off", "DJANGO_SECRET_KEY": "scale-out-" + "k" * 50,
                "DJANGO_ALLOWED_HOSTS": ",".join(ADDRESSES), "EMAIL_URL": "consolemail://",

@@ -33,7 +33,7 @@ from tests.servers import uvicorn_processes
 
 @pytest.fixture(scope="module")
 def upstream():
-    with openai_emu.emulator() as emu:
+    with openai_emu.emulator(retired=()) as emu:  # OpenAI as it was before the dall-e retirement
         yield emu
 
 
