@@ -1,5 +1,6 @@
 import re
 from datetime import datetime, time
+from decimal import Decimal
 
 from django import forms
 from django.utils import timezone
@@ -51,6 +52,12 @@ class ApiKeyCreateForm(forms.Form):
         min_value=0, max_value=100000, required=False, initial=0, label="Requests per minute",
         help_text="0 or empty uses the default limit.",
     )
+    max_cost_usd = forms.DecimalField(
+        required=False, min_value=Decimal("0.000001"), max_value=Decimal("1000000"), decimal_places=6,
+        max_digits=13, label="Default max cost per request (USD)",
+        help_text="Optional. A request with this key that would cost more is refused (cost_limit_exceeded) before "
+                  "any image is made, unless it sends its own max_cost.",
+    )
     expires_on = forms.DateField(
         required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}),
         help_text="Optional. The key stops working at 00:00 UTC on this date.",
@@ -94,6 +101,11 @@ class ApiKeyCreateForm(forms.Form):
 
     def clean_allowed_models(self):
         return self.cleaned_data.get("allowed_models") or []
+
+    def max_cost_micros(self) -> int | None:
+        """The default ceiling in micro-USD (None: none)."""
+        value = self.cleaned_data.get("max_cost_usd")
+        return None if value is None else int(value * 1_000_000)
 
 
 class ApiKeyRotateForm(forms.Form):

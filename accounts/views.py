@@ -42,7 +42,7 @@ def api_keys(request):
         organization=request.organization, name=form.cleaned_data["name"], created_by=request.user,
         rate_limit_rpm=form.cleaned_data.get("rate_limit_rpm") or 0,
         expires_at=form.cleaned_data.get("expires_on"), allowed_models=form.cleaned_data.get("allowed_models"),
-        scopes=form.cleaned_data.get("scopes"),
+        scopes=form.cleaned_data.get("scopes"), max_cost_micros=form.max_cost_micros(),
     )
     messages.success(request, f"Key “{api_key.name}” created. Copy it now: it will not be shown again.")
     return _render_keys(request, new_key=new_key)

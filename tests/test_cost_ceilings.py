@@ -188,3 +188,16 @@ def test_model_detail_lists_each_size_and_qualitys_price(openai_upstream, openai
         price = current_price(model="gpt-image-1", size=row["size"], quality=row["quality"])
         assert row["unit_price_micros"] == price.unit_price_micros and row["currency"] == "usd"
         assert row["unit_price"] == price.unit_price_micros / 1_000_000
+
+
+def test_the_keys_page_sets_a_keys_default_ceiling(client, user, organization):
+    from accounts.models import ApiKey
+
+    client.force_login(user)
+    response = client.post("/dashboard/keys/", {"name": "capped", "rate_limit_rpm": "0", "permissions": "all",
+                                                "max_cost_usd": "0.05"})
+    assert response.status_code == 200 and b"Copy it now" in response.content
+    key = ApiKey.objects.for_organization(organization).get(name="capped")
+    assert key.max_cost_micros == 50_000
+    bad = client.post("/dashboard/keys/", {"name": "bad", "permissions": "all", "max_cost_usd": "-1"})
+    assert bad.status_code == 200 and not ApiKey.objects.for_organization(organization).filter(name="bad").exists()
