@@ -299,7 +299,7 @@ def test_every_page_passes_the_content_security_policy(staff_member, page, live_
     _goto(page, "/dashboard/playground/")
     page.fill('[name="prompt"]', "a lighthouse under the policy")
     page.click('[data-testid="generate"]')
-    page.wait_for_selector(".gallery img.result-image")
+    page.wait_for_selector(".gallery img")
     assert page.evaluate("document.querySelector('.gallery img').naturalWidth") > 0
     _goto(page, "/dashboard/keys/")
     page.fill('input[name="name"]', "under the policy")
