@@ -17,7 +17,10 @@ if all pass adds the hold to each. Concurrent requests through any number of pro
 pass a limit together; the only overshoot is a request whose final price exceeded its estimate ("auto" sizes),
 at most one request's cost, as before. `settle` (after the ledger row committed) moves the hold into `spent` by the
 charged amount; `release` drops it. A hold whose request died with its process or host expires after
-SPEND_HOLD_TTL_SECONDS (120 by default); a request that runs longer renews its hold (`renewing`).
+SPEND_HOLD_TTL_SECONDS (120 by default); a request that runs longer renews its hold (`renewing`). Such a request
+may have committed its charge just before it died, without settling it: so when the script drops an expired hold
+(Redis, shared by every process and host) it also drops the counter's `spent`, and the next reservation rebuilds it
+from the ledger, as below.
 
 Redis losing its data. A counter without `spent` is rebuilt from the ledger (the month-to-date sum, rollups plus
 tail) before the hold is placed. A request whose ledger row committed just before the rebuild read and that settles
@@ -216,6 +219,9 @@ for i, key in ipairs(KEYS) do
     redis.call('HDEL', key .. ':amounts', unpack(expired))
     redis.call('ZREMRANGEBYSCORE', key .. ':holds', '-inf', now)
     redis.call('HINCRBY', key, 'held', -total)
+    -- a request that died may have committed its charge before it could settle: count from the ledger again
+    redis.call('HDEL', key, 'spent')
+    return {-1, i}
   end
 end
 for i, key in ipairs(KEYS) do
@@ -373,13 +379,13 @@ async def reserve(*, limits: list[Limit], amount_micros: int) -> Hold:
     hold = Hold(hold_id=uuid.uuid4().hex, limits=tuple(limits), month=month, amount_micros=amount_micros)
     keys = [lim.counter(month) for lim in limits]
     ttl_ms = int(settings.SPEND_HOLD_TTL_SECONDS * 1000)
-    for _ in range(3):
+    for _ in range(2 + 2 * len(keys)):  # each counter may need one rebuild (no counter yet, or an expired hold)
         out = await _counters().run(_RESERVE, keys, [_now_ms(), ttl_ms, hold.hold_id, amount_micros,
                                                      COUNTER_TTL_SECONDS, *(lim.limit_micros for lim in limits)])
         status = int(out[0])
         if status == 1:
             return hold
-        if status == -1:  # Redis has no counter for this month (first use, or its data was lost): from the ledger
+        if status == -1:  # no counter yet, Redis lost it, or a dead request's hold expired: from the ledger
             lim = limits[int(out[1]) - 1]
             await rebuild(lim.organization_id, lim.api_key_id, month, lim.end_user)
             continue

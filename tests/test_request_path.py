@@ -169,6 +169,37 @@ def test_the_hold_of_a_killed_process_is_released_within_its_ttl(transactional_d
     assert sum(rows.values_list("cost_micros", flat=True)) == price
 
 
+def test_a_charge_committed_by_a_request_that_died_before_settling_is_counted_once_its_hold_expires(
+        transactional_db, prices, api_key, settings):
+    """The process dies between its ledger commit and its settle: the hold lapses after its TTL, and the counter's
+    spend is rebuilt from the ledger (which has the charge) instead of forgetting it."""
+    import asyncio
+
+    from billing import spend
+
+    key, _ = api_key
+    org = key.organization
+    settings.SPEND_HOLD_TTL_SECONDS = 1
+    price = Price.objects.get(model="local-preview", size="256x256", quality="standard")
+    billing_services.set_spend_limit(organization=org, monthly_limit_micros=10 * price.unit_price_micros)
+
+    async def reserve():
+        limits = await spend.limits_for(organization=org, api_key=key)
+        return await spend.reserve(limits=limits, amount_micros=price.unit_price_micros)
+
+    asyncio.run(reserve())  # the doomed request's hold ...
+    billing_services.record_usage(organization=org, api_key=key, request_id="req_died_after_commit",
+                                  status="succeeded", model="local-preview", provider="local", size="256x256",
+                                  quality="standard", n=1, price=price, latency_ms=5)  # ... its charge, then death
+    time.sleep(1.2)
+    asyncio.run(reserve())  # the next request drops the expired hold and counts from the ledger
+    from config import redis as shared_redis
+
+    counter = shared_redis.sync_client().hgetall(spend.counter_key(org.pk, None, spend._month()))
+    assert int(counter[b"spent"]) == price.unit_price_micros  # the dead request's charge
+    assert int(counter[b"held"]) == price.unit_price_micros  # the live request's hold
+
+
 def _swallow(fn, *args, **kwargs):
     try:
         fn(*args, **kwargs)
