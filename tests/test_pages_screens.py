@@ -132,7 +132,8 @@ def test_every_page_fits_390_768_1366_without_console_errors(customer, page):  #
         (f"/dashboard/requests/{customer['ok']}/", "request-detail"),
         (f"/dashboard/requests/{customer['failed']}/", "request-detail-failed"),
         ("/dashboard/playground/", "playground"), ("/dashboard/keys/", "keys"), ("/dashboard/team/", "team"),
-        ("/dashboard/billing/", "billing"), ("/docs/api/", "api-reference"), ("/accounts/email/", "account-email"),
+        ("/dashboard/billing/", "billing"), ("/dashboard/webhooks/", "webhooks"), ("/dashboard/settings/", "settings"),
+        ("/docs/api/", "api-reference"), ("/accounts/email/", "account-email"),
         ("/accounts/password/change/", "account-password"),
     ]
     for url, name in pages:
